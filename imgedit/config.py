@@ -1,0 +1,115 @@
+"""Server configuration, read once from ``IMGEDIT_*`` environment variables.
+
+Every setting is validated at start-up; :func:`load_settings` turns the first
+problem into a :class:`ConfigError` whose message is one line naming the
+variable, so a typo stops the server before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "IMGEDIT_"
+DEFAULT_MODEL = "Qwen/Qwen-Image-Edit-2511"
+TINY_MODEL = "tiny:qwen-image-edit-plus"
+MiB = 1024 * 1024
+#: OpenAI caps the images of one edit at 16; no model may raise it further.
+HARD_MAX_IMAGES = 16
+
+
+class ConfigError(Exception):
+    """A configuration value is invalid; the message is one line naming the variable."""
+
+
+class Settings(BaseSettings):
+    """All knobs of the server. The field ``foo_bar`` is read from ``IMGEDIT_FOO_BAR``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        case_sensitive=False,
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+    )
+
+    # What to serve.
+    model: str = Field(DEFAULT_MODEL, min_length=1)
+    served_model_name: str | None = Field(None, min_length=1, max_length=256)
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    max_images: int | None = Field(None, ge=1, le=HARD_MAX_IMAGES)
+    default_steps: int | None = Field(None, ge=1, le=200)
+
+    # Request limits.
+    max_prompt_chars: int = Field(32_000, ge=1, le=1_000_000)
+    max_side: int = Field(4096, ge=64, le=16_384)
+    max_output_pixels: int = Field(2048 * 2048, ge=64 * 64)
+    max_input_pixels: int = Field(50_000_000, ge=64 * 64)
+    max_image_bytes: int = Field(50 * MiB, ge=1024)
+    max_body_bytes: int = Field(100 * MiB, ge=1024)
+    max_parts: int = Field(64, ge=2, le=10_000)
+    max_field_bytes: int = Field(1 * MiB, ge=1024)
+    request_timeout: float = Field(600.0, gt=0, le=24 * 3600)
+
+    # URL inputs.
+    url_fetch: bool = True
+    url_timeout: float = Field(30.0, gt=0, le=600)
+    url_max_bytes: int = Field(50 * MiB, ge=1024)
+    url_max_redirects: int = Field(3, ge=0, le=10)
+    url_allow_private: bool = False
+
+    # Output and logging.
+    png_compress_level: int = Field(1, ge=0, le=9)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("log_level", "device", "dtype", mode="before")
+    @classmethod
+    def _lowercase(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("model", "served_model_name", mode="before")
+    @classmethod
+    def _strip(cls, value: object) -> object:
+        return value.strip() if isinstance(value, str) else value
+
+    @property
+    def served_name(self) -> str:
+        """The name clients see in ``/v1/models`` and may send as ``model``.
+
+        Defaults to the last segment of :attr:`model`, so ``Qwen/Qwen-Image-Edit-2511``
+        is served as ``Qwen-Image-Edit-2511`` (the name the API spec's examples use).
+        """
+        if self.served_model_name:
+            return self.served_model_name
+        tail = self.model.rstrip("/").replace(":", "/").rsplit("/", 1)[-1]
+        return tail or self.model
+
+
+def load_settings() -> Settings:
+    """Read and validate the settings from the environment.
+
+    Raises:
+        ConfigError: naming the first offending variable and the value it holds.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        variable = ENV_PREFIX + str(error["loc"][0]).upper() if error["loc"] else ENV_PREFIX + "*"
+        raw = _environ_value(variable)
+        shown = f" (got {raw!r})" if raw is not None else ""
+        raise ConfigError(f"{variable}: {error['msg']}{shown}") from None
+
+
+def unknown_variables() -> list[str]:
+    """``IMGEDIT_*`` variables that no setting reads: most likely typos."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    return sorted(key for key in os.environ if key.upper().startswith(ENV_PREFIX) and key.upper() not in known)
+
+
+def _environ_value(variable: str) -> str | None:
+    return next((value for key, value in os.environ.items() if key.upper() == variable), None)

@@ -1,0 +1,80 @@
+"""The one error type of the request path, and its OpenAI-shaped wire form.
+
+Every failure a client can see is an :class:`ApiError`. Its body is what the
+``openai`` SDK reads (``{"error": {"message", "type", "param", "code"}}``) plus
+the API spec's top-level ``detail``, which repeats the message.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from starlette.responses import Response
+
+
+@dataclass(eq=False)
+class ApiError(Exception):
+    """A failure to report to the client.
+
+    Attributes:
+        status: HTTP status code.
+        message: human-readable sentence; never contains internals.
+        param: the request field at fault (``"image[1]"``, ``"size"``...), if any.
+        code: a short machine-readable code such as ``"invalid_value"``.
+        headers: extra response headers (``Retry-After``, ``x-should-retry``...).
+    """
+
+    status: int
+    message: str
+    param: str | None = None
+    code: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    @property
+    def type(self) -> str:
+        if self.status == 401:
+            return "authentication_error"
+        if self.status == 404:
+            return "not_found_error"
+        if self.status == 429:
+            return "rate_limit_error"
+        if self.status >= 500:
+            return "server_error"
+        return "invalid_request_error"
+
+    def body(self) -> dict[str, object]:
+        return {
+            "error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code},
+            "detail": self.message,
+        }
+
+    def to_response(self) -> Response:
+        return Response(
+            json.dumps(self.body()).encode(),
+            status_code=self.status,
+            headers=self.headers,
+            media_type="application/json",
+        )
+
+
+def invalid(param: str | None, message: str, code: str = "invalid_value") -> ApiError:
+    """A 400 for a bad value of ``param``."""
+    return ApiError(400, message, param=param, code=code)
+
+
+def internal_error() -> ApiError:
+    """The 500 sent for an unexpected failure; details stay in the server log.
+
+    ``x-should-retry: false`` stops the ``openai`` SDK from running the same
+    failing edit three times.
+    """
+    return ApiError(
+        500,
+        "The server failed to process the request; the failure was logged.",
+        code="server_error",
+        headers={"x-should-retry": "false"},
+    )

@@ -1,0 +1,268 @@
+"""Turn an image URL into bytes, safely.
+
+``data:`` URLs are decoded in place. ``http(s)`` URLs are fetched with a guard
+against server-side request forgery:
+
+* the host is resolved once, every address it resolves to is checked (loopback,
+  private, link-local, multicast, reserved and unspecified addresses are
+  refused, including IPv4 addresses embedded in IPv6 ones), and the connection
+  goes to an address that was checked, so a DNS answer that changes between
+  check and connect cannot slip through;
+* every redirect hop is a new, fully checked request (at most a few hops);
+* the whole fetch has a time limit and the body a byte limit, enforced while
+  it streams in.
+
+Operators of internal deployments can allow private addresses.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes, urljoin, urlsplit
+
+import anyio
+import httpcore
+import httpx
+
+from imgedit import __version__
+from imgedit.errors import invalid
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: Resolves ``(host, port)`` to IP address strings.
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+#: Says why an address must not be contacted, or None when it may be.
+AddressCheck = Callable[[Address], str | None]
+
+_REDIRECTS = (301, 302, 303, 307, 308)
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """Limits of URL inputs. ``enabled=False`` refuses http(s) URLs; data URLs still work."""
+
+    enabled: bool = True
+    allow_private: bool = False
+    timeout: float = 30.0
+    max_bytes: int = 50 * 1024 * 1024
+    max_redirects: int = 3
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    """Resolve with the system resolver (``getaddrinfo``)."""
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+def forbidden_reason(address: Address) -> str | None:
+    """Why ``address`` must not be fetched from, or None when it is a public address."""
+    embedded = _embedded_ipv4(address)
+    if embedded is not None:
+        return forbidden_reason(embedded)
+    checks = (
+        ("loopback", address.is_loopback),
+        ("unspecified", address.is_unspecified),
+        ("link-local", address.is_link_local),
+        ("multicast", address.is_multicast),
+        ("private", address.is_private),
+        ("reserved", address.is_reserved),
+        ("non-public", not address.is_global),
+    )
+    return next((name for name, hit in checks if hit), None)
+
+
+def _embedded_ipv4(address: Address) -> ipaddress.IPv4Address | None:
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+class _RefusedAddress(Exception):
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"host {host!r} resolves to a {reason} address")
+
+
+class _GuardedBackend(httpcore.AsyncNetworkBackend):
+    """Resolves each host once, checks every address, connects only to checked ones."""
+
+    def __init__(self, resolver: Resolver, check: AddressCheck | None) -> None:
+        self._resolver = resolver
+        self._check = check
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        addresses = await self._checked_addresses(host, port)
+        last_error: Exception = httpcore.ConnectError(f"no address for {host!r}")
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(str(address), port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last_error = exc
+        raise last_error
+
+    async def _checked_addresses(self, host: str, port: int) -> list[Address]:
+        try:
+            addresses = [ipaddress.ip_address(host.strip("[]"))]
+        except ValueError:
+            try:
+                answers = await self._resolver(host, port)
+            except OSError as exc:
+                raise httpcore.ConnectError(f"cannot resolve {host!r}") from exc
+            addresses = [ipaddress.ip_address(answer.split("%", 1)[0]) for answer in answers]
+        if not addresses:
+            raise httpcore.ConnectError(f"cannot resolve {host!r}")
+        if self._check is not None:
+            # One bad answer refuses the host: an attacker may control the order.
+            for address in addresses:
+                if reason := self._check(address):
+                    raise _RefusedAddress(host, reason)
+        return addresses
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("unix sockets are not fetched")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class Fetcher:
+    """Reads image URLs into bytes under a :class:`FetchPolicy`.
+
+    Args:
+        policy: the limits.
+        resolver: host name resolution (the system's by default).
+        check: which addresses are refused; :func:`forbidden_reason` by
+            default, nothing when the policy allows private addresses.
+    """
+
+    def __init__(
+        self, policy: FetchPolicy, resolver: Resolver = system_resolver, check: AddressCheck = forbidden_reason
+    ) -> None:
+        self.policy = policy
+        self._resolver = resolver
+        self._check: AddressCheck | None = None if policy.allow_private else check
+        self._ssl_context: ssl.SSLContext = httpx.create_ssl_context()
+
+    async def read(self, url: str, param: str) -> bytes:
+        """The bytes behind ``url``.
+
+        Raises:
+            ApiError: 400 with ``param`` for a malformed, refused, failing,
+                too slow or too large URL.
+        """
+        if url[:5].lower() == "data:":
+            return self._read_data_url(url, param)
+        scheme = urlsplit(url).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise invalid(
+                param, f"Unsupported URL scheme in '{param}'; use http, https or a data: URL.", code="invalid_url"
+            )
+        if not self.policy.enabled:
+            raise invalid(
+                param,
+                "Fetching image URLs is disabled on this server; upload the image or use a data: URL.",
+                code="url_fetch_disabled",
+            )
+        try:
+            with anyio.fail_after(self.policy.timeout):
+                return await self._fetch(url, param)
+        except TimeoutError:
+            raise invalid(
+                param, f"Fetching '{param}' took longer than {self.policy.timeout:g} s.", code="url_fetch_failed"
+            ) from None
+
+    def _read_data_url(self, url: str, param: str) -> bytes:
+        header, comma, payload = url.partition(",")
+        if not comma:
+            raise invalid(param, f"The data URL in '{param}' has no ',' before its data.", code="invalid_url")
+        limit = self.policy.max_bytes
+        if not header.lower().endswith(";base64"):
+            data = unquote_to_bytes(payload)
+        else:
+            compact = "".join(payload.split()).replace("-", "+").replace("_", "/")
+            try:
+                data = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+            except (binascii.Error, ValueError):
+                raise invalid(param, f"The data URL in '{param}' is not valid base64.", code="invalid_url") from None
+        if len(data) > limit:
+            raise invalid(param, f"The image in '{param}' is larger than {limit} bytes.", code="image_too_large")
+        return data
+
+    async def _fetch(self, url: str, param: str) -> bytes:
+        backend = _GuardedBackend(self._resolver, self._check)
+        headers = [(b"User-Agent", f"imgedit/{__version__}".encode()), (b"Accept", b"image/*")]
+        async with httpcore.AsyncConnectionPool(ssl_context=self._ssl_context, network_backend=backend) as pool:
+            for _hop in range(self.policy.max_redirects + 1):
+                parts = urlsplit(url)
+                if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+                    raise invalid(param, f"'{param}' redirected to an unsupported URL.", code="invalid_url")
+                try:
+                    async with pool.stream("GET", url, headers=headers) as response:
+                        location = dict((k.lower(), v) for k, v in response.headers).get(b"location")
+                        if response.status in _REDIRECTS and location:
+                            url = urljoin(url, location.decode("latin-1"))
+                            continue
+                        if response.status != 200:
+                            raise invalid(
+                                param,
+                                f"Fetching '{param}' failed with HTTP status {response.status}.",
+                                code="url_fetch_failed",
+                            )
+                        return await self._read_body(response, param)
+                except _RefusedAddress as exc:
+                    raise invalid(
+                        param, f"The URL in '{param}' is not allowed: {exc}.", code="url_not_allowed"
+                    ) from None
+                except httpcore.TimeoutException:
+                    raise invalid(param, f"Fetching '{param}' timed out.", code="url_fetch_failed") from None
+                except (
+                    httpcore.NetworkError,
+                    httpcore.ProtocolError,
+                    httpcore.UnsupportedProtocol,
+                    ssl.SSLError,
+                ) as exc:
+                    raise invalid(
+                        param, f"Fetching '{param}' failed: {type(exc).__name__}.", code="url_fetch_failed"
+                    ) from None
+        raise invalid(
+            param, f"'{param}' redirected more than {self.policy.max_redirects} times.", code="url_fetch_failed"
+        )
+
+    async def _read_body(self, response: httpcore.Response, param: str) -> bytes:
+        limit = self.policy.max_bytes
+        declared = dict((k.lower(), v) for k, v in response.headers).get(b"content-length", b"")
+        too_large = invalid(param, f"The image at '{param}' is larger than {limit} bytes.", code="image_too_large")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large
+        body = bytearray()
+        async for chunk in response.aiter_stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+        return bytes(body)

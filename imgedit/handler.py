@@ -1,0 +1,141 @@
+"""The request path of ``POST /v1/images/edits``, as one straight line.
+
+parse (the input descriptor) -> validate -> load inputs -> plan for the model
+family -> run on the engine -> encode -> respond. Each step lives in its own
+module; this one only strings them together, turns failures into OpenAI-shaped
+errors, and writes the one info log line per request.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+
+import anyio.to_thread
+from starlette.responses import Response
+
+from imgedit.config import Settings
+from imgedit.encode import EncodeOptions, encode_image, resolve_background
+from imgedit.engine import DeadlineExceeded, Engine
+from imgedit.errors import ApiError, internal_error
+from imgedit.families import FamilyAdapter
+from imgedit.fetch import Fetcher
+from imgedit.inputs import load_images
+from imgedit.logs import get_logger
+from imgedit.multipart import Form
+from imgedit.request import MAX_SEED, EditRequest, RequestLimits, parse_edit_request
+from imgedit.responses import images_response
+from imgedit.sizing import Size, SizeLimits, output_size
+
+log = get_logger(__name__)
+
+
+@dataclass
+class _Outcome:
+    """What the per-request log line reports; filled in as the request progresses."""
+
+    status: int = 500
+    n: int | None = None
+    size: Size | None = None
+    steps: int | None = None
+
+
+def seeds_for(request: EditRequest) -> list[int]:
+    """Image i uses seed + i (wrapping at 2**64); a random base seed when none is given."""
+    base = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    return [(base + index) % (MAX_SEED + 1) for index in range(request.n)]
+
+
+class EditHandler:
+    """Serves edits for one loaded model.
+
+    Args:
+        settings: the server settings.
+        model_id: the configured model (``IMGEDIT_MODEL``).
+        adapter: the family adapter of the loaded pipeline.
+        engine: runs the pipeline.
+        fetcher: reads URL inputs.
+    """
+
+    def __init__(
+        self, settings: Settings, model_id: str, adapter: FamilyAdapter, engine: Engine, fetcher: Fetcher
+    ) -> None:
+        self.settings = settings
+        self.model_id = model_id
+        self.adapter = adapter
+        self.engine = engine
+        self.fetcher = fetcher
+        self.limits = RequestLimits(
+            max_images=adapter.max_images,
+            max_prompt_chars=settings.max_prompt_chars,
+            size=SizeLimits(max_side=settings.max_side, max_pixels=settings.max_output_pixels),
+            model_names=tuple(dict.fromkeys((settings.served_name, model_id))),
+        )
+
+    async def handle(self, form: Form | None, form_error: ApiError | None) -> Response:
+        """Serve one request whose body the input descriptor already read.
+
+        Never raises: every failure becomes an OpenAI-shaped error response.
+        """
+        started = time.monotonic()
+        outcome = _Outcome()
+        try:
+            if form_error is not None:
+                raise form_error
+            assert form is not None
+            response = await self._edit(form, started + self.settings.request_timeout, outcome)
+        except ApiError as error:
+            response = error.to_response()
+        except Exception:
+            log.exception("edit failed")
+            response = internal_error().to_response()
+        outcome.status = response.status_code
+        log.info(
+            "edit status=%d model=%s n=%s size=%s steps=%s seconds=%.3f",
+            outcome.status,
+            self.settings.served_name,
+            outcome.n if outcome.n is not None else "-",
+            outcome.size or "-",
+            outcome.steps if outcome.steps is not None else "-",
+            time.monotonic() - started,
+        )
+        return response
+
+    async def _edit(self, form: Form, deadline: float, outcome: _Outcome) -> Response:
+        request = parse_edit_request(form, self.limits)
+        outcome.n = request.n
+        log.debug("prompt=%r negative_prompt=%r user=%r", request.prompt, request.negative_prompt, request.user)
+        images = await load_images(request.sources, self.fetcher, self.settings.max_input_pixels)
+        size = output_size(request.size, images[0].size, self.adapter.size_multiple, self.limits.size)
+        seeds = seeds_for(request)
+        calls = self.adapter.plan(request, images, size, seeds)
+        outcome.size, outcome.steps = size, self.adapter.steps_for(request)
+        try:
+            outputs = await self.engine.run(calls, deadline)
+        except DeadlineExceeded:
+            raise ApiError(
+                504,
+                f"The edit did not finish within {self.settings.request_timeout:g} s.",
+                code="timeout",
+            ) from None
+        options = EncodeOptions(
+            output_format=request.output_format,
+            quality=request.output_compression,
+            background=resolve_background(request.background, images[0].alpha, request.output_format),
+            png_compress_level=self.settings.png_compress_level,
+        )
+        alpha = images[0].alpha
+
+        def encode_all() -> list[bytes]:
+            return [encode_image(image, alpha, options) for image in outputs]
+
+        encoded = await anyio.to_thread.run_sync(encode_all)
+        return images_response(
+            encoded,
+            created=int(time.time()),
+            output_format=request.output_format,
+            size=Size(*outputs[0].size),
+            background=options.background,
+            seeds=seeds,
+        )

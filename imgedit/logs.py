@@ -1,0 +1,53 @@
+"""Logging for the ``imgedit`` logger: one format, the request id on every line.
+
+Prompts and other user text are logged only at debug level
+(``IMGEDIT_LOG_LEVEL=debug``); info level carries ids, sizes and timings.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from imgedit.request_id import current_request_id
+
+LOGGER_NAME = "imgedit"
+_FORMAT = "%(asctime)s [%(levelname)s] [imgedit] [%(request_id)s] %(message)s"
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = current_request_id.get()
+        return True
+
+
+class _ImgeditHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the handler we installed, so configuring twice does not duplicate lines."""
+
+
+def configure_logging(level: str) -> None:
+    """Send ``imgedit`` records to stderr at ``level`` and quiet library chatter.
+
+    diffusers warns on every call about arguments it ignores (for instance a
+    negative prompt without true CFG); those warnings say nothing to an operator.
+    """
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(level.upper())
+    logger.propagate = False
+    if not any(isinstance(handler, _ImgeditHandler) for handler in logger.handlers):
+        handler = _ImgeditHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(_FORMAT))
+        handler.addFilter(_RequestIdFilter())
+        logger.addHandler(handler)
+    # Both libraries reset their root logger's level when first used, so set
+    # their verbosity through their own helpers rather than the logging module.
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def get_logger(name: str) -> logging.Logger:
+    """A child of the ``imgedit`` logger, for module ``name``."""
+    return logging.getLogger(f"{LOGGER_NAME}.{name.rsplit('.', 1)[-1]}")

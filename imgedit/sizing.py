@@ -1,0 +1,103 @@
+"""The ``size`` field: parsing it, and choosing the size actually produced.
+
+Models only produce sizes that are a multiple of some number (16 for Qwen), so
+the requested size is rounded to the nearest such size, kept inside the limits,
+and the response reports what was really made.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from imgedit.errors import invalid
+
+MIN_SIDE = 64
+_SIZE = re.compile(r"\s*(\d{1,6})\s*[xX]\s*(\d{1,6})\s*")
+
+
+@dataclass(frozen=True)
+class Size:
+    width: int
+    height: int
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+@dataclass(frozen=True)
+class SizeLimits:
+    """``max_side`` bounds each side; ``max_pixels`` bounds width x height."""
+
+    max_side: int
+    max_pixels: int
+
+
+def parse_size(value: str, limits: SizeLimits) -> Size | None:
+    """Parse ``"auto"`` (returns None) or ``"WxH"``.
+
+    Raises:
+        ApiError: 400 with ``param="size"`` for a malformed or out-of-range size.
+    """
+    if value.strip().lower() == "auto":
+        return None
+    match = _SIZE.fullmatch(value)
+    if match is None:
+        raise invalid(
+            "size",
+            f"Invalid size format: {value!r}. Expected 'auto' or 'WIDTHxHEIGHT' (e.g. '1024x1024').",
+        )
+    size = Size(int(match[1]), int(match[2]))
+    for side in (size.width, size.height):
+        if not MIN_SIDE <= side <= limits.max_side:
+            raise invalid(
+                "size",
+                f"Invalid size {size}: each side must be between {MIN_SIDE} and {limits.max_side} pixels.",
+            )
+    if size.pixels > limits.max_pixels:
+        raise invalid(
+            "size",
+            f"Requested size {size} has {size.pixels} pixels, more than the maximum of {limits.max_pixels}.",
+        )
+    return size
+
+
+def output_size(requested: Size | None, first_input: Size, multiple: int, limits: SizeLimits) -> Size:
+    """The size to generate.
+
+    Args:
+        requested: the parsed ``size`` field; None means ``auto``, which takes
+            the first input image's size, scaled down (aspect kept) when it is
+            beyond the limits.
+        first_input: size of the first input image.
+        multiple: the model's size multiple; both sides are rounded to it.
+        limits: the same limits :func:`parse_size` enforced.
+
+    Returns:
+        A size whose sides are multiples of ``multiple``, at least ``MIN_SIDE``
+        (rounded up to the multiple) and within ``limits``.
+    """
+    if requested is None:
+        scale = min(
+            1.0,
+            limits.max_side / max(first_input.width, first_input.height),
+            math.sqrt(limits.max_pixels / first_input.pixels),
+        )
+        width, height = first_input.width * scale, first_input.height * scale
+    else:
+        width, height = float(requested.width), float(requested.height)
+    smallest = math.ceil(MIN_SIDE / multiple) * multiple
+
+    def snap(side: float, rounding: str) -> int:
+        steps = math.floor(side / multiple + (0.5 if rounding == "nearest" else 0.0))
+        return max(smallest, steps * multiple)
+
+    size = Size(snap(width, "nearest"), snap(height, "nearest"))
+    if size.pixels > limits.max_pixels or max(size.width, size.height) > limits.max_side:
+        size = Size(snap(width, "floor"), snap(height, "floor"))
+    return size

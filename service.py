@@ -1,0 +1,79 @@
+"""imgedit as a BentoML service: ``bentoml serve service:ImageEdit``.
+
+Glue only: settings come from ``IMGEDIT_*`` variables, the request path lives
+in :mod:`imgedit.handler`, start-up in :mod:`imgedit.runtime`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import bentoml
+from starlette.responses import Response
+
+from imgedit.api_io import ImagesResponse, edits_input
+from imgedit.config import ConfigError, load_settings, unknown_variables
+from imgedit.errors import ApiError
+from imgedit.families import UnsupportedPipeline
+from imgedit.loader import ModelLoadError, check_model_source
+from imgedit.logs import configure_logging
+from imgedit.multipart import Form
+from imgedit.request_id import RequestIdMiddleware
+from imgedit.runtime import start, stop_server
+from imgedit.v1_routes import ModelCard, create_v1_app
+
+try:
+    settings = load_settings()
+except ConfigError as error:
+    sys.exit(f"imgedit: {error}")
+for name in unknown_variables():
+    print(f"imgedit: warning: {name} is not a setting of this version; ignored", file=sys.stderr)
+configure_logging(settings.log_level)
+
+#: Extra seconds BentoML waits beyond our own deadline, so that the server's
+#: OpenAI-shaped 504 (which also stops the run) always comes first.
+TIMEOUT_GRACE_SECONDS = 60
+
+v1_app = create_v1_app(lambda: bentoml.get_current_service().model_cards())
+
+
+@bentoml.service(
+    name="imgedit",
+    resources={"gpu": 1},
+    workers=1,
+    traffic={"timeout": settings.request_timeout + TIMEOUT_GRACE_SECONDS},
+)
+@bentoml.asgi_app(v1_app, path="/v1")
+class ImageEdit:
+    """OpenAI-compatible image edits (``POST /v1/images/edits``) for diffusers pipelines."""
+
+    @bentoml.on_deployment
+    def check_model() -> None:
+        try:
+            check_model_source(settings)
+        except ModelLoadError as error:
+            sys.exit(f"imgedit: {error}")
+
+    def __init__(self) -> None:
+        try:
+            self.handler, self.card = start(settings)
+        except (ModelLoadError, UnsupportedPipeline) as error:
+            stop_server(f"imgedit: {error}")
+
+    def __is_ready__(self) -> bool:
+        return True
+
+    def model_cards(self) -> list[ModelCard]:
+        return [self.card]
+
+    @bentoml.api(route="/v1/images/edits", input_spec=edits_input(settings), output_spec=ImagesResponse)
+    async def edits(self, form: Form | None, form_error: ApiError | None) -> Response:
+        """Edit images as OpenAI's ``images.edit`` does."""
+        return await self.handler.handle(form, form_error)
+
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        self.handler.engine.close()
+
+
+ImageEdit.add_asgi_middleware(RequestIdMiddleware)

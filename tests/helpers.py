@@ -1,0 +1,71 @@
+"""Small builders shared by the tests: images and multipart bodies."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+from PIL import Image
+
+from imgedit.multipart import Form, Part
+
+
+def image_bytes(
+    width: int = 64,
+    height: int = 64,
+    color: tuple[int, ...] = (200, 40, 40),
+    mode: str = "RGB",
+    fmt: str = "PNG",
+    **save: object,
+) -> bytes:
+    """An encoded single-colour image."""
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height), color).save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def gradient_png(width: int = 64, height: int = 64, alpha: bool = False) -> bytes:
+    """A PNG whose pixels differ, so edits of different inputs differ too."""
+    image = Image.new("RGBA" if alpha else "RGB", (width, height))
+    image.putdata(
+        [
+            (x * 4 % 256, y * 4 % 256, (x + y) * 2 % 256, 0 if alpha and x < width // 2 else 255)[: 4 if alpha else 3]
+            for y in range(height)
+            for x in range(width)
+        ]
+    )
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def form(*parts: tuple[str, str | bytes] | Part) -> Form:
+    """A :class:`Form` from ``(name, value)`` pairs; bytes values become file parts."""
+    built = []
+    for part in parts:
+        if isinstance(part, Part):
+            built.append(part)
+            continue
+        name, value = part
+        if isinstance(value, bytes):
+            built.append(Part(name, value, filename="upload", content_type="application/octet-stream"))
+        else:
+            built.append(Part(name, value.encode()))
+    return Form(tuple(built))
+
+
+def multipart_body(parts: list[tuple[str, bytes, str | None]], boundary: str | None = None) -> tuple[bytes, str]:
+    """Encode ``(name, data, filename)`` parts by hand; returns the body and its Content-Type."""
+    boundary = boundary or uuid.uuid4().hex
+    chunks = []
+    for name, data, filename in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+        chunks.append(f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n")
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
+def decode(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image

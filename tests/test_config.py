@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import pytest
+
+from imgedit.config import ConfigError, Settings, load_settings, unknown_variables
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    import os
+
+    for key in list(os.environ):
+        if key.upper().startswith("IMGEDIT_"):
+            monkeypatch.delenv(key)
+
+
+def test_defaults_serve_qwen_image_edit_2511():
+    settings = load_settings()
+    assert settings.model == "Qwen/Qwen-Image-Edit-2511"
+    assert settings.served_name == "Qwen-Image-Edit-2511"
+    assert settings.request_timeout == 600
+    assert settings.max_body_bytes == 100 * 1024 * 1024
+    assert settings.url_allow_private is False
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("IMGEDIT_MAX_IMAGES", "abc", "IMGEDIT_MAX_IMAGES: Input should be a valid integer"),
+        ("IMGEDIT_MAX_IMAGES", "17", "IMGEDIT_MAX_IMAGES: Input should be less than or equal to 16"),
+        ("IMGEDIT_REQUEST_TIMEOUT", "-1", "IMGEDIT_REQUEST_TIMEOUT: Input should be greater than 0"),
+        ("IMGEDIT_URL_ALLOW_PRIVATE", "perhaps", "IMGEDIT_URL_ALLOW_PRIVATE: Input should be a valid boolean"),
+        ("IMGEDIT_DEVICE", "tpu", "IMGEDIT_DEVICE: Input should be 'auto', 'cuda' or 'cpu'"),
+        ("imgedit_log_level", "loud", "IMGEDIT_LOG_LEVEL: Input should be"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_variable(monkeypatch, variable, value, expected):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith(expected)
+    assert repr(value) in message
+    assert "\n" not in message
+
+
+def test_values_are_parsed_and_normalised(monkeypatch):
+    monkeypatch.setenv("IMGEDIT_MODEL", " tiny:qwen-image-edit-plus ")
+    monkeypatch.setenv("IMGEDIT_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("IMGEDIT_URL_FETCH", "false")
+    monkeypatch.setenv("IMGEDIT_MAX_IMAGES", "2")
+    monkeypatch.setenv("IMGEDIT_DEFAULT_STEPS", "")  # empty means unset
+    settings = load_settings()
+    assert settings.model == "tiny:qwen-image-edit-plus"
+    assert settings.served_name == "qwen-image-edit-plus"
+    assert settings.log_level == "debug"
+    assert settings.url_fetch is False
+    assert settings.max_images == 2
+    assert settings.default_steps is None
+
+
+@pytest.mark.parametrize(
+    ("model", "served"),
+    [
+        ("Qwen/Qwen-Image-Edit-2511", "Qwen-Image-Edit-2511"),
+        ("/models/my-edit/", "my-edit"),
+        ("tiny:qwen-image-edit-plus", "qwen-image-edit-plus"),
+    ],
+)
+def test_served_name_defaults_to_the_last_segment(model, served):
+    assert Settings(model=model).served_name == served
+
+
+def test_served_name_can_be_set(monkeypatch):
+    monkeypatch.setenv("IMGEDIT_SERVED_MODEL_NAME", "editor")
+    assert load_settings().served_name == "editor"
+
+
+def test_unknown_variables_are_reported(monkeypatch):
+    monkeypatch.setenv("IMGEDIT_MODLE", "x")
+    monkeypatch.setenv("IMGEDIT_MODEL", "y")
+    assert unknown_variables() == ["IMGEDIT_MODLE"]
+
+
+def test_every_setting_is_documented_in_the_readme():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    missing = [f"IMGEDIT_{name.upper()}" for name in Settings.model_fields if f"IMGEDIT_{name.upper()}" not in readme]
+    assert missing == []

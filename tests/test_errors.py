@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from imgedit.errors import ApiError, internal_error, invalid
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (400, "invalid_request_error"),
+        (401, "authentication_error"),
+        (404, "not_found_error"),
+        (413, "invalid_request_error"),
+        (422, "invalid_request_error"),
+        (429, "rate_limit_error"),
+        (500, "server_error"),
+        (503, "server_error"),
+    ],
+)
+def test_body_is_the_openai_shape_plus_detail(status, kind):
+    response = ApiError(status, "Something is wrong.", param="size", code="invalid_value").to_response()
+    assert response.status_code == status
+    assert response.media_type == "application/json"
+    assert json.loads(response.body) == {
+        "error": {"message": "Something is wrong.", "type": kind, "param": "size", "code": "invalid_value"},
+        "detail": "Something is wrong.",
+    }
+
+
+def test_invalid_is_a_400_for_the_field():
+    error = invalid("n", "Bad n.")
+    assert (error.status, error.param, error.code, str(error)) == (400, "n", "invalid_value", "Bad n.")
+
+
+def test_internal_error_hides_details_and_stops_sdk_retries():
+    response = internal_error().to_response()
+    body = json.loads(response.body)
+    assert response.status_code == 500
+    assert response.headers["x-should-retry"] == "false"
+    assert body["error"]["type"] == "server_error"
+    assert "Traceback" not in body["error"]["message"]

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from imgedit.families import UnsupportedPipeline, adapter_class_for
+from imgedit.families.qwen_image_edit import QwenImageEditAdapter
+from imgedit.images import InputImage
+from imgedit.request import EditRequest
+from imgedit.sizing import Size
+
+IMAGE = InputImage(rgb=Image.new("RGB", (64, 64), (9, 9, 9)), alpha=None)
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_model):
+    return QwenImageEditAdapter(tiny_model.pipeline, default_steps=40)
+
+
+def request(**fields) -> EditRequest:
+    return EditRequest(prompt="turn it red", sources=(), **fields)
+
+
+def test_adapter_is_chosen_from_the_pipeline_class(tiny_model):
+    assert adapter_class_for(tiny_model.pipeline) is QwenImageEditAdapter
+    with pytest.raises(UnsupportedPipeline, match="QwenImageEditPlusPipeline"):
+        adapter_class_for(object())
+
+
+def test_size_multiple_follows_the_vae(adapter):
+    assert adapter.size_multiple == adapter.pipeline.vae_scale_factor * 2
+
+
+def test_max_images_is_capped_by_the_family(tiny_model):
+    assert QwenImageEditAdapter(tiny_model.pipeline).max_images == 4
+    assert QwenImageEditAdapter(tiny_model.pipeline, max_images=2).max_images == 2
+    assert QwenImageEditAdapter(tiny_model.pipeline, max_images=16).max_images == 4
+
+
+@pytest.mark.parametrize(
+    ("fields", "steps"),
+    [
+        ({}, 40),
+        ({"quality": "high"}, 40),
+        ({"quality": "medium"}, 20),
+        ({"quality": "low"}, 10),
+        ({"quality": "low", "num_inference_steps": 7}, 7),
+    ],
+)
+def test_steps_follow_quality_unless_explicit(adapter, fields, steps):
+    assert adapter.steps_for(request(**fields)) == steps
+
+
+def test_true_cfg_gets_a_blank_negative_prompt_by_default(adapter):
+    (call,) = adapter.plan(request(), [IMAGE], Size(64, 48), [7])
+    assert call.kwargs["true_cfg_scale"] == 4.0
+    assert call.kwargs["negative_prompt"] == " "
+    assert (call.kwargs["width"], call.kwargs["height"], call.kwargs["num_inference_steps"]) == (64, 48, 40)
+    assert call.kwargs["prompt"] == "turn it red"
+    assert "guidance_scale" not in call.kwargs  # not a guidance-distilled transformer
+
+
+def test_explicit_values_pass_through(adapter):
+    (call,) = adapter.plan(
+        request(negative_prompt="blurry", true_cfg_scale=2.5, guidance_scale=1.5), [IMAGE], Size(64, 64), [1]
+    )
+    assert (call.kwargs["negative_prompt"], call.kwargs["true_cfg_scale"], call.kwargs["guidance_scale"]) == (
+        "blurry",
+        2.5,
+        1.5,
+    )
+
+
+def test_no_cfg_means_no_negative_prompt(adapter):
+    (call,) = adapter.plan(request(true_cfg_scale=1.0), [IMAGE], Size(64, 64), [1])
+    assert "negative_prompt" not in call.kwargs
+
+
+def test_one_call_per_image_with_its_own_seed(adapter):
+    calls = adapter.plan(request(n=3), [IMAGE, IMAGE], Size(64, 64), [5, 6, 7])
+    assert [call.num_images for call in calls] == [1, 1, 1]
+    first_noise = [torch.randn(4, generator=call.kwargs["generator"][0]) for call in calls]
+    assert torch.equal(first_noise[1], torch.randn(4, generator=torch.Generator().manual_seed(6)))
+    assert all(len(call.kwargs["image"]) == 2 for call in calls)
+
+
+def test_arguments_the_pipeline_does_not_take_are_dropped(adapter, monkeypatch):
+    original = QwenImageEditAdapter.arguments
+
+    def with_extra(self, *args):
+        return {**original(self, *args), "image_guidance_scale": 1.5}
+
+    monkeypatch.setattr(QwenImageEditAdapter, "arguments", with_extra)
+    (call,) = adapter.plan(request(), [IMAGE], Size(64, 64), [1])
+    assert "image_guidance_scale" not in call.kwargs

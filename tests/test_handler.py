@@ -1,0 +1,176 @@
+"""The whole request path in-process, on the tiny model: validate, load, plan, run, encode, respond."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+
+import pytest
+
+from imgedit.config import Settings
+from imgedit.engine import Engine
+from imgedit.errors import ApiError
+from imgedit.families.qwen_image_edit import QwenImageEditAdapter
+from imgedit.fetch import Fetcher, FetchPolicy
+from imgedit.handler import EditHandler
+from imgedit.responses import SEEDS_HEADER
+from tests.helpers import decode, form, gradient_png, image_bytes
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    engine = Engine(tiny_model.pipeline)
+    yield engine
+    engine.close()
+
+
+def make_handler(tiny_model, engine, **settings) -> EditHandler:
+    config = Settings(model="tiny:qwen-image-edit-plus", **settings)
+    adapter = QwenImageEditAdapter(tiny_model.pipeline, default_steps=2, max_images=config.max_images)
+    return EditHandler(config, config.model, adapter, engine, Fetcher(FetchPolicy()))
+
+
+@pytest.fixture(scope="module")
+def handler(tiny_model, engine):
+    return make_handler(tiny_model, engine)
+
+
+async def call(handler: EditHandler, *parts, form_error: ApiError | None = None):
+    response = await handler.handle(form(*parts) if form_error is None else None, form_error)
+    return response, json.loads(response.body)
+
+
+async def test_success_body_and_headers(handler):
+    response, body = await call(handler, ("image", gradient_png()), ("prompt", "p"), ("seed", "42"))
+    assert response.status_code == 200
+    assert response.media_type == "application/json"
+    assert response.headers[SEEDS_HEADER] == "42"
+    assert set(body) == {"created", "data", "output_format", "size", "background"}
+    assert isinstance(body["created"], int)
+    assert body["data"][0]["url"] is None and body["data"][0]["revised_prompt"] is None
+    assert (body["output_format"], body["size"], body["background"]) == ("png", "64x64", "opaque")
+    assert decode(base64.b64decode(body["data"][0]["b64_json"])).size == (64, 64)
+
+
+async def test_same_seed_same_bytes_and_image_i_uses_seed_plus_i(handler):
+    parts = [("image", gradient_png()), ("prompt", "p")]
+    _, pair = await call(handler, *parts, ("n", "2"), ("seed", "7"))
+    _, again = await call(handler, *parts, ("n", "2"), ("seed", "7"))
+    response, single = await call(handler, *parts, ("seed", "8"))
+    assert [item["b64_json"] for item in pair["data"]] == [item["b64_json"] for item in again["data"]]
+    assert pair["data"][0]["b64_json"] != pair["data"][1]["b64_json"]
+    assert pair["data"][1]["b64_json"] == single["data"][0]["b64_json"]
+    assert response.headers[SEEDS_HEADER] == "8"
+
+
+async def test_random_seeds_are_reported_and_consecutive(handler):
+    response, body = await call(handler, ("image", gradient_png()), ("prompt", "p"), ("n", "3"))
+    seeds = [int(seed) for seed in response.headers[SEEDS_HEADER].split(",")]
+    assert len(body["data"]) == 3
+    assert seeds == [seeds[0], (seeds[0] + 1) % 2**64, (seeds[0] + 2) % 2**64]
+
+
+async def test_seed_wraps_at_two_to_the_64(handler):
+    response, _ = await call(handler, ("image", gradient_png()), ("prompt", "p"), ("n", "2"), ("seed", str(2**64 - 1)))
+    assert response.headers[SEEDS_HEADER] == f"{2**64 - 1},0"
+
+
+@pytest.mark.parametrize(
+    ("requested", "fmt", "pil"), [("jpeg", "jpeg", "JPEG"), ("jpg", "jpeg", "JPEG"), ("webp", "webp", "WEBP")]
+)
+async def test_output_formats(handler, requested, fmt, pil):
+    _, body = await call(handler, ("image", gradient_png()), ("prompt", "p"), ("output_format", requested))
+    assert body["output_format"] == fmt
+    assert decode(base64.b64decode(body["data"][0]["b64_json"])).format == pil
+
+
+async def test_size_is_rounded_to_the_model_multiple_and_reported(handler):
+    _, body = await call(handler, ("image", gradient_png()), ("prompt", "p"), ("size", "100x70"))
+    assert body["size"] == "104x72"
+    assert decode(base64.b64decode(body["data"][0]["b64_json"])).size == (104, 72)
+
+
+async def test_auto_size_follows_the_first_image(handler):
+    _, body = await call(handler, ("image", gradient_png(96, 64)), ("image", gradient_png(64, 128)), ("prompt", "p"))
+    assert body["size"] == "96x64"
+
+
+@pytest.mark.parametrize(
+    ("background", "fmt", "mode", "reported"),
+    [
+        ("auto", "png", "RGBA", "transparent"),
+        ("transparent", "webp", "RGBA", "transparent"),
+        ("opaque", "png", "RGB", "opaque"),
+        ("auto", "jpeg", "RGB", "opaque"),
+    ],
+)
+async def test_background_follows_the_first_inputs_alpha(handler, background, fmt, mode, reported):
+    parts = [("image", gradient_png(alpha=True)), ("prompt", "p"), ("background", background), ("output_format", fmt)]
+    _, body = await call(handler, *parts)
+    image = decode(base64.b64decode(body["data"][0]["b64_json"]))
+    assert image.mode == mode
+    assert body["background"] == reported
+    if mode == "RGBA":
+        assert image.getpixel((5, 30))[3] == 0 and image.getpixel((60, 30))[3] == 255
+
+
+async def test_input_image_cap_is_configurable(tiny_model, engine):
+    handler = make_handler(tiny_model, engine, max_images=1)
+    response, body = await call(handler, ("image", image_bytes()), ("image[]", image_bytes()), ("prompt", "p"))
+    assert response.status_code == 400
+    assert body["error"]["code"] == "too_many_images"
+
+
+async def test_a_bad_image_names_its_index(handler):
+    response, body = await call(handler, ("image", image_bytes()), ("image[]", b"<html>"), ("prompt", "p"))
+    assert response.status_code == 400
+    assert body["error"]["param"] == "image[1]"
+
+
+async def test_read_errors_are_answered(handler):
+    response, body = await call(handler, form_error=ApiError(413, "too big", code="payload_too_large"))
+    assert response.status_code == 413
+    assert body["error"]["message"] == "too big"
+
+
+async def test_deadline_gives_504(tiny_model, engine):
+    handler = make_handler(tiny_model, engine, request_timeout=0.001)
+    response, body = await call(handler, ("image", image_bytes()), ("prompt", "p"), ("num_inference_steps", "50"))
+    assert response.status_code == 504
+    assert body["error"]["code"] == "timeout"
+
+
+async def test_unexpected_failures_are_500_without_internals(handler, monkeypatch):
+    async def explode(*args, **kwargs):
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(handler.engine, "run", explode)
+    response, body = await call(handler, ("image", image_bytes()), ("prompt", "p"))
+    assert response.status_code == 500
+    assert response.headers["x-should-retry"] == "false"
+    assert "secret" not in json.dumps(body)
+
+
+async def test_info_log_has_the_summary_and_never_the_prompt(handler, caplog):
+    logger = logging.getLogger("imgedit")
+    logger.propagate = True
+    try:
+        with caplog.at_level(logging.INFO, logger="imgedit"):
+            await call(handler, ("image", image_bytes()), ("prompt", "a very private prompt"), ("user", "alice"))
+    finally:
+        logger.propagate = False
+    text = "\n".join(record.getMessage() for record in caplog.records if record.levelno >= logging.INFO)
+    assert "edit status=200 model=qwen-image-edit-plus n=1 size=64x64 steps=2 seconds=" in text
+    assert "private prompt" not in text and "alice" not in text
+    with caplog.at_level(logging.DEBUG, logger="imgedit"):
+        logger.propagate = True
+        try:
+            await call(handler, ("image", image_bytes()), ("prompt", "a very private prompt"))
+        finally:
+            logger.propagate = False
+    assert any(
+        "a very private prompt" in record.getMessage() for record in caplog.records if record.levelno == logging.DEBUG
+    )

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from imgedit.config import Settings
+from imgedit.loader import ModelLoadError, check_model_source, load_model, pick_device, pick_dtype
+
+
+def test_device_and_dtype_defaults():
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert pick_dtype("auto", torch.device("cuda")) is torch.bfloat16
+    assert pick_dtype("auto", torch.device("cpu")) is torch.float32
+    assert pick_dtype("float16", torch.device("cpu")) is torch.float16
+
+
+def test_tiny_model_loads_on_cpu_in_float32():
+    loaded = load_model(Settings(model="tiny:qwen-image-edit-plus"))
+    assert loaded.device == torch.device("cpu")
+    assert loaded.dtype is torch.float32
+    assert loaded.default_steps == 4
+    assert type(loaded.pipeline).__name__ == "QwenImageEditPlusPipeline"
+
+
+@pytest.mark.parametrize("model", ["tiny:qwen-image-edit-plus"])
+def test_source_check_accepts_tiny(model):
+    check_model_source(Settings(model=model))
+
+
+def test_unknown_tiny_model_is_refused():
+    with pytest.raises(ModelLoadError, match="unknown tiny model 'tiny:nope'"):
+        check_model_source(Settings(model="tiny:nope"))
+    with pytest.raises(ModelLoadError, match="unknown tiny model"):
+        load_model(Settings(model="tiny:nope"))
+
+
+def test_directory_without_model_index_is_refused(tmp_path):
+    with pytest.raises(ModelLoadError, match=r"no model_index\.json"):
+        check_model_source(Settings(model=str(tmp_path)))
+
+
+def test_missing_directory_is_refused(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such directory"):
+        check_model_source(Settings(model=str(tmp_path / "absent")))
+
+
+def test_unreachable_hub_model_says_how_to_run_the_tiny_model():
+    with pytest.raises(ModelLoadError) as caught:
+        check_model_source(Settings(model="imgedit-tests/not-a-real-model"))
+    message = str(caught.value)
+    assert "imgedit-tests/not-a-real-model" in message
+    assert "IMGEDIT_MODEL=tiny:qwen-image-edit-plus" in message
+    assert "\n" not in message
+
+
+@pytest.fixture(scope="module")
+def saved_tiny(tiny_model, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("saved-tiny")
+    tiny_model.pipeline.save_pretrained(directory)
+    return directory
+
+
+def test_local_directory_loads_with_from_pretrained(saved_tiny):
+    assert json.loads((saved_tiny / "model_index.json").read_text())["_class_name"] == "QwenImageEditPlusPipeline"
+    settings = Settings(model=str(saved_tiny))
+    check_model_source(settings)
+    loaded = load_model(settings)
+    assert type(loaded.pipeline).__name__ == "QwenImageEditPlusPipeline"
+    assert loaded.model_id == str(saved_tiny)
+    assert loaded.default_steps is None
+    assert torch.equal(
+        loaded.pipeline.transformer.state_dict()["img_in.weight"],
+        load_model(Settings(model="tiny:qwen-image-edit-plus")).pipeline.transformer.state_dict()["img_in.weight"],
+    )
+
+
+def test_broken_local_directory_fails_with_a_one_line_message(saved_tiny, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_index.json").write_text((saved_tiny / "model_index.json").read_text())
+    with pytest.raises(ModelLoadError) as caught:
+        load_model(Settings(model=str(broken)))
+    assert "\n" not in str(caught.value)
+    assert "tiny:qwen-image-edit-plus" in str(caught.value)
