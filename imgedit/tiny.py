@@ -164,7 +164,7 @@ def build_qwen_image_edit_plus() -> TinyModel:
     )
     vae = seeded(
         lambda: AutoencoderKLQwenImage(
-            base_dim=24,
+            base_dim=8,
             z_dim=4,
             dim_mult=[1, 2, 4],
             num_res_blocks=1,

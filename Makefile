@@ -1,0 +1,45 @@
+# imgedit: `make serve` serves the built-in tiny model; `make test` runs the checks and the tests.
+# Both create .venv on first use.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of PyTorch is enough for the tiny model and the tests; install
+# torch yourself first (the CUDA build from PyPI) to serve real models.
+TORCH ?= torch==2.13.0
+PORT ?= 3000
+IMGEDIT_MODEL ?= tiny:qwen-image-edit-plus
+
+.PHONY: install serve test lint format system-deps clean
+
+install: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip show --quiet torch >/dev/null 2>&1 || $(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[test]"
+	@touch $@
+
+serve: install
+	IMGEDIT_MODEL="$(IMGEDIT_MODEL)" $(BIN)/bentoml serve service:ImageEdit --port $(PORT)
+
+test: install system-deps lint
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# The curl tests run curl and jq.
+system-deps:
+	@command -v curl >/dev/null && command -v jq >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq curl jq >/dev/null; }
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
