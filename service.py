@@ -18,7 +18,7 @@ from imgedit.families import UnsupportedPipeline
 from imgedit.loader import ModelLoadError, check_model_source
 from imgedit.logs import configure_logging
 from imgedit.multipart import Form
-from imgedit.request_id import RequestIdMiddleware
+from imgedit.request_context import RequestContextMiddleware
 from imgedit.runtime import start, stop_server
 from imgedit.v1_routes import ModelCard, create_v1_app
 
@@ -42,6 +42,8 @@ v1_app = create_v1_app(lambda: bentoml.get_current_service().model_cards())
     resources={"gpu": 1},
     workers=1,
     traffic={"timeout": settings.request_timeout + TIMEOUT_GRACE_SECONDS},
+    # Our middleware writes the access line, with the request id BentoML's lacks.
+    logging={"access": {"enabled": False}},
 )
 @bentoml.asgi_app(v1_app, path="/v1")
 class ImageEdit:
@@ -76,4 +78,4 @@ class ImageEdit:
         self.handler.engine.close()
 
 
-ImageEdit.add_asgi_middleware(RequestIdMiddleware)
+ImageEdit.add_asgi_middleware(RequestContextMiddleware)

@@ -3,14 +3,13 @@
 parse (the input descriptor) -> validate -> load inputs -> plan for the model
 family -> run on the engine -> encode -> respond. Each step lives in its own
 module; this one only strings them together, turns failures into OpenAI-shaped
-errors, and writes the one info log line per request.
+errors, and adds the model, ``n``, size and steps to the request's access line.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass
 
 import anyio.to_thread
 from starlette.responses import Response
@@ -25,20 +24,11 @@ from imgedit.inputs import load_images
 from imgedit.logs import get_logger
 from imgedit.multipart import Form
 from imgedit.request import MAX_SEED, EditRequest, RequestLimits, parse_edit_request
+from imgedit.request_context import note
 from imgedit.responses import images_response
 from imgedit.sizing import Size, SizeLimits, output_size
 
 log = get_logger(__name__)
-
-
-@dataclass
-class _Outcome:
-    """What the per-request log line reports; filled in as the request progresses."""
-
-    status: int = 500
-    n: int | None = None
-    size: Size | None = None
-    steps: int | None = None
 
 
 def seeds_for(request: EditRequest) -> list[int]:
@@ -78,39 +68,29 @@ class EditHandler:
 
         Never raises: every failure becomes an OpenAI-shaped error response.
         """
-        started = time.monotonic()
-        outcome = _Outcome()
+        note(model=self.settings.served_name)
         try:
             if form_error is not None:
                 raise form_error
             assert form is not None
-            response = await self._edit(form, started + self.settings.request_timeout, outcome)
+            return await self._edit(form, time.monotonic() + self.settings.request_timeout)
         except ApiError as error:
-            response = error.to_response()
+            if error.status >= 500:
+                log.warning("edit failed with %d: %s", error.status, error.message)
+            return error.to_response()
         except Exception:
             log.exception("edit failed")
-            response = internal_error().to_response()
-        outcome.status = response.status_code
-        log.info(
-            "edit status=%d model=%s n=%s size=%s steps=%s seconds=%.3f",
-            outcome.status,
-            self.settings.served_name,
-            outcome.n if outcome.n is not None else "-",
-            outcome.size or "-",
-            outcome.steps if outcome.steps is not None else "-",
-            time.monotonic() - started,
-        )
-        return response
+            return internal_error().to_response()
 
-    async def _edit(self, form: Form, deadline: float, outcome: _Outcome) -> Response:
+    async def _edit(self, form: Form, deadline: float) -> Response:
         request = parse_edit_request(form, self.limits)
-        outcome.n = request.n
+        note(n=request.n)
         log.debug("prompt=%r negative_prompt=%r user=%r", request.prompt, request.negative_prompt, request.user)
         images = await load_images(request.sources, self.fetcher, self.settings.max_input_pixels)
         size = output_size(request.size, images[0].size, self.adapter.size_multiple, self.limits.size)
         seeds = seeds_for(request)
         calls = self.adapter.plan(request, images, size, seeds)
-        outcome.size, outcome.steps = size, self.adapter.steps_for(request)
+        note(size=size, steps=self.adapter.steps_for(request))
         try:
             outputs = await self.engine.run(calls, deadline)
         except DeadlineExceeded:

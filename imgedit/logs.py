@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from imgedit.request_id import current_request_id
+from imgedit.request_context import current_request_id
 
 LOGGER_NAME = "imgedit"
 _FORMAT = "%(asctime)s [%(levelname)s] [imgedit] [%(request_id)s] %(message)s"
@@ -17,7 +17,7 @@ _FORMAT = "%(asctime)s [%(levelname)s] [imgedit] [%(request_id)s] %(message)s"
 
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = current_request_id.get()
+        record.request_id = current_request_id()
         return True
 
 

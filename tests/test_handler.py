@@ -15,6 +15,7 @@ from imgedit.families.qwen_image_edit import QwenImageEditAdapter
 from imgedit.fetch import Fetcher, FetchPolicy
 from imgedit.handler import EditHandler
 from imgedit.responses import SEEDS_HEADER
+from imgedit.sizing import Size
 from tests.helpers import decode, form, gradient_png, image_bytes
 
 pytestmark = pytest.mark.anyio
@@ -154,23 +155,24 @@ async def test_unexpected_failures_are_500_without_internals(handler, monkeypatc
     assert "secret" not in json.dumps(body)
 
 
-async def test_info_log_has_the_summary_and_never_the_prompt(handler, caplog):
+async def test_access_details_and_no_prompt_at_info(handler, caplog):
+    from imgedit.request_context import RequestContext, current_request
+
+    context = RequestContext("req_test")
+    token = current_request.set(context)
     logger = logging.getLogger("imgedit")
     logger.propagate = True
     try:
         with caplog.at_level(logging.INFO, logger="imgedit"):
             await call(handler, ("image", image_bytes()), ("prompt", "a very private prompt"), ("user", "alice"))
+        assert not any(
+            "private prompt" in record.getMessage() or "alice" in record.getMessage() for record in caplog.records
+        )
+        with caplog.at_level(logging.DEBUG, logger="imgedit"):
+            await call(handler, ("image", image_bytes()), ("prompt", "a very private prompt"))
     finally:
         logger.propagate = False
-    text = "\n".join(record.getMessage() for record in caplog.records if record.levelno >= logging.INFO)
-    assert "edit status=200 model=qwen-image-edit-plus n=1 size=64x64 steps=2 seconds=" in text
-    assert "private prompt" not in text and "alice" not in text
-    with caplog.at_level(logging.DEBUG, logger="imgedit"):
-        logger.propagate = True
-        try:
-            await call(handler, ("image", image_bytes()), ("prompt", "a very private prompt"))
-        finally:
-            logger.propagate = False
-    assert any(
-        "a very private prompt" in record.getMessage() for record in caplog.records if record.levelno == logging.DEBUG
-    )
+        current_request.reset(token)
+    assert context.details == {"model": "qwen-image-edit-plus", "n": 1, "size": Size(64, 64), "steps": 2}
+    debug = [record.getMessage() for record in caplog.records if record.levelno == logging.DEBUG]
+    assert any("a very private prompt" in message for message in debug)

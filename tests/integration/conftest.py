@@ -35,6 +35,15 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_for_log(self, text: str, seconds: float = 10) -> bool:
+        """Whether ``text`` shows up in the log; access lines are written just after the response."""
+        deadline = time.monotonic() + seconds
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
 
 def server_environment(tmp: Path, **overrides: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("IMGEDIT_")}

@@ -57,7 +57,7 @@ def test_quotes_in_a_prompt_are_kept(http):
     assert first_image(quoted) != first_image(bare)
 
 
-def test_errors_are_openai_shaped_and_carry_the_request_id(http):
+def test_errors_are_openai_shaped_and_carry_the_request_id(server, http):
     response = edit(
         http, [("image", RED, "a.png"), ("prompt", b"p", None), ("n", b"11", None)], **{"x-request-id": "raw-1"}
     )
@@ -65,6 +65,7 @@ def test_errors_are_openai_shaped_and_carry_the_request_id(http):
     assert response.headers["content-type"] == "application/json"
     assert response.headers["x-request-id"] == "raw-1"
     body = response.json()
+    assert server.wait_for_log("[raw-1] POST /v1/images/edits status=400 seconds=")
     assert body["error"]["param"] == "n"
     assert body["error"]["type"] == "invalid_request_error"
     assert body["detail"] == body["error"]["message"]

@@ -55,7 +55,7 @@ def test_curl_examples(server, workdir, name):
     assert image.format == "PNG" and image.size == (256, 256)
     header = re.search(r"x-request-id: (req_[0-9a-f]{32})", completed.stderr, re.I)
     assert header, completed.stderr
-    assert header.group(1) in server.log()
+    assert server.wait_for_log(f"[{header.group(1)}] POST /v1/images/edits status=200")
 
 
 def test_openai_sdk_example(server, workdir):

@@ -8,16 +8,17 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from imgedit.logs import configure_logging, get_logger
-from imgedit.request_id import MAX_LENGTH, RequestIdMiddleware, current_request_id, sanitize
+from imgedit.request_context import MAX_LENGTH, RequestContextMiddleware, current_request_id, note, sanitize
 
 
 def _app() -> Starlette:
     async def echo(request):
         get_logger("tests").info("handling")
-        return PlainTextResponse(current_request_id.get(), status_code=418)
+        note(model="m", n=2)
+        return PlainTextResponse(current_request_id(), status_code=418)
 
     app = Starlette(routes=[Route("/", echo)])
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestContextMiddleware)
     return app
 
 
@@ -51,6 +52,9 @@ def test_log_lines_carry_the_request_id(capsys):
         configure_logging("info")
         with TestClient(_app()) as client:
             client.get("/", headers={"x-request-id": "trace-me"})
-        assert "[trace-me] handling" in capsys.readouterr().err
+        errors = capsys.readouterr().err
+        assert "[trace-me] handling" in errors
+        assert "[trace-me] GET / status=418 seconds=" in errors
+        assert errors.rstrip().endswith("model=m n=2")
     finally:
         logger.handlers.clear()
