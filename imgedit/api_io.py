@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 
 import bentoml
 from pydantic import ConfigDict
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from imgedit.config import Settings
 from imgedit.errors import ApiError
@@ -109,6 +109,12 @@ class EditsInput(bentoml.IODescriptor):
             )
         except ApiError as error:
             return cls.model_construct(form=None, form_error=error)
+        except ClientDisconnect:
+            # Nobody will read the answer; this keeps BentoML from logging a traceback.
+            disconnected = ApiError(
+                400, "The client disconnected while sending the request.", code="client_disconnected"
+            )
+            return cls.model_construct(form=None, form_error=disconnected)
         return cls.model_construct(form=form, form_error=None)
 
 

@@ -137,3 +137,20 @@ def test_uploads_and_prompts_stay_off_disk_and_out_of_info_logs(server, http):
     for path in server.tmp_dir.rglob("*"):
         if path.is_file():
             assert marker not in path.read_bytes(), path
+
+
+def test_a_client_that_hangs_up_mid_upload_leaves_no_traceback(server, http):
+    import socket
+    from urllib.parse import urlsplit
+
+    address = urlsplit(server.url)
+    body, content_type = multipart_body([("image", RED * 50, "a.png"), ("prompt", b"p", None)])
+    head = (
+        f"POST /v1/images/edits HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nx-request-id: hang-up-1\r\n\r\n"
+    ).encode()
+    with socket.create_connection((address.hostname, address.port)) as connection:
+        connection.sendall(head + body[: len(body) // 3])
+    assert server.wait_for_log("[hang-up-1] POST /v1/images/edits status=")
+    assert "Traceback" not in server.log()
+    assert first_image(edit(http, [("image", RED, "a.png"), ("prompt", b"after the hang-up", None)]))
