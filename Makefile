@@ -4,8 +4,9 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-# The CPU build of PyTorch is enough for the tiny model and the tests; install
-# torch yourself first (the CUDA build from PyPI) to serve real models.
+# The PyTorch to install when .venv has none. The tiny model and the tests need
+# only a CPU build: where pip finds no local CPU wheel, a smaller download is
+# TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu".
 TORCH ?= torch==2.13.0
 PORT ?= 3000
 IMGEDIT_MODEL ?= tiny:qwen-image-edit-plus
@@ -17,7 +18,7 @@ install: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip show --quiet torch >/dev/null 2>&1 || $(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip show --quiet torch >/dev/null 2>&1 || $(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e ".[test]"
 	@touch $@
 

@@ -14,12 +14,10 @@ from starlette.responses import Response
 from imgedit.api_io import ImagesResponse, edits_input
 from imgedit.config import ConfigError, load_settings, unknown_variables
 from imgedit.errors import ApiError
-from imgedit.families import UnsupportedPipeline
-from imgedit.loader import ModelLoadError, check_model_source
 from imgedit.logs import configure_logging
 from imgedit.multipart import Form
 from imgedit.request_context import RequestContextMiddleware
-from imgedit.runtime import start, stop_server
+from imgedit.runtime import StartupError, preflight, start_or_stop_server
 from imgedit.v1_routes import ModelCard, create_v1_app
 
 try:
@@ -50,17 +48,14 @@ class ImageEdit:
     """OpenAI-compatible image edits (``POST /v1/images/edits``) for diffusers pipelines."""
 
     @bentoml.on_deployment
-    def check_model() -> None:
+    def check_before_workers_start() -> None:
         try:
-            check_model_source(settings)
-        except ModelLoadError as error:
+            preflight(settings)
+        except StartupError as error:
             sys.exit(f"imgedit: {error}")
 
     def __init__(self) -> None:
-        try:
-            self.handler, self.card = start(settings)
-        except (ModelLoadError, UnsupportedPipeline) as error:
-            stop_server(f"imgedit: {error}")
+        self.handler, self.card = start_or_stop_server(settings)
 
     def __is_ready__(self) -> bool:
         return True

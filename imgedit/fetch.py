@@ -20,11 +20,12 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import unquote_to_bytes, urljoin, urlsplit
+from urllib.parse import unquote_to_bytes
 
 import anyio
 import httpcore
@@ -41,6 +42,8 @@ AddressCheck = Callable[[Address], str | None]
 
 _REDIRECTS = (301, 302, 303, 307, 308)
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+#: An ASCII host name, IPv4 address or IPv6 address (as httpx gives it, without brackets).
+_HOST = re.compile(rb"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,24 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+def _http_url(url: str, base: httpx.URL | None = None) -> httpx.URL | None:
+    """``url`` (relative to ``base``) as a normalised absolute http(s) URL, or None when it is not one.
+
+    Normalising turns international host names into their ASCII form and
+    percent-encodes the path, which is what goes on the wire.
+    """
+    try:
+        parsed = base.join(url) if base is not None else httpx.URL(url)
+        port = parsed.port
+    except (httpx.InvalidURL, ValueError, TypeError, UnicodeError):
+        return None
+    if parsed.scheme not in ("http", "https") or not (port is None or 0 < port < 65536):
+        return None
+    if not _HOST.fullmatch(parsed.raw_host):
+        return None
+    return parsed
+
+
 class Fetcher:
     """Reads image URLs into bytes under a :class:`FetchPolicy`.
 
@@ -178,10 +199,12 @@ class Fetcher:
         """
         if url[:5].lower() == "data:":
             return self._read_data_url(url, param)
-        scheme = urlsplit(url).scheme.lower()
-        if scheme not in ("http", "https"):
+        target = _http_url(url)
+        if target is None:
             raise invalid(
-                param, f"Unsupported URL scheme in '{param}'; use http, https or a data: URL.", code="invalid_url"
+                param,
+                f"'{param}' is not a valid http(s) URL; use http, https or a data: URL.",
+                code="invalid_url",
             )
         if not self.policy.enabled:
             raise invalid(
@@ -191,7 +214,7 @@ class Fetcher:
             )
         try:
             with anyio.fail_after(self.policy.timeout):
-                return await self._fetch(url, param)
+                return await self._fetch(target, param)
         except TimeoutError:
             raise invalid(
                 param, f"Fetching '{param}' took longer than {self.policy.timeout:g} s.", code="url_fetch_failed"
@@ -214,19 +237,19 @@ class Fetcher:
             raise invalid(param, f"The image in '{param}' is larger than {limit} bytes.", code="image_too_large")
         return data
 
-    async def _fetch(self, url: str, param: str) -> bytes:
+    async def _fetch(self, url: httpx.URL, param: str) -> bytes:
         backend = _GuardedBackend(self._resolver, self._check)
         headers = [(b"User-Agent", f"imgedit/{__version__}".encode()), (b"Accept", b"image/*")]
         async with httpcore.AsyncConnectionPool(ssl_context=self._ssl_context, network_backend=backend) as pool:
             for _hop in range(self.policy.max_redirects + 1):
-                parts = urlsplit(url)
-                if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-                    raise invalid(param, f"'{param}' redirected to an unsupported URL.", code="invalid_url")
                 try:
-                    async with pool.stream("GET", url, headers=headers) as response:
+                    async with pool.stream("GET", str(url), headers=headers) as response:
                         location = dict((k.lower(), v) for k, v in response.headers).get(b"location")
                         if response.status in _REDIRECTS and location:
-                            url = urljoin(url, location.decode("latin-1"))
+                            next_url = _http_url(location.decode("latin-1"), base=url)
+                            if next_url is None:
+                                raise invalid(param, f"'{param}' redirected to an unsupported URL.", code="invalid_url")
+                            url = next_url
                             continue
                         if response.status != 200:
                             raise invalid(
@@ -246,6 +269,7 @@ class Fetcher:
                     httpcore.ProtocolError,
                     httpcore.UnsupportedProtocol,
                     ssl.SSLError,
+                    ValueError,  # a malformed answer httpcore could not make sense of
                 ) as exc:
                     raise invalid(
                         param, f"Fetching '{param}' failed: {type(exc).__name__}.", code="url_fetch_failed"

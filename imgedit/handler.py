@@ -98,6 +98,7 @@ class EditHandler:
                 504,
                 f"The edit did not finish within {self.settings.request_timeout:g} s.",
                 code="timeout",
+                headers={"x-should-retry": "false"},  # the same edit would time out again
             ) from None
         options = EncodeOptions(
             output_format=request.output_format,

@@ -12,7 +12,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from imgedit.errors import invalid
 from imgedit.sizing import Size
@@ -59,7 +59,9 @@ def decode_image(data: bytes, param: str, max_pixels: int) -> InputImage:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError:
         raise _too_many_pixels(param, max_pixels) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+    except MemoryError:
+        raise
+    except Exception:  # UnidentifiedImageError, or a plugin choking on a malformed header
         raise invalid(
             param,
             f"The file in '{param}' is not a supported image ({_ACCEPTED_NAMES}).",
@@ -74,7 +76,9 @@ def decode_image(data: bytes, param: str, max_pixels: int) -> InputImage:
         image.load()
         image = ImageOps.exif_transpose(image)
         return _to_input_image(image)
-    except (OSError, ValueError, SyntaxError, EOFError):
+    except MemoryError:
+        raise
+    except Exception:  # Pillow's decoders raise many kinds (struct.error from bad EXIF, for one)
         raise invalid(param, f"The image in '{param}' is truncated or corrupt.", code="invalid_image") from None
 
 

@@ -55,7 +55,7 @@ def _one_line(error: BaseException) -> str:
 
 
 def check_model_source(settings: Settings) -> None:
-    """Fail fast, before any worker starts, when the model cannot be found.
+    """Fail fast, before any worker starts, when the model or its device cannot be had.
 
     Checks that a tiny name is known, that a directory holds ``model_index.json``,
     or that a hub repo's ``model_index.json`` can be had (from the cache, or
@@ -64,6 +64,7 @@ def check_model_source(settings: Settings) -> None:
     Raises:
         ModelLoadError: saying what is missing and how to run the tiny model.
     """
+    pick_device(settings.device)
     model = settings.model
     if is_tiny(model):
         from imgedit.tiny import PREFIX, TINY_MODELS
@@ -92,8 +93,15 @@ def check_model_source(settings: Settings) -> None:
 
 
 def pick_device(setting: str) -> torch.device:
+    """The device ``IMGEDIT_DEVICE`` asks for.
+
+    Raises:
+        ModelLoadError: CUDA was asked for and there is none.
+    """
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("IMGEDIT_DEVICE: 'cuda' was asked for, but no CUDA device is available")
     return torch.device(setting)
 
 

@@ -1,41 +1,94 @@
-"""Start-up: load the model, pick its adapter, warm it up, build the request handler."""
+"""Start-up: check, load the model, pick its adapter, warm it up, build the request handler.
+
+``bentoml serve`` runs :func:`preflight` once in its own process before any
+worker starts, and each worker then runs :func:`start`. A worker that fails
+there calls :func:`stop_server`: BentoML's process manager would otherwise
+restart it forever (or, inside a container, leave a server with no worker).
+"""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import signal
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import NoReturn
 
 from imgedit.config import Settings
 from imgedit.engine import Engine
-from imgedit.families import adapter_class_for
+from imgedit.families import UnsupportedPipeline, adapter_class_for
 from imgedit.fetch import Fetcher, FetchPolicy
 from imgedit.handler import EditHandler
-from imgedit.loader import load_model
+from imgedit.loader import ModelLoadError, check_model_source, load_model
 from imgedit.logs import get_logger
 from imgedit.v1_routes import ModelCard
 
 log = get_logger(__name__)
+
+#: Set by :func:`preflight` for the workers: where a worker records a fatal start-up failure.
+#: (Not ``IMGEDIT_``-prefixed: it is no setting.)
+FAILURE_FILE_VARIABLE = "_IMGEDIT_STARTUP_FAILURE_FILE"
+
+
+class StartupError(Exception):
+    """Serving cannot start; the message is one line for the operator."""
+
+
+def preflight(settings: Settings) -> None:
+    """Checks run once in the ``bentoml serve`` process before workers start.
+
+    Also arranges for that process to exit with status 1 if a worker later
+    reports a fatal start-up failure through :func:`stop_server`.
+
+    Raises:
+        StartupError: the device or the model source is not available.
+    """
+    try:
+        check_model_source(settings)
+    except ModelLoadError as error:
+        raise StartupError(str(error)) from None
+    descriptor, path = tempfile.mkstemp(prefix="imgedit-startup-")
+    os.close(descriptor)
+    os.environ[FAILURE_FILE_VARIABLE] = path
+
+    def exit_with_failure_status() -> None:
+        try:
+            failed = os.path.getsize(path) > 0
+            os.unlink(path)
+        except OSError:
+            failed = False
+        if failed:
+            os._exit(1)
+
+    atexit.register(exit_with_failure_status)
 
 
 def start(settings: Settings) -> tuple[EditHandler, ModelCard]:
     """Load and warm up the configured model; return its handler and model card.
 
     Raises:
-        ModelLoadError: the model cannot be loaded.
-        UnsupportedPipeline: no adapter serves the pipeline's class.
+        StartupError: the model cannot be loaded or served as configured.
+        Exception: anything unexpected (a failed warm-up, for instance).
     """
     started = time.monotonic()
-    loaded = load_model(settings)
-    adapter_class = adapter_class_for(loaded.pipeline)
-    adapter = adapter_class(
-        loaded.pipeline,
-        default_steps=settings.default_steps or loaded.default_steps,
-        max_images=settings.max_images,
-    )
+    try:
+        loaded = load_model(settings)
+        adapter_class = adapter_class_for(loaded.pipeline)
+    except (ModelLoadError, UnsupportedPipeline) as error:
+        raise StartupError(str(error)) from None
+    try:
+        adapter = adapter_class(
+            loaded.pipeline,
+            default_steps=settings.default_steps or loaded.default_steps,
+            max_images=settings.max_images,
+        )
+    except ValueError as error:  # the only setting an adapter can refuse
+        raise StartupError(f"IMGEDIT_MAX_IMAGES: {error}") from None
     engine = Engine(loaded.pipeline)
     engine.run_now(adapter.warmup_calls())
     log.info(
@@ -60,13 +113,29 @@ def start(settings: Settings) -> tuple[EditHandler, ModelCard]:
     return EditHandler(settings, loaded.model_id, adapter, engine, fetcher), card
 
 
+def start_or_stop_server(settings: Settings) -> tuple[EditHandler, ModelCard]:
+    """:func:`start`, or stop the whole server with a one-line message when it fails."""
+    try:
+        return start(settings)
+    except StartupError as error:
+        stop_server(f"imgedit: {error}")
+    except Exception as error:
+        traceback.print_exc()
+        summary = " ".join(str(error).split())[:300]
+        stop_server(f"imgedit: start-up failed: {type(error).__name__}: {summary}")
+
+
 def stop_server(message: str) -> NoReturn:
     """Print ``message`` and stop the whole ``bentoml serve`` process, not just this worker.
 
-    A worker that fails in start-up is restarted forever by BentoML's process
-    manager, so the worker asks its parent to shut down, then exits.
+    The worker records the failure for :func:`preflight`'s exit handler (so
+    ``bentoml serve`` exits with status 1), asks its parent to shut down, and exits.
     """
     print(message, file=sys.stderr, flush=True)
+    failure_file = os.environ.get(FAILURE_FILE_VARIABLE)
+    if failure_file:
+        with contextlib.suppress(OSError):
+            Path(failure_file).write_text(message)
     parent = os.getppid()
     try:
         parent_command = Path(f"/proc/{parent}/cmdline").read_bytes()

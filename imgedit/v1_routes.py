@@ -52,12 +52,14 @@ def create_v1_app(models: Callable[[], list[ModelCard]]) -> Starlette:
         )
 
     async def fallback(request: Request) -> Response:
-        if request.url.path.endswith(EDITS_PATH):
+        path = "/" + request.path_params["path"]
+        allowed = "POST" if path == EDITS_PATH else "GET" if path == "/models" or path.startswith("/models/") else None
+        if allowed is not None:
             raise ApiError(
                 405,
-                f"{request.method} is not allowed here; use POST.",
+                f"{request.method} is not allowed here; use {allowed}.",
                 code="method_not_allowed",
-                headers={"Allow": "POST"},
+                headers={"Allow": allowed},
             )
         raise ApiError(404, f"Unknown path {request.url.path}.", code="not_found")
 

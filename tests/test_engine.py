@@ -133,12 +133,12 @@ async def test_a_cancelled_waiter_stops_its_run():
 async def test_runs_the_real_tiny_pipeline(tiny_model):
     from imgedit.families.qwen_image_edit import QwenImageEditAdapter
     from imgedit.images import InputImage
-    from imgedit.request import EditRequest
+    from imgedit.request import EditRequest, ImageSource
     from imgedit.sizing import Size
 
     adapter = QwenImageEditAdapter(tiny_model.pipeline, default_steps=2)
     image = InputImage(rgb=Image.new("RGB", (64, 64), (0, 90, 200)), alpha=None)
-    plan = adapter.plan(EditRequest(prompt="p", sources=(), n=2), [image], Size(64, 48), [1, 2])
+    plan = adapter.plan(EditRequest(prompt="p", sources=(ImageSource("image[0]"),), n=2), [image], Size(64, 48), [1, 2])
     engine = Engine(tiny_model.pipeline)
     try:
         images = await engine.run(plan, far())

@@ -4,10 +4,11 @@ import pytest
 import torch
 from PIL import Image
 
+from imgedit.errors import ApiError
 from imgedit.families import UnsupportedPipeline, adapter_class_for
 from imgedit.families.qwen_image_edit import QwenImageEditAdapter
 from imgedit.images import InputImage
-from imgedit.request import EditRequest
+from imgedit.request import EditRequest, ImageSource
 from imgedit.sizing import Size
 
 IMAGE = InputImage(rgb=Image.new("RGB", (64, 64), (9, 9, 9)), alpha=None)
@@ -18,8 +19,10 @@ def adapter(tiny_model):
     return QwenImageEditAdapter(tiny_model.pipeline, default_steps=40)
 
 
-def request(**fields) -> EditRequest:
-    return EditRequest(prompt="turn it red", sources=(), **fields)
+def request(images: int = 1, prompt_length: int | None = None, **fields) -> EditRequest:
+    sources = tuple(ImageSource(f"image[{index}]") for index in range(images))
+    prompt = "turn it red" if prompt_length is None else "p" * prompt_length
+    return EditRequest(prompt=prompt, sources=sources, **fields)
 
 
 def test_adapter_is_chosen_from_the_pipeline_class(tiny_model):
@@ -32,10 +35,12 @@ def test_size_multiple_follows_the_vae(adapter):
     assert adapter.size_multiple == adapter.pipeline.vae_scale_factor * 2
 
 
-def test_max_images_is_capped_by_the_family(tiny_model):
+def test_max_images_defaults_to_four_and_may_be_raised_to_sixteen(tiny_model):
     assert QwenImageEditAdapter(tiny_model.pipeline).max_images == 4
     assert QwenImageEditAdapter(tiny_model.pipeline, max_images=2).max_images == 2
-    assert QwenImageEditAdapter(tiny_model.pipeline, max_images=16).max_images == 4
+    assert QwenImageEditAdapter(tiny_model.pipeline, max_images=16).max_images == 16
+    with pytest.raises(ValueError, match="at most 16"):
+        QwenImageEditAdapter(tiny_model.pipeline, max_images=17)
 
 
 @pytest.mark.parametrize(
@@ -78,7 +83,7 @@ def test_no_cfg_means_no_negative_prompt(adapter):
 
 
 def test_one_call_per_image_with_its_own_seed(adapter):
-    calls = adapter.plan(request(n=3), [IMAGE, IMAGE], Size(64, 64), [5, 6, 7])
+    calls = adapter.plan(request(images=2, n=3), [IMAGE, IMAGE], Size(64, 64), [5, 6, 7])
     assert [call.num_images for call in calls] == [1, 1, 1]
     first_noise = [torch.randn(4, generator=call.kwargs["generator"][0]) for call in calls]
     assert torch.equal(first_noise[1], torch.randn(4, generator=torch.Generator().manual_seed(6)))
@@ -94,3 +99,54 @@ def test_arguments_the_pipeline_does_not_take_are_dropped(adapter, monkeypatch):
     monkeypatch.setattr(QwenImageEditAdapter, "arguments", with_extra)
     (call,) = adapter.plan(request(), [IMAGE], Size(64, 64), [1])
     assert "image_guidance_scale" not in call.kwargs
+
+
+def _budget_error(adapter, req, images, size) -> str | None:
+    try:
+        adapter.check(req, images, size)
+    except ApiError as error:
+        return error.param
+    return None
+
+
+def _pipeline_runs(adapter, req, images, size) -> bool:
+    kwargs = adapter._accepted_only(adapter.arguments(req, images, size, 1, [0]))
+    try:
+        with torch.inference_mode():
+            adapter.pipeline(**kwargs)
+    except (RuntimeError, ValueError, IndexError):
+        return False
+    return True
+
+
+def test_the_prompt_limit_is_exactly_where_the_pipeline_breaks(adapter):
+    size = Size(64, 64)
+    low, high = 1, 8000
+    while low < high:  # the longest prompt the check accepts
+        middle = (low + high + 1) // 2
+        if _budget_error(adapter, request(prompt_length=middle), [IMAGE], size) is None:
+            low = middle
+        else:
+            high = middle - 1
+    longest = request(prompt_length=low)
+    too_long = request(prompt_length=low + 1)
+    assert 3000 < low < 4096
+    assert _budget_error(adapter, too_long, [IMAGE], size) == "prompt"
+    assert _pipeline_runs(adapter, longest, [IMAGE], size)
+    assert not _pipeline_runs(adapter, too_long, [IMAGE], size)
+
+
+def test_a_long_negative_prompt_is_named(adapter):
+    req = request(negative_prompt="n" * 5000)
+    assert _budget_error(adapter, req, [IMAGE], Size(64, 64)) == "negative_prompt"
+    assert (
+        _budget_error(adapter, request(negative_prompt="n" * 5000, true_cfg_scale=1.0), [IMAGE], Size(64, 64)) is None
+    )
+
+
+def test_too_elongated_references_are_refused_where_the_pipeline_breaks(adapter):
+    thin = InputImage(rgb=Image.new("RGB", (2000, 40)), alpha=None)
+    assert _budget_error(adapter, request(images=2), [IMAGE, thin], Size(64, 64)) == "image[1]"
+    assert not _pipeline_runs(adapter, request(images=2), [IMAGE, thin], Size(64, 64))
+    wide = InputImage(rgb=Image.new("RGB", (400, 40)), alpha=None)
+    assert _budget_error(adapter, request(), [wide], Size(64, 64)) is None

@@ -37,6 +37,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif path.startswith("/hops/"):
             left = int(path.rsplit("/", 1)[1])
             self._send(302, headers={"Location": f"/hops/{left - 1}" if left > 1 else "/image.png"})
+        elif path == "/bad-location":
+            self._send(302, headers={"Location": "http://[::1/x.png"})
         elif path.startswith("/to/"):
             self._send(307, headers={"Location": f"http://{path[4:]}/image.png"})
         elif path == "/slow":
@@ -154,6 +156,28 @@ async def test_other_schemes_are_refused(url):
     error = await error_of(Fetcher(FetchPolicy(), resolver=fake_resolver({}, calls)), url)
     assert error.code == "invalid_url"
     assert calls == []
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[::1/a.png", "http://example.com:99999/a.png", "http:///a.png", "https://", "http://exa mple.com/"]
+)
+async def test_malformed_urls_are_400(url):
+    calls: list[str] = []
+    error = await error_of(Fetcher(FetchPolicy(), resolver=fake_resolver({}, calls)), url)
+    assert error.code == "invalid_url"
+    assert calls == []
+
+
+async def test_international_host_names_are_resolved_in_ascii():
+    calls: list[str] = []
+    fetcher = Fetcher(FetchPolicy(), resolver=fake_resolver({"xn--exmple-cua.test": ["10.0.0.1"]}, calls))
+    assert (await error_of(fetcher, "http://exämple.test/ü.png")).code == "url_not_allowed"
+    assert calls == ["xn--exmple-cua.test"]
+
+
+async def test_a_malformed_redirect_is_400(origin):
+    error = await error_of(Fetcher(FetchPolicy(allow_private=True)), f"http://{origin}/bad-location")
+    assert error.code == "invalid_url"
 
 
 async def test_fetches_an_image_when_private_hosts_are_allowed(origin):

@@ -142,6 +142,7 @@ async def test_deadline_gives_504(tiny_model, engine):
     response, body = await call(handler, ("image", image_bytes()), ("prompt", "p"), ("num_inference_steps", "50"))
     assert response.status_code == 504
     assert body["error"]["code"] == "timeout"
+    assert response.headers["x-should-retry"] == "false"
 
 
 async def test_unexpected_failures_are_500_without_internals(handler, monkeypatch):

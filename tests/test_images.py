@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import io
+import random
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,3 +148,29 @@ def test_decompression_bomb_is_refused_from_the_header(side, shown):
 
 def test_pixel_limit_is_configurable():
     assert error_of(image_bytes(100, 100), max_pixels=9_999).code == "image_too_large"
+
+
+def test_corrupt_exif_is_a_400_not_a_crash():
+    data = (Path(__file__).parent / "data" / "bad_exif.jpg").read_bytes()  # found by mutation fuzzing
+    assert error_of(data).code == "invalid_image"
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF", "GIF", "BMP"])
+def test_mutated_images_decode_or_get_a_400(fmt):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    extra = {"exif": exif} if fmt in ("JPEG", "PNG", "WEBP") else {}
+    buffer = io.BytesIO()
+    Image.new("RGB" if fmt != "GIF" else "L", (40, 30), 120).save(buffer, format=fmt, **extra)
+    original = buffer.getvalue()
+    rng = random.Random(fmt)
+    for _ in range(200):
+        data = bytearray(original)
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if rng.random() < 0.2:
+            data = data[: rng.randrange(len(data))]
+        try:
+            decode_image(bytes(data), "image[0]", MAX_PIXELS)
+        except ApiError as error:
+            assert error.status == 400

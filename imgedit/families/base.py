@@ -19,7 +19,7 @@ from PIL import Image
 
 from imgedit.images import InputImage
 from imgedit.logs import get_logger
-from imgedit.request import EditRequest
+from imgedit.request import EditRequest, ImageSource
 from imgedit.sizing import Size
 
 log = get_logger(__name__)
@@ -45,14 +45,17 @@ class FamilyAdapter(ABC):
         pipeline: the loaded pipeline (an instance of one of ``pipeline_classes``).
         default_steps: overrides the family's default step count (for distilled
             weights, or the tiny test models).
-        max_images: overrides the family's input-image cap; never above it.
+        max_images: overrides the family's default input-image cap, up to
+            ``max_images_supported``.
     """
 
     #: Short family name, shown in logs.
     name: ClassVar[str]
     #: diffusers pipeline class names this adapter serves.
     pipeline_classes: ClassVar[tuple[str, ...]]
-    #: The most input images one call accepts.
+    #: Input images accepted per request unless the operator says otherwise.
+    default_max_images: ClassVar[int]
+    #: The most input images the pipeline can take at all.
     max_images_supported: ClassVar[int]
     #: Denoising steps when the request sets neither steps nor quality.
     default_steps: ClassVar[int]
@@ -64,7 +67,9 @@ class FamilyAdapter(ABC):
     def __init__(self, pipeline: Any, *, default_steps: int | None = None, max_images: int | None = None) -> None:
         self.pipeline = pipeline
         self.steps = default_steps or self.default_steps
-        self.max_images = min(max_images or self.max_images_supported, self.max_images_supported)
+        self.max_images = max_images or self.default_max_images
+        if self.max_images > self.max_images_supported:
+            raise ValueError(f"{self.name} takes at most {self.max_images_supported} input images")
         self._accepted = set(inspect.signature(type(pipeline).__call__).parameters)
 
     @property
@@ -78,6 +83,13 @@ class FamilyAdapter(ABC):
     ) -> dict[str, Any]:
         """The family's pipeline arguments for ``request`` (before filtering by signature)."""
 
+    def check(self, request: EditRequest, images: Sequence[InputImage], size: Size) -> None:
+        """Refuse, with an :class:`~imgedit.errors.ApiError`, a request this family cannot run.
+
+        The default accepts everything; families override it for limits of their model.
+        """
+        return None
+
     def steps_for(self, request: EditRequest) -> int:
         """Explicit ``num_inference_steps`` wins; otherwise ``quality`` scales the default."""
         if request.num_inference_steps is not None:
@@ -87,7 +99,12 @@ class FamilyAdapter(ABC):
     def plan(
         self, request: EditRequest, images: Sequence[InputImage], size: Size, seeds: Sequence[int]
     ) -> list[PipelineCall]:
-        """The pipeline calls serving ``request``: together they make one image per seed, in order."""
+        """The pipeline calls serving ``request``: together they make one image per seed, in order.
+
+        Raises:
+            ApiError: 400 when the family cannot run the request (see :meth:`check`).
+        """
+        self.check(request, images, size)
         steps = self.steps_for(request)
         groups = [list(seeds)] if self.batches_images else [[seed] for seed in seeds]
         return [
@@ -98,7 +115,7 @@ class FamilyAdapter(ABC):
     def warmup_calls(self) -> list[PipelineCall]:
         """A one-step call on a small blank image, run once before serving."""
         image = Image.new("RGB", (WARMUP_SIDE, WARMUP_SIDE), (127, 127, 127))
-        request = EditRequest(prompt="warm-up", sources=(), num_inference_steps=1)
+        request = EditRequest(prompt="warm-up", sources=(ImageSource("image[0]"),), num_inference_steps=1)
         side = max(WARMUP_SIDE, self.size_multiple)
         inputs = [InputImage(rgb=image, alpha=None)]
         return self.plan(request, inputs, Size(side, side), [0])

@@ -42,13 +42,15 @@ def test_one_file(client, tmp_path):
     assert (result.output_format, result.size, result.background) == ("png", "96x64", "opaque")
 
 
-def test_a_list_of_files_is_sent_as_image_brackets(client, tmp_path):
+def test_a_list_of_files_is_sent_as_image_brackets_and_all_are_used(client, tmp_path):
     paths = []
     for index, size in enumerate([(64, 64), (80, 48)]):
         paths.append(tmp_path / f"{index}.png")
         paths[-1].write_bytes(gradient_png(*size))
-    result = client.images.edit(image=paths, prompt="combine them", size="64x64")
-    assert [image.size for image in images_of(result)] == [(64, 64)]
+    both = client.images.edit(image=paths, prompt="combine them", size="64x64", extra_body={"seed": 3})
+    first_only = client.images.edit(image=paths[:1], prompt="combine them", size="64x64", extra_body={"seed": 3})
+    assert [image.size for image in images_of(both)] == [(64, 64)]
+    assert both.data[0].b64_json != first_only.data[0].b64_json
 
 
 def test_raw_bytes(client):

@@ -35,8 +35,10 @@ def test_repeated_image_and_mixed_brackets_merge_in_arrival_order(http):
     repeated = edit(http, [("image", RED, "a.png"), ("image", BLUE, "b.png"), *common])
     mixed = edit(http, [("image", RED, "a.png"), ("image[]", BLUE, "b.png"), *common])
     reversed_order = edit(http, [("image[]", BLUE, "b.png"), ("image", RED, "a.png"), *common])
+    only_first = edit(http, [("image", RED, "a.png"), *common])
     assert first_image(as_brackets) == first_image(repeated) == first_image(mixed)
     assert first_image(reversed_order) != first_image(as_brackets)
+    assert first_image(only_first) != first_image(as_brackets)
 
 
 def test_fields_after_files_and_files_without_filename(http):
@@ -114,6 +116,8 @@ def test_unknown_v1_paths_and_methods_are_openai_shaped(http):
     wrong_method = http.get("/v1/images/edits")
     assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
     assert http.get("/v1/models/other").status_code == 404
+    wrong_on_models = http.post("/v1/models")
+    assert wrong_on_models.status_code == 405 and wrong_on_models.headers["allow"] == "GET"
 
 
 def test_the_server_keeps_serving_after_errors(http):

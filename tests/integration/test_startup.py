@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -56,12 +58,48 @@ def test_a_model_that_fails_to_load_in_the_worker_stops_the_server(tmp_path):
         json.dumps({"_class_name": "QwenImageEditPlusPipeline", "vae": ["diffusers", "AutoencoderKLQwenImage"]})
     )
     result = run_until_exit(tmp_path, IMGEDIT_MODEL=str(broken))
-    assert result.returncode is not None
+    assert result.returncode == 1
     assert f"imgedit: cannot load model '{broken}'" in result.stdout
     assert result.stdout.count("imgedit: cannot load model") == 1  # stopped, not restarted over and over
 
 
-def test_ready_only_after_the_warm_up(server):
-    assert httpx.get(f"{server.url}/readyz").status_code == 200
-    assert "serving tiny:qwen-image-edit-plus as 'qwen-image-edit-plus'" in server.log()
-    assert httpx.get(f"{server.url}/livez").status_code == 200
+def test_asking_for_cuda_without_one_stops_start_up(tmp_path):
+    result = run_until_exit(tmp_path, IMGEDIT_DEVICE="cuda")
+    assert result.returncode != 0
+    assert result.stdout.strip().splitlines() == [
+        "imgedit: IMGEDIT_DEVICE: 'cuda' was asked for, but no CUDA device is available"
+    ]
+
+
+def test_ready_only_after_the_warm_up(tmp_path):
+    gate = tmp_path / "gate"
+    hook = Path(__file__).parent / "warmup_gate"
+    port = free_port()
+    environment = server_environment(tmp_path, TEST_WARMUP_GATE=str(gate), PYTHONPATH=str(hook))
+    process = subprocess.Popen(
+        serve_command(port), cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while not Path(f"{gate}.reached").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "the warm-up never started"
+            time.sleep(0.1)
+        for _ in range(10):  # loaded but not warmed up: never ready
+            assert _ready_status(url) != 200
+            time.sleep(0.1)
+        gate.touch()
+        while _ready_status(url) != 200:
+            assert process.poll() is None and time.monotonic() < deadline, "never became ready"
+            time.sleep(0.1)
+        assert httpx.get(f"{url}/livez").status_code == 200
+    finally:
+        stop(process)
+
+
+def _ready_status(url: str) -> int | None:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=0.5).status_code
+    except httpx.HTTPError:
+        return None
