@@ -39,10 +39,13 @@ class Settings(BaseSettings):
     # What to serve.
     model: str = Field(DEFAULT_MODEL, min_length=1)
     served_model_name: str | None = Field(None, min_length=1, max_length=256)
+    family: str | None = Field(None, min_length=1)
     device: Literal["auto", "cuda", "cpu"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     max_images: int | None = Field(None, ge=1, le=HARD_MAX_IMAGES)
     default_steps: int | None = Field(None, ge=1, le=200)
+    default_guidance_scale: float | None = Field(None, ge=0, le=20)
+    default_true_cfg_scale: float | None = Field(None, ge=0, le=20)
 
     # Request limits.
     max_prompt_chars: int = Field(32_000, ge=1, le=1_000_000)

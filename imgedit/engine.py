@@ -15,13 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import inspect
 import queue
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from PIL import Image
@@ -50,15 +48,9 @@ class _Job:
 
 
 class Engine:
-    """The single consumer of one pipeline.
+    """The single consumer of the pipelines of one model: only its thread calls them."""
 
-    Args:
-        pipeline: a diffusers pipeline; it is only ever called from the engine's thread.
-    """
-
-    def __init__(self, pipeline: Any) -> None:
-        self.pipeline = pipeline
-        self._step_callback = "callback_on_step_end" in inspect.signature(type(pipeline).__call__).parameters
+    def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="imgedit-engine", daemon=True)
         self._thread.start()
@@ -108,20 +100,14 @@ class Engine:
                 self._resolve(job, images=images)
 
     def _call_pipeline(self, calls: Sequence[PipelineCall], cancelled: threading.Event) -> list[Image.Image]:
-        def stop_when_cancelled(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        def stop_when_cancelled(step: int, latents: torch.Tensor) -> None:
             if cancelled.is_set():
                 raise RunCancelled
-            return tensors
 
         images: list[Image.Image] = []
         for call in calls:
-            kwargs = dict(call.kwargs)
-            if self._step_callback:
-                kwargs["callback_on_step_end"] = stop_when_cancelled
             started = time.perf_counter()
-            with torch.inference_mode():
-                output = self.pipeline(**kwargs)
-            images.extend(output.images)
+            images.extend(call.invoke(stop_when_cancelled))
             log.debug("pipeline call took %.3f s", time.perf_counter() - started)
         return images
 

@@ -1,7 +1,7 @@
 """The request path of ``POST /v1/images/edits``, as one straight line.
 
 parse (the input descriptor) -> validate -> load inputs -> plan for the model
-family -> run on the engine -> encode -> respond. Each step lives in its own
+family -> run on the engine -> finish (exact size, mask) -> encode -> respond. Each step lives in its own
 module; this one only strings them together, turns failures into OpenAI-shaped
 errors, and adds the model, ``n``, size and steps to the request's access line.
 """
@@ -20,13 +20,14 @@ from imgedit.engine import DeadlineExceeded, Engine
 from imgedit.errors import ApiError, internal_error
 from imgedit.families import FamilyAdapter
 from imgedit.fetch import Fetcher
-from imgedit.inputs import load_images
+from imgedit.inputs import load_inputs
 from imgedit.logs import get_logger
+from imgedit.masking import fit, keep_outside
 from imgedit.multipart import Form
 from imgedit.request import MAX_SEED, EditRequest, RequestLimits, parse_edit_request
 from imgedit.request_context import note
 from imgedit.responses import images_response
-from imgedit.sizing import Size, SizeLimits, output_size
+from imgedit.sizing import SizeLimits, output_size
 
 log = get_logger(__name__)
 
@@ -86,13 +87,14 @@ class EditHandler:
         request = parse_edit_request(form, self.limits)
         note(n=request.n)
         log.debug("prompt=%r negative_prompt=%r user=%r", request.prompt, request.negative_prompt, request.user)
-        images = await load_images(request.sources, self.fetcher, self.settings.max_input_pixels)
-        size = output_size(request.size, images[0].size, self.adapter.size_multiple, self.limits.size)
+        inputs = await load_inputs(request, self.fetcher, self.settings.max_input_pixels)
+        first = inputs.images[0]
+        size = output_size(request.size, first.size, self.adapter.size_multiple, self.limits.size)
         seeds = seeds_for(request)
-        calls = self.adapter.plan(request, images, size, seeds)
-        note(size=size, steps=self.adapter.steps_for(request))
+        plan = self.adapter.plan(request, inputs.images, size, seeds, inputs.mask_region)
+        note(size=size, steps=plan.steps, **({"mask": plan.mask_mode} if plan.mask_mode != "none" else {}))
         try:
-            outputs = await self.engine.run(calls, deadline)
+            outputs = await self.engine.run(plan.calls, deadline)
         except DeadlineExceeded:
             raise ApiError(
                 504,
@@ -103,20 +105,25 @@ class EditHandler:
         options = EncodeOptions(
             output_format=request.output_format,
             quality=request.output_compression,
-            background=resolve_background(request.background, images[0].alpha, request.output_format),
+            background=resolve_background(request.background, first.alpha, request.output_format),
             png_compress_level=self.settings.png_compress_level,
         )
-        alpha = images[0].alpha
 
-        def encode_all() -> list[bytes]:
-            return [encode_image(image, alpha, options) for image in outputs]
+        def finish_and_encode() -> list[bytes]:
+            encoded = []
+            for output in outputs:
+                image = fit(output, size)
+                if inputs.mask_region is not None:
+                    image = keep_outside(image, first.rgb, inputs.mask_region)
+                encoded.append(encode_image(image, first.alpha, options))
+            return encoded
 
-        encoded = await anyio.to_thread.run_sync(encode_all)
+        encoded = await anyio.to_thread.run_sync(finish_and_encode)
         return images_response(
             encoded,
             created=int(time.time()),
             output_format=request.output_format,
-            size=Size(*outputs[0].size),
+            size=size,
             background=options.background,
             seeds=seeds,
         )

@@ -9,17 +9,20 @@ decoded, so a small file that declares a huge image is refused cheaply.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from imgedit.errors import invalid
+from imgedit.errors import ApiError, invalid
 from imgedit.sizing import Size
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 _ACCEPTED_NAMES = "PNG, JPEG, WebP, BMP, TIFF or GIF"
 _WHITE = (255, 255, 255, 255)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class InputImage:
 
 
 def decode_image(data: bytes, param: str, max_pixels: int) -> InputImage:
-    """Decode one image.
+    """Decode one input image.
 
     Args:
         data: the raw file bytes.
@@ -53,6 +56,11 @@ def decode_image(data: bytes, param: str, max_pixels: int) -> InputImage:
         ApiError: 400 with ``param`` when the bytes are empty, not an accepted
             format, corrupt or truncated, or declare too many pixels.
     """
+    return open_image(data, param, max_pixels, _to_input_image)
+
+
+def open_image(data: bytes, param: str, max_pixels: int, convert: Callable[[Image.Image], T]) -> T:
+    """Decode ``data`` (upright, first frame) and hand it to ``convert``; errors as for :func:`decode_image`."""
     if not data:
         raise invalid(param, f"The image in '{param}' is empty.", code="invalid_image")
     try:
@@ -75,14 +83,19 @@ def decode_image(data: bytes, param: str, max_pixels: int) -> InputImage:
     try:
         image.load()
         image = ImageOps.exif_transpose(image)
-        return _to_input_image(image)
-    except MemoryError:
+        return convert(image)
+    except (MemoryError, ApiError):
         raise
     except Exception:  # Pillow's decoders raise many kinds (struct.error from bad EXIF, for one)
         raise invalid(param, f"The image in '{param}' is truncated or corrupt.", code="invalid_image") from None
 
 
-def _too_many_pixels(param: str, max_pixels: int, size: str = "") -> Exception:
+def has_transparency(image: Image.Image) -> bool:
+    """Whether the mode or metadata gives ``image`` an alpha channel."""
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+
+
+def _too_many_pixels(param: str, max_pixels: int, size: str = "") -> ApiError:
     declared = f" ({size})" if size else ""
     return invalid(
         param,
@@ -94,8 +107,7 @@ def _too_many_pixels(param: str, max_pixels: int, size: str = "") -> Exception:
 def _to_input_image(image: Image.Image) -> InputImage:
     if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
         image = _to_8bit(image)
-    has_transparency = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    if not has_transparency:
+    if not has_transparency(image):
         return InputImage(rgb=image.convert("RGB"), alpha=None)
     rgba = image.convert("RGBA")
     alpha = rgba.getchannel("A")

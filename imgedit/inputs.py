@@ -1,4 +1,4 @@
-"""Load the request's input images: fetch URLs, then decode everything.
+"""Load the request's inputs: fetch URLs, then decode the images and the mask.
 
 URLs are fetched concurrently; decoding runs in a worker thread so the event
 loop keeps serving while large images are decompressed.
@@ -6,22 +6,54 @@ loop keeps serving while large images are decompressed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import anyio
 import anyio.to_thread
+from PIL import Image
 
 from imgedit.errors import ApiError
 from imgedit.fetch import Fetcher
 from imgedit.images import InputImage, decode_image
-from imgedit.request import ImageSource
+from imgedit.masking import decode_mask
+from imgedit.request import EditRequest, ImageSource
 
 
-async def load_images(sources: tuple[ImageSource, ...], fetcher: Fetcher, max_pixels: int) -> list[InputImage]:
-    """Decode ``sources`` in order (uploads first, then URLs, as the request listed them).
+@dataclass(frozen=True)
+class Inputs:
+    """The decoded inputs of a request.
+
+    Attributes:
+        images: in request order (uploads first, then URLs).
+        mask_region: the mask's edit region (``L``, 255 where to edit) at the
+            first image's size, or None without a mask.
+    """
+
+    images: list[InputImage]
+    mask_region: Image.Image | None
+
+
+async def load_inputs(request: EditRequest, fetcher: Fetcher, max_pixels: int) -> Inputs:
+    """Fetch and decode everything ``request`` refers to.
 
     Raises:
-        ApiError: 400 naming the first source that cannot be fetched or decoded.
+        ApiError: 400 naming the first source that cannot be fetched or decoded, or the mask.
     """
-    payloads: list[bytes | None] = [source.data for source in sources]
+    payloads = await _fetch_all(request.sources, fetcher)
+
+    def decode_all() -> Inputs:
+        images = [
+            decode_image(payload, source.param, max_pixels)
+            for payload, source in zip(payloads, request.sources, strict=True)
+        ]
+        region = decode_mask(request.mask, images[0].size, max_pixels) if request.mask is not None else None
+        return Inputs(images, region)
+
+    return await anyio.to_thread.run_sync(decode_all)
+
+
+async def _fetch_all(sources: tuple[ImageSource, ...], fetcher: Fetcher) -> list[bytes]:
+    payloads: list[bytes] = [source.data or b"" for source in sources]
 
     async def fetch(index: int, source: ImageSource) -> None:
         assert source.url is not None
@@ -38,14 +70,7 @@ async def load_images(sources: tuple[ImageSource, ...], fetcher: Fetcher, max_pi
         if api_errors is None:
             raise
         raise _first_leaf(api_errors) from None
-
-    def decode_all() -> list[InputImage]:
-        return [
-            decode_image(payload or b"", source.param, max_pixels)
-            for payload, source in zip(payloads, sources, strict=True)
-        ]
-
-    return await anyio.to_thread.run_sync(decode_all)
+    return payloads
 
 
 def _first_leaf(group: BaseExceptionGroup[ApiError]) -> ApiError:

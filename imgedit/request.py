@@ -61,6 +61,7 @@ class EditRequest:
 
     prompt: str
     sources: tuple[ImageSource, ...]
+    mask: bytes | None = None
     model: str | None = None
     n: int = 1
     size: Size | None = None
@@ -73,6 +74,8 @@ class EditRequest:
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     true_cfg_scale: float | None = None
+    image_guidance_scale: float | None = None
+    strength: float | None = None
     seed: int | None = None
     partial_images: int = 0
 
@@ -85,8 +88,9 @@ def parse_edit_request(form: Form, limits: RequestLimits) -> EditRequest:
             out-of-range value; 422 when there is neither ``image`` nor ``url``.
     """
     fields = _Fields(form)
-    if form.named(MASK_FIELD):
-        raise invalid(MASK_FIELD, "The 'mask' field is not supported by this server yet.", code="unsupported_parameter")
+    masks = form.named(MASK_FIELD)
+    if len(masks) > 1:
+        raise invalid(MASK_FIELD, "Field 'mask' was given more than once; send one mask.", code="duplicate_parameter")
     if fields.boolean("stream", default=False):
         raise invalid(
             "stream", "Streaming (stream=true) is not supported by this server yet.", code="unsupported_parameter"
@@ -113,6 +117,7 @@ def parse_edit_request(form: Form, limits: RequestLimits) -> EditRequest:
     request = EditRequest(
         prompt=prompt,
         sources=_image_sources(form, limits.max_images),
+        mask=masks[0].data if masks else None,
         model=model,
         n=fields.integer("n", 1, MAX_N) or 1,
         size=parse_size(size_text, limits.size) if size_text is not None else None,
@@ -125,6 +130,8 @@ def parse_edit_request(form: Form, limits: RequestLimits) -> EditRequest:
         num_inference_steps=fields.integer("num_inference_steps", 1, 200),
         guidance_scale=fields.decimal("guidance_scale", 0.0, 20.0),
         true_cfg_scale=fields.decimal("true_cfg_scale", 0.0, 20.0),
+        image_guidance_scale=fields.decimal("image_guidance_scale", 0.0, 20.0),
+        strength=fields.decimal("strength", 0.0, 1.0),
         seed=fields.integer("seed", 0, MAX_SEED),
         partial_images=_default(fields.integer("partial_images", 0, 3), 0),
     )

@@ -22,6 +22,7 @@ from typing import NoReturn
 from imgedit.config import Settings
 from imgedit.engine import Engine
 from imgedit.families import UnsupportedPipeline, adapter_class_for
+from imgedit.families.base import Defaults
 from imgedit.fetch import Fetcher, FetchPolicy
 from imgedit.handler import EditHandler
 from imgedit.loader import ModelLoadError, check_model_source, load_model
@@ -78,19 +79,21 @@ def start(settings: Settings) -> tuple[EditHandler, ModelCard]:
     started = time.monotonic()
     try:
         loaded = load_model(settings)
-        adapter_class = adapter_class_for(loaded.pipeline)
+        adapter_class = adapter_class_for(loaded.pipeline, settings.family)
     except (ModelLoadError, UnsupportedPipeline) as error:
         raise StartupError(str(error)) from None
+    defaults = Defaults(
+        steps=settings.default_steps or loaded.default_steps,
+        guidance_scale=settings.default_guidance_scale,
+        true_cfg_scale=settings.default_true_cfg_scale,
+    )
     try:
-        adapter = adapter_class(
-            loaded.pipeline,
-            default_steps=settings.default_steps or loaded.default_steps,
-            max_images=settings.max_images,
-        )
+        adapter = adapter_class(loaded.pipeline, defaults=defaults, max_images=settings.max_images)
     except ValueError as error:  # the only setting an adapter can refuse
         raise StartupError(f"IMGEDIT_MAX_IMAGES: {error}") from None
-    engine = Engine(loaded.pipeline)
-    engine.run_now(adapter.warmup_calls())
+    engine = Engine()
+    for plan in adapter.warmup_plans():
+        engine.run_now(plan.calls)
     log.info(
         "serving %s as %r (%s, %s on %s) after %.1f s",
         loaded.model_id,

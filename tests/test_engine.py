@@ -10,6 +10,7 @@ from PIL import Image
 
 from imgedit.engine import DeadlineExceeded, Engine
 from imgedit.families.base import PipelineCall
+from imgedit.sizing import Size
 
 pytestmark = pytest.mark.anyio
 
@@ -17,13 +18,17 @@ pytestmark = pytest.mark.anyio
 class StepPipeline:
     """A pipeline stand-in with diffusers' call shape: it runs ``steps`` steps and records what happened."""
 
-    def __init__(self, step_seconds: float = 0.01) -> None:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self, step_seconds: float = 0.01) -> StepPipeline:
         self.step_seconds = step_seconds
         self.running = 0
         self.most_at_once = 0
         self.started: list[str] = []
         self.steps_run: dict[str, int] = {}
-        self.lock = threading.Lock()
+        return self
 
     def __call__(self, name: str, steps: int = 3, fail: bool = False, callback_on_step_end=None):
         with self.lock:
@@ -37,15 +42,18 @@ class StepPipeline:
                 time.sleep(self.step_seconds)
                 self.steps_run[name] = step + 1
                 if callback_on_step_end is not None:
-                    callback_on_step_end(self, step, 0, {})
+                    callback_on_step_end(self, step, 0, {"latents": None})
             return SimpleNamespace(images=[Image.new("RGB", (8, 8))])
         finally:
             with self.lock:
                 self.running -= 1
 
 
+PIPELINE = StepPipeline()
+
+
 def calls(name: str, **kwargs) -> list[PipelineCall]:
-    return [PipelineCall({"name": name, **kwargs}, 1)]
+    return [PipelineCall(PIPELINE, {"name": name, **kwargs}, 1, Size(8, 8))]
 
 
 def far() -> float:
@@ -53,8 +61,8 @@ def far() -> float:
 
 
 async def test_calls_run_one_at_a_time_in_arrival_order():
-    pipeline = StepPipeline()
-    engine = Engine(pipeline)
+    pipeline = PIPELINE.reset()
+    engine = Engine()
     try:
         names = [f"job{index}" for index in range(6)]
         results = await asyncio.gather(*(engine.run(calls(name), far()) for name in names))
@@ -66,8 +74,8 @@ async def test_calls_run_one_at_a_time_in_arrival_order():
 
 
 async def test_all_calls_of_a_request_run_back_to_back():
-    pipeline = StepPipeline()
-    engine = Engine(pipeline)
+    pipeline = PIPELINE.reset()
+    engine = Engine()
     try:
         first = calls("a1") + calls("a2") + calls("a3")
         images, _ = await asyncio.gather(engine.run(first, far()), engine.run(calls("b"), far()))
@@ -78,7 +86,7 @@ async def test_all_calls_of_a_request_run_back_to_back():
 
 
 async def test_a_failure_fails_only_its_request():
-    engine = Engine(StepPipeline())
+    engine = Engine()
     try:
         with pytest.raises(RuntimeError, match="boom"):
             await engine.run(calls("bad", fail=True), far())
@@ -88,8 +96,8 @@ async def test_a_failure_fails_only_its_request():
 
 
 async def test_a_queued_call_past_its_deadline_never_runs():
-    pipeline = StepPipeline(step_seconds=0.1)
-    engine = Engine(pipeline)
+    pipeline = PIPELINE.reset(step_seconds=0.1)
+    engine = Engine()
     try:
         long_run = asyncio.ensure_future(engine.run(calls("long", steps=5), far()))
         await asyncio.sleep(0.05)
@@ -103,8 +111,8 @@ async def test_a_queued_call_past_its_deadline_never_runs():
 
 
 async def test_a_running_call_stops_at_the_next_step_after_its_deadline():
-    pipeline = StepPipeline(step_seconds=0.05)
-    engine = Engine(pipeline)
+    pipeline = PIPELINE.reset(step_seconds=0.05)
+    engine = Engine()
     try:
         with pytest.raises(DeadlineExceeded):
             await engine.run(calls("slow", steps=200), time.monotonic() + 0.2)
@@ -116,8 +124,8 @@ async def test_a_running_call_stops_at_the_next_step_after_its_deadline():
 
 
 async def test_a_cancelled_waiter_stops_its_run():
-    pipeline = StepPipeline(step_seconds=0.05)
-    engine = Engine(pipeline)
+    pipeline = PIPELINE.reset(step_seconds=0.05)
+    engine = Engine()
     try:
         task = asyncio.ensure_future(engine.run(calls("abandoned", steps=200), far()))
         await asyncio.sleep(0.2)
@@ -131,17 +139,17 @@ async def test_a_cancelled_waiter_stops_its_run():
 
 
 async def test_runs_the_real_tiny_pipeline(tiny_model):
-    from imgedit.families.qwen_image_edit import QwenImageEditAdapter
+    from imgedit.families.base import Defaults
+    from imgedit.families.qwen_image_edit import QwenImageEditPlusAdapter
     from imgedit.images import InputImage
     from imgedit.request import EditRequest, ImageSource
-    from imgedit.sizing import Size
 
-    adapter = QwenImageEditAdapter(tiny_model.pipeline, default_steps=2)
+    adapter = QwenImageEditPlusAdapter(tiny_model.pipeline, defaults=Defaults(steps=2))
     image = InputImage(rgb=Image.new("RGB", (64, 64), (0, 90, 200)), alpha=None)
     plan = adapter.plan(EditRequest(prompt="p", sources=(ImageSource("image[0]"),), n=2), [image], Size(64, 48), [1, 2])
-    engine = Engine(tiny_model.pipeline)
+    engine = Engine()
     try:
-        images = await engine.run(plan, far())
+        images = await engine.run(plan.calls, far())
     finally:
         engine.close()
     assert [output.size for output in images] == [(64, 48), (64, 48)]

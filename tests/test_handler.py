@@ -11,7 +11,8 @@ import pytest
 from imgedit.config import Settings
 from imgedit.engine import Engine
 from imgedit.errors import ApiError
-from imgedit.families.qwen_image_edit import QwenImageEditAdapter
+from imgedit.families.base import Defaults
+from imgedit.families.qwen_image_edit import QwenImageEditPlusAdapter
 from imgedit.fetch import Fetcher, FetchPolicy
 from imgedit.handler import EditHandler
 from imgedit.responses import SEEDS_HEADER
@@ -23,14 +24,14 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture(scope="module")
 def engine(tiny_model):
-    engine = Engine(tiny_model.pipeline)
+    engine = Engine()
     yield engine
     engine.close()
 
 
 def make_handler(tiny_model, engine, **settings) -> EditHandler:
     config = Settings(model="tiny:qwen-image-edit-plus", **settings)
-    adapter = QwenImageEditAdapter(tiny_model.pipeline, default_steps=2, max_images=config.max_images)
+    adapter = QwenImageEditPlusAdapter(tiny_model.pipeline, defaults=Defaults(steps=2), max_images=config.max_images)
     return EditHandler(config, config.model, adapter, engine, Fetcher(FetchPolicy()))
 
 

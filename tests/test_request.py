@@ -79,6 +79,9 @@ def test_every_field_is_parsed():
         ("num_inference_steps", "12"),
         ("guidance_scale", "2.5"),
         ("true_cfg_scale", "1e0"),
+        ("image_guidance_scale", "1.25"),
+        ("strength", "0.75"),
+        ("mask", PNG),
         ("seed", str(MAX_SEED)),
         ("stream", "false"),
         ("partial_images", "2"),
@@ -90,6 +93,7 @@ def test_every_field_is_parsed():
     assert (request.output_format, request.output_compression, request.background) == ("jpeg", 40, "opaque")
     assert (request.quality, request.user, request.negative_prompt) == ("low", "someone", "blurry")
     assert (request.num_inference_steps, request.guidance_scale, request.true_cfg_scale) == (12, 2.5, 1.0)
+    assert (request.image_guidance_scale, request.strength, request.mask) == (1.25, 0.75, PNG)
     assert request.seed == MAX_SEED
     assert request.partial_images == 2
 
@@ -143,7 +147,9 @@ def test_too_many_images_is_400_before_any_fetch():
         ([("prompt", "p"), ("stream", "maybe")], "stream"),
         ([("prompt", "p"), ("stream", "true")], "stream"),
         ([("prompt", "p"), ("partial_images", "4")], "partial_images"),
-        ([("prompt", "p"), ("mask", PNG)], "mask"),
+        ([("prompt", "p"), ("mask", PNG), ("mask", PNG)], "mask"),
+        ([("prompt", "p"), ("strength", "1.5")], "strength"),
+        ([("prompt", "p"), ("image_guidance_scale", "-1")], "image_guidance_scale"),
         ([("prompt", b"\xff\xfe")], "prompt"),
         ([("prompt", "p"), ("url", "  ")], "url[0]"),
     ],

@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from imgedit.tiny import build_tiny, byte_level_alphabet
+from imgedit.tiny import build_tiny
+from imgedit.tiny.tokenizers import byte_level_alphabet
 
 
 def test_byte_level_alphabet_covers_every_byte_once():

@@ -1,26 +1,44 @@
-"""Model-family adapters, chosen from the loaded pipeline's class."""
+"""Model-family adapters, chosen from the loaded pipeline's class (or by ``IMGEDIT_FAMILY``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from imgedit.families.base import FamilyAdapter, PipelineCall
-from imgedit.families.qwen_image_edit import QwenImageEditAdapter
+from imgedit.families.base import EditPlan, FamilyAdapter, PipelineCall
+from imgedit.families.qwen_image_edit import QwenImageEditAdapter, QwenImageEditPlusAdapter
 
-ADAPTERS: tuple[type[FamilyAdapter], ...] = (QwenImageEditAdapter,)
+ADAPTERS: tuple[type[FamilyAdapter], ...] = (
+    QwenImageEditPlusAdapter,
+    QwenImageEditAdapter,
+)
 
-__all__ = ["ADAPTERS", "FamilyAdapter", "PipelineCall", "UnsupportedPipeline", "adapter_class_for"]
+__all__ = ["ADAPTERS", "EditPlan", "FamilyAdapter", "PipelineCall", "UnsupportedPipeline", "adapter_class_for"]
 
 
 class UnsupportedPipeline(Exception):
-    """No adapter serves this pipeline class."""
+    """No adapter serves this pipeline, or the forced family does not exist."""
 
 
-def adapter_class_for(pipeline: Any) -> type[FamilyAdapter]:
-    """The adapter class serving ``pipeline``, found by its class name."""
-    class_name = type(pipeline).__name__
-    for adapter in ADAPTERS:
-        if class_name in adapter.pipeline_classes:
-            return adapter
-    supported = ", ".join(name for adapter in ADAPTERS for name in adapter.pipeline_classes)
-    raise UnsupportedPipeline(f"no adapter serves the pipeline class {class_name}; supported: {supported}")
+def family_names() -> list[str]:
+    return [adapter.name for adapter in ADAPTERS]
+
+
+def adapter_class_for(pipeline: Any, family: str | None = None) -> type[FamilyAdapter]:
+    """The adapter class serving ``pipeline``: the forced ``family``, or the one listing its class.
+
+    A pipeline class that subclasses a listed one is served by that class's adapter.
+    """
+    if family is not None:
+        for adapter in ADAPTERS:
+            if adapter.name == family:
+                return adapter
+        raise UnsupportedPipeline(f"IMGEDIT_FAMILY: unknown family {family!r}; known: {', '.join(family_names())}")
+    for cls in type(pipeline).__mro__:
+        for adapter in ADAPTERS:
+            if cls.__name__ in adapter.pipeline_classes():
+                return adapter
+    supported = ", ".join(name for adapter in ADAPTERS for name in adapter.pipeline_classes())
+    raise UnsupportedPipeline(
+        f"no adapter serves the pipeline class {type(pipeline).__name__}; supported: {supported} "
+        "(IMGEDIT_FAMILY forces one)"
+    )

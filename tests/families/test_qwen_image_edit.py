@@ -6,7 +6,8 @@ from PIL import Image
 
 from imgedit.errors import ApiError
 from imgedit.families import UnsupportedPipeline, adapter_class_for
-from imgedit.families.qwen_image_edit import QwenImageEditAdapter
+from imgedit.families.base import Defaults
+from imgedit.families.qwen_image_edit import QwenImageEditAdapter, QwenImageEditPlusAdapter
 from imgedit.images import InputImage
 from imgedit.request import EditRequest, ImageSource
 from imgedit.sizing import Size
@@ -16,7 +17,7 @@ IMAGE = InputImage(rgb=Image.new("RGB", (64, 64), (9, 9, 9)), alpha=None)
 
 @pytest.fixture(scope="module")
 def adapter(tiny_model):
-    return QwenImageEditAdapter(tiny_model.pipeline, default_steps=40)
+    return QwenImageEditPlusAdapter(tiny_model.pipeline, defaults=Defaults(steps=40))
 
 
 def request(images: int = 1, prompt_length: int | None = None, **fields) -> EditRequest:
@@ -26,9 +27,12 @@ def request(images: int = 1, prompt_length: int | None = None, **fields) -> Edit
 
 
 def test_adapter_is_chosen_from_the_pipeline_class(tiny_model):
-    assert adapter_class_for(tiny_model.pipeline) is QwenImageEditAdapter
+    assert adapter_class_for(tiny_model.pipeline) is QwenImageEditPlusAdapter
     with pytest.raises(UnsupportedPipeline, match="QwenImageEditPlusPipeline"):
         adapter_class_for(object())
+    assert adapter_class_for(object(), family="qwen-image-edit") is QwenImageEditAdapter
+    with pytest.raises(UnsupportedPipeline, match="IMGEDIT_FAMILY"):
+        adapter_class_for(tiny_model.pipeline, family="nope")
 
 
 def test_size_multiple_follows_the_vae(adapter):
@@ -36,11 +40,11 @@ def test_size_multiple_follows_the_vae(adapter):
 
 
 def test_max_images_defaults_to_four_and_may_be_raised_to_sixteen(tiny_model):
-    assert QwenImageEditAdapter(tiny_model.pipeline).max_images == 4
-    assert QwenImageEditAdapter(tiny_model.pipeline, max_images=2).max_images == 2
-    assert QwenImageEditAdapter(tiny_model.pipeline, max_images=16).max_images == 16
+    assert QwenImageEditPlusAdapter(tiny_model.pipeline).max_images == 4
+    assert QwenImageEditPlusAdapter(tiny_model.pipeline, max_images=2).max_images == 2
+    assert QwenImageEditPlusAdapter(tiny_model.pipeline, max_images=16).max_images == 16
     with pytest.raises(ValueError, match="at most 16"):
-        QwenImageEditAdapter(tiny_model.pipeline, max_images=17)
+        QwenImageEditPlusAdapter(tiny_model.pipeline, max_images=17)
 
 
 @pytest.mark.parametrize(
@@ -58,7 +62,7 @@ def test_steps_follow_quality_unless_explicit(adapter, fields, steps):
 
 
 def test_true_cfg_gets_a_blank_negative_prompt_by_default(adapter):
-    (call,) = adapter.plan(request(), [IMAGE], Size(64, 48), [7])
+    (call,) = adapter.plan(request(), [IMAGE], Size(64, 48), [7]).calls
     assert call.kwargs["true_cfg_scale"] == 4.0
     assert call.kwargs["negative_prompt"] == " "
     assert (call.kwargs["width"], call.kwargs["height"], call.kwargs["num_inference_steps"]) == (64, 48, 40)
@@ -69,7 +73,7 @@ def test_true_cfg_gets_a_blank_negative_prompt_by_default(adapter):
 def test_explicit_values_pass_through(adapter):
     (call,) = adapter.plan(
         request(negative_prompt="blurry", true_cfg_scale=2.5, guidance_scale=1.5), [IMAGE], Size(64, 64), [1]
-    )
+    ).calls
     assert (call.kwargs["negative_prompt"], call.kwargs["true_cfg_scale"], call.kwargs["guidance_scale"]) == (
         "blurry",
         2.5,
@@ -78,12 +82,12 @@ def test_explicit_values_pass_through(adapter):
 
 
 def test_no_cfg_means_no_negative_prompt(adapter):
-    (call,) = adapter.plan(request(true_cfg_scale=1.0), [IMAGE], Size(64, 64), [1])
+    (call,) = adapter.plan(request(true_cfg_scale=1.0), [IMAGE], Size(64, 64), [1]).calls
     assert "negative_prompt" not in call.kwargs
 
 
 def test_one_call_per_image_with_its_own_seed(adapter):
-    calls = adapter.plan(request(images=2, n=3), [IMAGE, IMAGE], Size(64, 64), [5, 6, 7])
+    calls = adapter.plan(request(images=2, n=3), [IMAGE, IMAGE], Size(64, 64), [5, 6, 7]).calls
     assert [call.num_images for call in calls] == [1, 1, 1]
     first_noise = [torch.randn(4, generator=call.kwargs["generator"][0]) for call in calls]
     assert torch.equal(first_noise[1], torch.randn(4, generator=torch.Generator().manual_seed(6)))
@@ -91,13 +95,13 @@ def test_one_call_per_image_with_its_own_seed(adapter):
 
 
 def test_arguments_the_pipeline_does_not_take_are_dropped(adapter, monkeypatch):
-    original = QwenImageEditAdapter.arguments
+    original = QwenImageEditPlusAdapter.arguments
 
     def with_extra(self, *args):
         return {**original(self, *args), "image_guidance_scale": 1.5}
 
-    monkeypatch.setattr(QwenImageEditAdapter, "arguments", with_extra)
-    (call,) = adapter.plan(request(), [IMAGE], Size(64, 64), [1])
+    monkeypatch.setattr(QwenImageEditPlusAdapter, "arguments", with_extra)
+    (call,) = adapter.plan(request(), [IMAGE], Size(64, 64), [1]).calls
     assert "image_guidance_scale" not in call.kwargs
 
 
@@ -110,7 +114,9 @@ def _budget_error(adapter, req, images, size) -> str | None:
 
 
 def _pipeline_runs(adapter, req, images, size) -> bool:
-    kwargs = adapter._accepted_only(adapter.arguments(req, images, size, 1, [0]))
+    kwargs = adapter._accepted_only(
+        adapter.pipeline, adapter.arguments(adapter.pipeline, req, images, size, 1, [0], None)
+    )
     try:
         with torch.inference_mode():
             adapter.pipeline(**kwargs)
