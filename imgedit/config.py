@@ -38,14 +38,33 @@ class Settings(BaseSettings):
 
     # What to serve.
     model: str = Field(DEFAULT_MODEL, min_length=1)
+    model_revision: str | None = Field(None, min_length=1)
     served_model_name: str | None = Field(None, min_length=1, max_length=256)
     family: str | None = Field(None, min_length=1)
-    device: Literal["auto", "cuda", "cpu"] = "auto"
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    lora: str | None = Field(None, min_length=1)
+    lora_fuse: bool = False
     max_images: int | None = Field(None, ge=1, le=HARD_MAX_IMAGES)
     default_steps: int | None = Field(None, ge=1, le=200)
     default_guidance_scale: float | None = Field(None, ge=0, le=20)
     default_true_cfg_scale: float | None = Field(None, ge=0, le=20)
+
+    # Where and how the model runs.
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    device_map: Literal["none", "balanced"] = "none"
+    offload: Literal["none", "model", "sequential", "group"] = "none"
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    compile: bool = False
+    attention_backend: (
+        Literal[
+            "native", "_native_math", "_native_cudnn", "_native_flash", "_native_efficient", "flash", "_flash_3", "sage"
+        ]
+        | None
+    ) = None
+    cache: Literal["none", "first_block", "taylorseer"] = "none"
+    cache_threshold: float = Field(0.05, gt=0, le=1)
+    cache_interval: int = Field(5, ge=1, le=50)
 
     # Request limits.
     max_prompt_chars: int = Field(32_000, ge=1, le=1_000_000)
@@ -69,7 +88,7 @@ class Settings(BaseSettings):
     png_compress_level: int = Field(1, ge=0, le=9)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("log_level", "device", "dtype", mode="before")
+    @field_validator("log_level", "device", "dtype", "device_map", "offload", "cache", mode="before")
     @classmethod
     def _lowercase(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value

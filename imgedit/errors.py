@@ -78,3 +78,9 @@ def internal_error() -> ApiError:
         code="server_error",
         headers={"x-should-retry": "false"},
     )
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """``error``'s message on one line, cut to ``limit`` characters, for operator messages."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

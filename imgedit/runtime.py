@@ -19,8 +19,10 @@ import traceback
 from pathlib import Path
 from typing import NoReturn
 
+from imgedit.acceleration import OptionError, apply_options
 from imgedit.config import Settings
 from imgedit.engine import Engine
+from imgedit.errors import one_line
 from imgedit.families import UnsupportedPipeline, adapter_class_for
 from imgedit.families.base import Defaults
 from imgedit.fetch import Fetcher, FetchPolicy
@@ -80,7 +82,8 @@ def start(settings: Settings) -> tuple[EditHandler, ModelCard]:
     try:
         loaded = load_model(settings)
         adapter_class = adapter_class_for(loaded.pipeline, settings.family)
-    except (ModelLoadError, UnsupportedPipeline) as error:
+        options = apply_options(loaded.pipeline, settings, loaded.device)
+    except (ModelLoadError, UnsupportedPipeline, OptionError) as error:
         raise StartupError(str(error)) from None
     defaults = Defaults(
         steps=settings.default_steps or loaded.default_steps,
@@ -95,12 +98,14 @@ def start(settings: Settings) -> tuple[EditHandler, ModelCard]:
     for plan in adapter.warmup_plans():
         engine.run_now(plan.calls)
     log.info(
-        "serving %s as %r (%s, %s on %s) after %.1f s",
+        "serving %s as %r (%s, family %s, %s on %s%s) after %.1f s",
         loaded.model_id,
         settings.served_name,
         type(loaded.pipeline).__name__,
+        adapter.name,
         str(loaded.dtype).removeprefix("torch."),
         loaded.device,
+        "".join(f", {option}" for option in options),
         time.monotonic() - started,
     )
     fetcher = Fetcher(
@@ -124,8 +129,7 @@ def start_or_stop_server(settings: Settings) -> tuple[EditHandler, ModelCard]:
         stop_server(f"imgedit: {error}")
     except Exception as error:
         traceback.print_exc()
-        summary = " ".join(str(error).split())[:300]
-        stop_server(f"imgedit: start-up failed: {type(error).__name__}: {summary}")
+        stop_server(f"imgedit: start-up failed: {type(error).__name__}: {one_line(error)}")
 
 
 def stop_server(message: str) -> NoReturn:

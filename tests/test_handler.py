@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 
@@ -178,3 +179,33 @@ async def test_access_details_and_no_prompt_at_info(handler, caplog):
     assert context.details == {"model": "qwen-image-edit-plus", "n": 1, "size": Size(64, 64), "steps": 2}
     debug = [record.getMessage() for record in caplog.records if record.levelno == logging.DEBUG]
     assert any("a very private prompt" in message for message in debug)
+
+
+async def test_a_mask_keeps_the_original_outside_it(handler):
+    from PIL import Image
+
+    original = Image.new("RGB", (64, 64), (10, 200, 10))
+    buffer, mask_buffer = io.BytesIO(), io.BytesIO()
+    original.save(buffer, format="PNG")
+    mask = Image.new("RGBA", (64, 64), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 0, 32, 64))  # edit the left half
+    mask.save(mask_buffer, format="PNG")
+    response, body = await call(
+        handler, ("image", buffer.getvalue()), ("mask", mask_buffer.getvalue()), ("prompt", "p"), ("size", "128x128")
+    )
+    assert response.status_code == 200
+    output = decode(base64.b64decode(body["data"][0]["b64_json"])).convert("RGB")
+    assert output.size == (128, 128)
+    assert output.getpixel((120, 64)) == (10, 200, 10)  # right half: the original
+    assert output.getpixel((10, 64)) != (10, 200, 10)  # left half: edited
+
+
+async def test_a_bad_mask_is_a_400_naming_it(handler):
+    response, body = await call(
+        handler,
+        ("image", image_bytes(64, 64)),
+        ("mask", image_bytes(32, 32, (0, 0, 0, 0), mode="RGBA")),
+        ("prompt", "p"),
+    )
+    assert response.status_code == 400
+    assert body["error"]["param"] == "mask"

@@ -156,3 +156,70 @@ def test_too_elongated_references_are_refused_where_the_pipeline_breaks(adapter)
     assert not _pipeline_runs(adapter, request(images=2), [IMAGE, thin], Size(64, 64))
     wide = InputImage(rgb=Image.new("RGB", (400, 40)), alpha=None)
     assert _budget_error(adapter, request(), [wide], Size(64, 64)) is None
+
+
+@pytest.fixture(scope="module")
+def single():
+    from imgedit.tiny import build_tiny
+
+    return QwenImageEditAdapter(build_tiny("tiny:qwen-image-edit").pipeline, defaults=Defaults(steps=2))
+
+
+def _mask(size=(64, 64)) -> Image.Image:
+    region = Image.new("L", size, 0)
+    region.paste(255, (0, 0, size[0] // 2, size[1]))
+    return region
+
+
+def _run(plan) -> list[Image.Image]:
+    images = []
+    for call in plan.calls:
+        images.extend(call.invoke())
+    return images
+
+
+def test_single_image_pipelines_pair_with_their_inpainting_twin(single):
+    from imgedit.tiny import build_tiny
+
+    assert type(single.pipeline).__name__ == "QwenImageEditPipeline"
+    assert type(single.inpaint_pipeline).__name__ == "QwenImageEditInpaintPipeline"
+    assert single.inpaint_pipeline.transformer is single.pipeline.transformer  # shared, not copied
+    assert single.max_images == 1
+    loaded_inpaint = QwenImageEditAdapter(build_tiny("tiny:qwen-image-edit-inpaint").pipeline)
+    assert type(loaded_inpaint.pipeline).__name__ == "QwenImageEditPipeline"
+    assert loaded_inpaint.native_mask
+
+
+def test_a_mask_is_inpainted_natively_by_the_single_image_family(single):
+    image = InputImage(rgb=Image.new("RGB", (96, 64), (9, 90, 9)), alpha=None)
+    plan = single.plan(request(), [image], Size(64, 64), [3], mask=_mask((96, 64)))
+    (call,) = plan.calls
+    assert plan.mask_mode == "native"
+    assert call.pipeline is single.inpaint_pipeline
+    assert call.kwargs["mask_image"].size == (64, 64) and call.kwargs["strength"] == 1.0
+    (output,) = _run(plan)
+    assert output.size == (call.generated_size.width, call.generated_size.height)
+
+
+def test_request_strength_reaches_the_inpainting_pipeline(single):
+    image = InputImage(rgb=Image.new("RGB", (64, 64)), alpha=None)
+    (call,) = single.plan(request(strength=0.5), [image], Size(64, 64), [3], mask=_mask()).calls
+    assert call.kwargs["strength"] == 0.5
+
+
+def test_the_plus_family_composites_masks(adapter):
+    plan = adapter.plan(request(), [IMAGE], Size(64, 64), [3], mask=_mask())
+    assert plan.mask_mode == "composite"
+    assert "mask_image" not in plan.calls[0].kwargs
+    assert plan.calls[0].pipeline is adapter.pipeline
+
+
+@pytest.mark.parametrize("family", ["plus", "single"])
+def test_previews_decode_intermediate_latents(adapter, single, family):
+    chosen = adapter if family == "plus" else single
+    plan = chosen.plan(request(num_inference_steps=2), [IMAGE], Size(64, 48), [1])
+    (call,) = plan.calls
+    seen = []
+    call.invoke(on_step=lambda step, latents: seen.append(chosen.preview(call, latents)))
+    assert len(seen) == 2
+    assert [image.size for image in seen[-1]] == [(64, 48)]

@@ -1,0 +1,147 @@
+"""FLUX.1 Kontext: one reference image, edited by ``FluxKontextPipeline`` or inpainted by its inpainting twin.
+
+Family quirks handled here:
+
+* Kontext sizes its output by ``max_area``, not by ``height``/``width``: those
+  only give the aspect ratio, and the pipeline makes
+  ``round(sqrt(max_area * ratio))`` by ``round(sqrt(max_area / ratio))``, each
+  floored to a multiple of twice the VAE scale factor (16 for the real VAE).
+  Passing ``max_area = width * height`` along with the requested width and
+  height therefore makes exactly the requested size for every size that is a
+  multiple of 16 (checked for every such size up to 8192x8192).
+* ``_auto_resize`` (the pipeline's default, kept for edits) only concerns the
+  reference: it is resized to the trained Kontext resolution (about 1 MP)
+  nearest its aspect ratio, whatever the output size. It never changes the
+  output size of ``FluxKontextPipeline``.
+* ``FluxKontextInpaintPipeline`` ignores ``height``, ``width`` and
+  ``max_area``: it generates at the size of its (resized) input image. The
+  input is therefore resized here to the output size, the mask too, and
+  ``_auto_resize`` is turned off so that the pipeline keeps that size.
+  ``image_reference`` is not passed: without it the pipeline uses the input
+  image itself as the Kontext context, which is what an edit with a mask means;
+  the reference exists to paint a *different* picture into the masked area,
+  which the OpenAI API cannot express. ``strength`` defaults to 1.0 (the masked
+  area is repainted fully); a strength that leaves no denoising step is refused.
+* ``guidance_scale`` (3.5 by default) is embedded guidance, a transformer input
+  of guidance-distilled Kontext-dev: one forward pass per step. True
+  classifier-free guidance (``true_cfg_scale``, 1.0 by default, i.e. off) runs
+  only above 1 and with a negative prompt, so an empty one is supplied when the
+  caller sends none; a negative prompt without true CFG is dropped, since the
+  pipeline would ignore it.
+* Prompts longer than the text encoders take are truncated by the pipeline (77
+  CLIP tokens, ``max_sequence_length`` = 512 T5 tokens) with a warning, never
+  refused; nothing to check.
+* Each output image is its own pipeline call (``batches_images`` False), though
+  the pipeline takes a list of prompts and ``num_images_per_prompt``: separate
+  calls make image i of a request byte-identical to an ``n=1`` request with
+  seed + i, and keep peak memory flat at large sizes where batching saves little.
+* Previews: unpack the packed 2x2 latents, undo the VAE's scaling and shift,
+  decode and postprocess, as the pipelines do after their last step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+
+from imgedit.errors import invalid
+from imgedit.families.base import FamilyAdapter, PipelineCall, generators, postprocess
+from imgedit.images import InputImage
+from imgedit.request import EditRequest
+from imgedit.sizing import Size
+
+#: The unconditional prompt of true classifier-free guidance when the caller gives no negative prompt.
+EMPTY_NEGATIVE_PROMPT = ""
+#: Inpainting strength when the request sets none: repaint the masked area fully.
+DEFAULT_INPAINT_STRENGTH = 1.0
+
+
+class FluxKontextAdapter(FamilyAdapter):
+    """FLUX.1 Kontext (dev and its fine-tunes): one input image; masks are inpainted natively."""
+
+    name = "flux-kontext"
+    pipeline_pairs = (("FluxKontextPipeline", "FluxKontextInpaintPipeline"),)
+    default_steps = 28
+    default_guidance_scale = 3.5
+    default_true_cfg_scale = 1.0
+
+    @property
+    def size_multiple(self) -> int:
+        # Latents are packed in 2x2 patches, so each side spans an even number of latent pixels.
+        return int(self.pipeline.vae_scale_factor) * 2
+
+    def arguments(
+        self,
+        pipeline: Any,
+        request: EditRequest,
+        images: Sequence[InputImage],
+        size: Size,
+        steps: int,
+        seeds: Sequence[int],
+        mask: Image.Image | None,
+    ) -> dict[str, Any]:
+        true_cfg_scale, negative_prompt = self._guidance(request)
+        image = images[0].rgb
+        inpainting = mask is not None
+        if inpainting and image.size != (size.width, size.height):
+            # The inpainting pipeline generates at its input's size, so the input sets the output size.
+            image = image.resize((size.width, size.height), Image.Resampling.LANCZOS)
+        return {
+            "image": image,
+            "mask_image": mask,
+            "strength": self._strength(request) if inpainting else None,
+            "prompt": request.prompt,
+            "negative_prompt": negative_prompt,
+            "true_cfg_scale": true_cfg_scale,
+            "guidance_scale": request.guidance_scale if request.guidance_scale is not None else self.guidance_scale,
+            "height": size.height,
+            "width": size.width,
+            "max_area": size.pixels,
+            # Edits: snap the reference to a trained resolution. Inpainting: keep the input at the output size.
+            "_auto_resize": not inpainting,
+            "num_inference_steps": steps,
+            "num_images_per_prompt": len(seeds),
+            "generator": generators(seeds),
+            "output_type": "pil",
+        }
+
+    def preview(self, call: PipelineCall, latents: torch.Tensor) -> list[Image.Image]:
+        """Decode packed latents of shape (images, (height/16)*(width/16), 4*latent channels) as the pipeline does."""
+        pipeline = call.pipeline
+        size = call.generated_size
+        vae = pipeline.vae
+        unpacked = pipeline._unpack_latents(latents, size.height, size.width, pipeline.vae_scale_factor)
+        unpacked = unpacked / vae.config.scaling_factor + vae.config.shift_factor
+        decoded = vae.decode(unpacked.to(vae.dtype), return_dict=False)[0]
+        return postprocess(pipeline, decoded)
+
+    def check(self, request: EditRequest, images: Sequence[InputImage], size: Size) -> None:
+        """Refuse an inpainting strength so low that the pipeline would run no step (it raises ValueError then)."""
+        if request.mask is None or not self.native_mask:
+            return
+        steps = self.steps_for(request)
+        strength = self._strength(request)
+        # FluxKontextInpaintPipeline.get_timesteps: the first int(steps * (1 - strength)) steps are skipped.
+        skipped = int(max(steps - min(steps * strength, steps), 0))
+        if steps - skipped < 1:
+            raise invalid(
+                "strength",
+                f"strength={strength:g} with {steps} steps leaves no denoising step; raise strength or the steps.",
+            )
+
+    def _guidance(self, request: EditRequest) -> tuple[float, str | None]:
+        """``true_cfg_scale`` and the negative prompt to run with (None when true CFG is off)."""
+        true_cfg_scale = request.true_cfg_scale if request.true_cfg_scale is not None else self.true_cfg_scale
+        if true_cfg_scale is None:
+            true_cfg_scale = 1.0
+        if true_cfg_scale <= 1:
+            return true_cfg_scale, None
+        negative_prompt = request.negative_prompt if request.negative_prompt is not None else EMPTY_NEGATIVE_PROMPT
+        return true_cfg_scale, negative_prompt
+
+    @staticmethod
+    def _strength(request: EditRequest) -> float:
+        return request.strength if request.strength is not None else DEFAULT_INPAINT_STRENGTH
