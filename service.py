@@ -14,6 +14,7 @@ from starlette.responses import Response
 from imgedit.api_io import ImagesResponse, edits_input
 from imgedit.config import ConfigError, load_settings, unknown_variables
 from imgedit.errors import ApiError
+from imgedit.loader import BENTOML_PREFIX
 from imgedit.logs import configure_logging
 from imgedit.multipart import Form
 from imgedit.request_context import RequestContextMiddleware
@@ -46,6 +47,10 @@ v1_app = create_v1_app(lambda: bentoml.get_current_service().model_cards())
 @bentoml.asgi_app(v1_app, path="/v1")
 class ImageEdit:
     """OpenAI-compatible image edits (``POST /v1/images/edits``) for diffusers pipelines."""
+
+    if settings.model.startswith(BENTOML_PREFIX):
+        # Declared on the class so that `bentoml build` packs the weights into the Bento.
+        weights = bentoml.models.BentoModel(settings.model.removeprefix(BENTOML_PREFIX))
 
     @bentoml.on_deployment
     def check_before_workers_start() -> None:

@@ -18,6 +18,8 @@ memory until used. LoRA adapters (``IMGEDIT_LORA``) are loaded before placement.
 
 from __future__ import annotations
 
+import importlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -200,6 +202,7 @@ def _from_pretrained(settings: Settings, source: ModelSource, dtype: torch.dtype
     from diffusers import DiffusionPipeline
 
     location = str(bentoml_model_path(source.location)) if source.kind == "bentoml" else source.location
+    _import_own_components(location, source)
     options: dict[str, Any] = {"dtype": dtype}
     if source.revision is not None:
         options["revision"] = source.revision
@@ -211,6 +214,28 @@ def _from_pretrained(settings: Settings, source: ModelSource, dtype: torch.dtype
         raise _hint(settings.model, one_line(exc)) from None
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def _import_own_components(location: str, source: ModelSource) -> None:
+    """Import the imgedit modules a saved pipeline names (a saved tiny model's processor, say).
+
+    diffusers loads components only from libraries already imported, so that
+    naming a module in ``model_index.json`` cannot run its code; imgedit's own
+    modules are safe to import.
+    """
+    try:
+        if source.kind == "hub":
+            from huggingface_hub import hf_hub_download
+
+            index_path = Path(hf_hub_download(location, "model_index.json", revision=source.revision))
+        else:
+            index_path = Path(location) / "model_index.json"
+        index = json.loads(index_path.read_text())
+    except Exception:  # from_pretrained will report what is wrong with the model
+        return
+    for value in index.values():
+        if isinstance(value, list) and value and isinstance(value[0], str) and value[0].startswith("imgedit."):
+            importlib.import_module(value[0])
 
 
 def _place(pipeline: Any, settings: Settings, device: torch.device) -> None:

@@ -3,10 +3,14 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 # Nothing in the tests may reach the Hugging Face hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Tiny models run fastest on one thread; with more, the threads mostly wait for each
+# other and for the servers the integration tests start.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

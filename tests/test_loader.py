@@ -85,3 +85,42 @@ def test_broken_local_directory_fails_with_a_one_line_message(saved_tiny, tmp_pa
         load_model(Settings(model=str(broken)))
     assert "\n" not in str(caught.value)
     assert "tiny:qwen-image-edit-plus" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("model", "kind", "location"),
+    [
+        ("tiny:qwen-image-edit", "tiny", "tiny:qwen-image-edit"),
+        ("bentoml:my-edit:v3", "bentoml", "my-edit:v3"),
+        ("Qwen/Qwen-Image-Edit-2511", "hub", "Qwen/Qwen-Image-Edit-2511"),
+        ("./models/edit", "directory", "models/edit"),
+    ],
+)
+def test_sources_are_told_apart(model, kind, location):
+    from imgedit.loader import parse_source
+
+    source = parse_source(Settings(model=model, model_revision="abc123"))
+    assert (source.kind, source.location) == (kind, location)
+    assert source.revision == ("abc123" if kind == "hub" else None)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"offload": "model"}, "IMGEDIT_OFFLOAD: offloading to the CPU needs a CUDA device"),
+        ({"offload": "group"}, "IMGEDIT_OFFLOAD"),
+        ({"device_map": "balanced"}, "IMGEDIT_DEVICE_MAP"),
+        ({"attention_backend": "_native_cudnn"}, "IMGEDIT_ATTENTION_BACKEND"),
+        ({"device": "cuda"}, "IMGEDIT_DEVICE"),
+    ],
+)
+def test_options_this_machine_cannot_honour_are_refused_before_loading(options, message):
+    if torch.cuda.is_available():
+        pytest.skip("these options are valid on a machine with CUDA")
+    with pytest.raises(ModelLoadError, match=message):
+        check_model_source(Settings(model="tiny:qwen-image-edit-plus", **options))
+
+
+def test_a_model_missing_from_the_bentoml_store_says_how_to_add_it():
+    with pytest.raises(ModelLoadError, match="imgedit import-model"):
+        check_model_source(Settings(model="bentoml:imgedit-tests-absent-model"))

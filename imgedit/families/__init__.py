@@ -5,11 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from imgedit.families.base import EditPlan, FamilyAdapter, PipelineCall
+from imgedit.families.flux_kontext import FluxKontextAdapter
 from imgedit.families.qwen_image_edit import QwenImageEditAdapter, QwenImageEditPlusAdapter
+from imgedit.families.stable_diffusion import InstructPix2PixAdapter, StableDiffusionAdapter
 
 ADAPTERS: tuple[type[FamilyAdapter], ...] = (
     QwenImageEditPlusAdapter,
     QwenImageEditAdapter,
+    FluxKontextAdapter,
+    InstructPix2PixAdapter,
+    StableDiffusionAdapter,
 )
 
 __all__ = ["ADAPTERS", "EditPlan", "FamilyAdapter", "PipelineCall", "UnsupportedPipeline", "adapter_class_for"]
