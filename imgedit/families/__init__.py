@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from imgedit.families.base import EditPlan, FamilyAdapter, PipelineCall
+from imgedit.families.flux2 import Flux2Adapter, Flux2KleinAdapter
 from imgedit.families.flux_kontext import FluxKontextAdapter
 from imgedit.families.qwen_image_edit import QwenImageEditAdapter, QwenImageEditPlusAdapter
 from imgedit.families.stable_diffusion import InstructPix2PixAdapter, StableDiffusionAdapter
@@ -13,6 +14,8 @@ ADAPTERS: tuple[type[FamilyAdapter], ...] = (
     QwenImageEditPlusAdapter,
     QwenImageEditAdapter,
     FluxKontextAdapter,
+    Flux2Adapter,
+    Flux2KleinAdapter,
     InstructPix2PixAdapter,
     StableDiffusionAdapter,
 )
