@@ -11,10 +11,14 @@ without a GPU and for the test suite. One module per family builds them.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 PREFIX = "tiny:"
+#: Steps every tiny model defaults to: enough to exercise the scheduler, few enough to be quick.
+TINY_STEPS = 4
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,20 @@ class TinyModel:
 
     pipeline: Any
     default_steps: int
+
+
+def seeded(build: Callable[[], T]) -> T:
+    """``build()`` with torch's global generator reset, so random weights are the same on every build."""
+    import torch
+
+    torch.manual_seed(0)
+    return build()
+
+
+def finish(pipeline: Any) -> TinyModel:
+    """A built tiny pipeline, quiet and ready to serve."""
+    pipeline.set_progress_bar_config(disable=True)
+    return TinyModel(pipeline=pipeline, default_steps=TINY_STEPS)
 
 
 #: ``tiny:NAME`` -> ``module:function`` building it (imported only when asked for).

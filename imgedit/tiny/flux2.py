@@ -32,7 +32,6 @@ back with ``DiffusionPipeline.from_pretrained`` offline.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -42,10 +41,9 @@ import torch
 # in model_index.json, so this module must expose it.
 from transformers import ProcessorMixin
 
-from imgedit.tiny import TinyModel
+from imgedit.tiny import TinyModel, finish, seeded
 from imgedit.tiny.tokenizers import qwen_tokenizer
 
-TINY_STEPS = 4
 #: Width of both tiny text models; the transformer's joint attention dim is three times this.
 TEXT_WIDTH = 16
 #: Layers of the tiny text models: the deepest hidden state each pipeline reads by default.
@@ -107,11 +105,6 @@ class TinyMistralProcessor(ProcessorMixin):
 
     def __init__(self, tokenizer: Any = None, chat_template: str | None = None) -> None:
         super().__init__(tokenizer, chat_template=chat_template)
-
-
-def _seeded(build: Callable[[], Any]) -> Any:
-    torch.manual_seed(0)
-    return build()
 
 
 def _vae() -> Any:
@@ -191,10 +184,10 @@ def _flux2_components() -> dict[str, Any]:
     )
     return {
         "scheduler": FlowMatchEulerDiscreteScheduler(),
-        "vae": _seeded(_vae),
-        "text_encoder": _seeded(lambda: Mistral3ForConditionalGeneration(config).eval()),
+        "vae": seeded(_vae),
+        "text_encoder": seeded(lambda: Mistral3ForConditionalGeneration(config).eval()),
         "tokenizer": TinyMistralProcessor(tokenizer=tokenizer, chat_template=MISTRAL_CHAT_TEMPLATE),
-        "transformer": _seeded(lambda: _transformer(guidance_embeds=True)),
+        "transformer": seeded(lambda: _transformer(guidance_embeds=True)),
     }
 
 
@@ -220,34 +213,29 @@ def _klein_components() -> dict[str, Any]:
     )
     return {
         "scheduler": FlowMatchEulerDiscreteScheduler(),
-        "vae": _seeded(_vae),
-        "text_encoder": _seeded(lambda: Qwen3ForCausalLM(config).eval()),
+        "vae": seeded(_vae),
+        "text_encoder": seeded(lambda: Qwen3ForCausalLM(config).eval()),
         "tokenizer": tokenizer,
-        "transformer": _seeded(lambda: _transformer(guidance_embeds=False)),
+        "transformer": seeded(lambda: _transformer(guidance_embeds=False)),
     }
-
-
-def _tiny(pipeline: Any) -> TinyModel:
-    pipeline.set_progress_bar_config(disable=True)
-    return TinyModel(pipeline=pipeline, default_steps=TINY_STEPS)
 
 
 def build_flux2() -> TinyModel:
     """A ``Flux2Pipeline`` (FLUX.2-dev: several references, embedded guidance) with tiny random components."""
     from diffusers import Flux2Pipeline
 
-    return _tiny(Flux2Pipeline(**_flux2_components()))
+    return finish(Flux2Pipeline(**_flux2_components()))
 
 
 def build_flux2_klein() -> TinyModel:
     """A ``Flux2KleinPipeline`` (a base, not step-distilled, FLUX.2-klein) with tiny random components."""
     from diffusers import Flux2KleinPipeline
 
-    return _tiny(Flux2KleinPipeline(**_klein_components(), is_distilled=False))
+    return finish(Flux2KleinPipeline(**_klein_components(), is_distilled=False))
 
 
 def build_flux2_klein_inpaint() -> TinyModel:
     """A ``Flux2KleinInpaintPipeline`` with the same tiny components as ``tiny:flux2-klein``."""
     from diffusers import Flux2KleinInpaintPipeline
 
-    return _tiny(Flux2KleinInpaintPipeline(**_klein_components(), is_distilled=False))
+    return finish(Flux2KleinInpaintPipeline(**_klein_components(), is_distilled=False))

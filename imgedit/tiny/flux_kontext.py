@@ -19,26 +19,17 @@ runs with the real table: correct, only slower (about 0.5 s per 64x64 edit).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-import torch
-
-from imgedit.tiny import TinyModel
+from imgedit.tiny import TinyModel, finish, seeded
 from imgedit.tiny.tokenizers import clip_tokenizer, t5_tokenizer
 
-TINY_STEPS = 4
 #: The preferred reference resolutions are divided by this (1024x1024 becomes 128x128).
 TINY_REFERENCE_SHRINK = 8
 #: Width of both text encoders, the transformer's text input and its pooled projection.
 TEXT_WIDTH = 32
 #: Latent channels of the tiny VAE (the real one has 16); the transformer sees 4x as many per packed token.
 LATENT_CHANNELS = 4
-
-
-def _seeded(build: Callable[[], Any]) -> Any:
-    torch.manual_seed(0)
-    return build()
 
 
 def _components() -> dict[str, Any]:
@@ -75,11 +66,11 @@ def _components() -> dict[str, Any]:
     )
     return {
         "scheduler": FlowMatchEulerDiscreteScheduler(),
-        "text_encoder": _seeded(lambda: CLIPTextModel(clip_config).eval()),
+        "text_encoder": seeded(lambda: CLIPTextModel(clip_config).eval()),
         "tokenizer": tokenizer,
-        "text_encoder_2": _seeded(lambda: T5EncoderModel(t5_config).eval()),
+        "text_encoder_2": seeded(lambda: T5EncoderModel(t5_config).eval()),
         "tokenizer_2": tokenizer_2,
-        "transformer": _seeded(
+        "transformer": seeded(
             lambda: FluxTransformer2DModel(
                 patch_size=1,
                 in_channels=LATENT_CHANNELS * 4,
@@ -93,7 +84,7 @@ def _components() -> dict[str, Any]:
                 guidance_embeds=True,
             )
         ),
-        "vae": _seeded(
+        "vae": seeded(
             lambda: AutoencoderKL(
                 in_channels=3,
                 out_channels=3,
@@ -116,11 +107,6 @@ def _components() -> dict[str, Any]:
     }
 
 
-def _tiny(pipeline: Any) -> TinyModel:
-    pipeline.set_progress_bar_config(disable=True)
-    return TinyModel(pipeline=pipeline, default_steps=TINY_STEPS)
-
-
 def _shrink_reference_resolutions() -> None:
     """Make both Kontext pipelines snap references to resolutions ``TINY_REFERENCE_SHRINK`` times smaller."""
     import diffusers.pipelines.flux.pipeline_flux_kontext as edit_module
@@ -140,7 +126,7 @@ def build_flux_kontext() -> TinyModel:
     from diffusers import FluxKontextPipeline
 
     _shrink_reference_resolutions()
-    return _tiny(FluxKontextPipeline(**_components()))
+    return finish(FluxKontextPipeline(**_components()))
 
 
 def build_flux_kontext_inpaint() -> TinyModel:
@@ -148,4 +134,4 @@ def build_flux_kontext_inpaint() -> TinyModel:
     from diffusers import FluxKontextInpaintPipeline
 
     _shrink_reference_resolutions()
-    return _tiny(FluxKontextInpaintPipeline(**_components()))
+    return finish(FluxKontextInpaintPipeline(**_components()))

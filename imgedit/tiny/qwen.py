@@ -12,23 +12,19 @@ modules: only ever build one in a process that serves no real model.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
-
-import torch
 
 # diffusers' from_pretrained finds how to load a component by looking up its
 # loadable base classes (here ProcessorMixin) as attributes of the module named
 # in model_index.json, so this module must expose it.
 from transformers import ProcessorMixin, Qwen2VLProcessor  # noqa: F401
 
-from imgedit.tiny import TinyModel
+from imgedit.tiny import TinyModel, finish, seeded
 from imgedit.tiny.tokenizers import qwen_tokenizer
 
 #: Pixel area the tiny multi-image pipeline resizes references to (the real
 #: model uses 1024x1024 for the VAE and 384x384 for the vision encoder).
 TINY_REFERENCE_AREA = 64 * 64
-TINY_STEPS = 4
 
 
 class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
@@ -40,11 +36,6 @@ class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
 
     def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None) -> None:
         super().__init__(image_processor, tokenizer, video_processor=None, chat_template=chat_template)
-
-
-def _seeded(build: Callable[[], Any]) -> Any:
-    torch.manual_seed(0)
-    return build()
 
 
 def _components() -> dict[str, Any]:
@@ -89,10 +80,10 @@ def _components() -> dict[str, Any]:
     )
     return {
         "scheduler": FlowMatchEulerDiscreteScheduler(),
-        "text_encoder": _seeded(lambda: Qwen2_5_VLForConditionalGeneration(text_encoder_config).eval()),
+        "text_encoder": seeded(lambda: Qwen2_5_VLForConditionalGeneration(text_encoder_config).eval()),
         "tokenizer": tokenizer,
         "processor": ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer),
-        "transformer": _seeded(
+        "transformer": seeded(
             lambda: QwenImageTransformer2DModel(
                 patch_size=2,
                 in_channels=16,
@@ -105,7 +96,7 @@ def _components() -> dict[str, Any]:
                 zero_cond_t=True,
             )
         ),
-        "vae": _seeded(
+        "vae": seeded(
             lambda: AutoencoderKLQwenImage(
                 base_dim=8,
                 z_dim=4,
@@ -117,11 +108,6 @@ def _components() -> dict[str, Any]:
             )
         ),
     }
-
-
-def _tiny(pipeline: Any) -> TinyModel:
-    pipeline.set_progress_bar_config(disable=True)
-    return TinyModel(pipeline=pipeline, default_steps=TINY_STEPS)
 
 
 def _shrink_reference_area() -> None:
@@ -147,7 +133,7 @@ def build_qwen_image_edit_plus() -> TinyModel:
     from diffusers import QwenImageEditPlusPipeline
 
     _shrink_reference_area()
-    return _tiny(QwenImageEditPlusPipeline(**_components()))
+    return finish(QwenImageEditPlusPipeline(**_components()))
 
 
 def build_qwen_image_edit() -> TinyModel:
@@ -155,7 +141,7 @@ def build_qwen_image_edit() -> TinyModel:
     from diffusers import QwenImageEditPipeline
 
     _shrink_reference_area()
-    return _tiny(QwenImageEditPipeline(**_components()))
+    return finish(QwenImageEditPipeline(**_components()))
 
 
 def build_qwen_image_edit_inpaint() -> TinyModel:
@@ -163,4 +149,4 @@ def build_qwen_image_edit_inpaint() -> TinyModel:
     from diffusers import QwenImageEditInpaintPipeline
 
     _shrink_reference_area()
-    return _tiny(QwenImageEditInpaintPipeline(**_components()))
+    return finish(QwenImageEditInpaintPipeline(**_components()))

@@ -21,24 +21,15 @@ the registry; the tests use it for the SDXL img2img and inpainting paths.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-import torch
-
-from imgedit.tiny import TinyModel
+from imgedit.tiny import TinyModel, finish, seeded
 from imgedit.tiny.tokenizers import clip_tokenizer
 
-TINY_STEPS = 4
 #: Width of the CLIP text encoders; SDXL's UNet attends to both, concatenated.
 TEXT_WIDTH = 32
 #: Width of each SDXL micro-conditioning embedding (six size numbers each).
 TIME_EMBED_WIDTH = 8
-
-
-def _seeded(build: Callable[[], Any]) -> Any:
-    torch.manual_seed(0)
-    return build()
 
 
 def _text_encoder(tokenizer: Any, *, projection: bool = False) -> Any:
@@ -59,14 +50,14 @@ def _text_encoder(tokenizer: Any, *, projection: bool = False) -> Any:
         pad_token_id=end,
     )
     model_class = CLIPTextModelWithProjection if projection else CLIPTextModel
-    return _seeded(lambda: model_class(config).eval())
+    return seeded(lambda: model_class(config).eval())
 
 
 def _vae() -> Any:
     """An ``AutoencoderKL`` with four blocks of 8 channels: scale factor 8, 4 latent channels."""
     from diffusers import AutoencoderKL
 
-    return _seeded(
+    return seeded(
         lambda: AutoencoderKL(
             in_channels=3,
             out_channels=3,
@@ -97,7 +88,7 @@ def _unet(in_channels: int, *, xl: bool = False) -> Any:
             "projection_class_embeddings_input_dim": 6 * TIME_EMBED_WIDTH + TEXT_WIDTH,
             "use_linear_projection": True,
         }
-    return _seeded(
+    return seeded(
         lambda: UNet2DConditionModel(
             sample_size=8,
             in_channels=in_channels,
@@ -159,42 +150,37 @@ def _sd_scheduler() -> Any:
     )
 
 
-def _tiny(pipeline: Any) -> TinyModel:
-    pipeline.set_progress_bar_config(disable=True)
-    return TinyModel(pipeline=pipeline, default_steps=TINY_STEPS)
-
-
 def build_instruct_pix2pix() -> TinyModel:
     """A ``StableDiffusionInstructPix2PixPipeline`` (8-channel UNet, Euler ancestral as the real one ships)."""
     from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
 
     scheduler = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    return _tiny(StableDiffusionInstructPix2PixPipeline(**_sd_components(8, scheduler)))
+    return finish(StableDiffusionInstructPix2PixPipeline(**_sd_components(8, scheduler)))
 
 
 def build_sdxl_instruct_pix2pix() -> TinyModel:
     """A ``StableDiffusionXLInstructPix2PixPipeline``: two text encoders, 8-channel UNet with ``text_time``."""
     from diffusers import StableDiffusionXLInstructPix2PixPipeline
 
-    return _tiny(StableDiffusionXLInstructPix2PixPipeline(**_sdxl_components(8)))
+    return finish(StableDiffusionXLInstructPix2PixPipeline(**_sdxl_components(8)))
 
 
 def build_stable_diffusion() -> TinyModel:
     """A text-to-image ``StableDiffusionPipeline`` (4-channel UNet), served through img2img and inpainting."""
     from diffusers import StableDiffusionPipeline
 
-    return _tiny(StableDiffusionPipeline(**_sd_components(4, _sd_scheduler())))
+    return finish(StableDiffusionPipeline(**_sd_components(4, _sd_scheduler())))
 
 
 def build_stable_diffusion_inpaint() -> TinyModel:
     """A ``StableDiffusionInpaintPipeline`` with a 9-channel UNet, as dedicated inpainting checkpoints have."""
     from diffusers import StableDiffusionInpaintPipeline
 
-    return _tiny(StableDiffusionInpaintPipeline(**_sd_components(9, _sd_scheduler())))
+    return finish(StableDiffusionInpaintPipeline(**_sd_components(9, _sd_scheduler())))
 
 
 def build_stable_diffusion_xl() -> TinyModel:
     """A text-to-image ``StableDiffusionXLPipeline`` (4-channel UNet); not registered, used by the tests."""
     from diffusers import StableDiffusionXLPipeline
 
-    return _tiny(StableDiffusionXLPipeline(**_sdxl_components(4)))
+    return finish(StableDiffusionXLPipeline(**_sdxl_components(4)))

@@ -13,8 +13,8 @@ from imgedit.families.stable_diffusion import InstructPix2PixAdapter, StableDiff
 from imgedit.images import InputImage
 from imgedit.request import EditRequest, ImageSource
 from imgedit.sizing import Size
-from imgedit.tiny import build_tiny
-from imgedit.tiny.stable_diffusion import TINY_STEPS, build_stable_diffusion_xl
+from imgedit.tiny import TINY_STEPS, build_tiny
+from imgedit.tiny.stable_diffusion import build_stable_diffusion_xl
 
 #: An input whose size differs from every requested size, so that sizing is really exercised.
 IMAGE = InputImage(rgb=Image.new("RGB", (80, 120), (200, 40, 40)), alpha=None)
