@@ -88,10 +88,18 @@ class Settings(BaseSettings):
     png_compress_level: int = Field(1, ge=0, le=9)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("log_level", "device", "dtype", "device_map", "offload", "cache", mode="before")
+    @field_validator("log_level", "device", "device_map", "offload", "cache", mode="before")
     @classmethod
     def _lowercase(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype_aliases(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        value = value.strip().lower()
+        return {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"}.get(value, value)
 
     @field_validator("model", "served_model_name", mode="before")
     @classmethod

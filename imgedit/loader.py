@@ -29,7 +29,8 @@ import torch
 from imgedit.acceleration import OptionError, check_options
 from imgedit.config import TINY_MODEL, Settings
 from imgedit.errors import one_line
-from imgedit.lora import LoraError, apply_loras
+from imgedit.families import family_names
+from imgedit.lora import LoraError, apply_loras, parse_loras
 from imgedit.tiny import build_tiny, is_tiny, known_names
 
 BENTOML_PREFIX = "bentoml:"
@@ -118,6 +119,13 @@ def check_model_source(settings: Settings) -> None:
         raise ModelLoadError(f"IMGEDIT_DEVICE_MAP: spreading a model over GPUs needs CUDA, and this device is {device}")
     if settings.device_map != "none" and settings.offload != "none":
         raise ModelLoadError("IMGEDIT_DEVICE_MAP and IMGEDIT_OFFLOAD cannot be combined; choose one")
+    if settings.family is not None and settings.family not in family_names():
+        raise ModelLoadError(f"IMGEDIT_FAMILY: unknown family {settings.family!r}; known: {', '.join(family_names())}")
+    if settings.lora:
+        try:
+            parse_loras(settings.lora)
+        except LoraError as exc:
+            raise ModelLoadError(f"IMGEDIT_LORA: {exc}") from None
     source = parse_source(settings)
     if source.kind == "tiny":
         if source.location not in known_names():

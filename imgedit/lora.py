@@ -17,7 +17,7 @@ from typing import Any
 
 from imgedit.errors import one_line
 
-_SCALE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
+_SCALE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 class LoraError(Exception):
@@ -47,8 +47,10 @@ def parse_loras(value: str) -> list[LoraSpec]:
             raise LoraError(f"empty entry in {value!r}")
         location, scale = text, 1.0
         head, colon, tail = text.rpartition(":")
-        if colon and _SCALE.fullmatch(tail):
-            location, scale = head, float(tail)
+        if colon and not Path(text).expanduser().exists():
+            if not _SCALE.fullmatch(tail.strip()) or ":" in head:
+                raise LoraError(f"bad scale {tail.strip()!r} in {text!r}; write SOURCE:SCALE, as in owner/repo:0.8")
+            location, scale = head.strip(), float(tail)
         path = Path(location).expanduser()
         if path.is_file():
             specs.append(LoraSpec(text, str(path.parent), weight_name=path.name, scale=scale))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from tqdm import tqdm
 from imgedit.errors import one_line
 
 _SKIPPED = {".git", ".cache"}
+#: BentoML's rule for model names.
+_NAME = re.compile(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?")
 _CHUNK = 8 * 1024 * 1024
 
 
@@ -35,12 +38,21 @@ def import_model(source: str, name: str, revision: str | None = None, progress: 
     """
     import bentoml
 
+    if not _NAME.fullmatch(name):
+        raise ModelImportError(
+            f"--name {name!r} is not a valid model name: use lowercase letters, digits, '.', '_' and '-', "
+            "starting and ending with a letter or digit"
+        )
     directory = _snapshot(source, revision)
     index = directory / "model_index.json"
     if not index.is_file():
         raise ModelImportError(f"{source!r} is not a diffusers pipeline: it has no model_index.json")
     pipeline_class = json.loads(index.read_text()).get("_class_name", "?")
-    files = [path for path in sorted(directory.rglob("*")) if path.is_file() and not _SKIPPED & set(path.parts)]
+    files = [
+        path
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and not _SKIPPED & set(path.relative_to(directory).parts)
+    ]
     total = sum(path.stat().st_size for path in files)
     metadata = {"source": source, "revision": revision or "", "pipeline": pipeline_class}
     with (

@@ -95,8 +95,16 @@ def start(settings: Settings) -> tuple[EditHandler, ModelCard]:
     except ValueError as error:  # the only setting an adapter can refuse
         raise StartupError(f"IMGEDIT_MAX_IMAGES: {error}") from None
     engine = Engine()
-    for plan in adapter.warmup_plans():
-        engine.run_now(plan.calls)
+    try:
+        for plan in adapter.warmup_plans():
+            engine.run_now(plan.calls)
+    except Exception as error:
+        if settings.family is None:
+            raise
+        # A forced family that does not fit the pipeline fails here, on its first call.
+        raise StartupError(
+            f"IMGEDIT_FAMILY: {settings.family!r} cannot run {type(loaded.pipeline).__name__}: {one_line(error)}"
+        ) from None
     log.info(
         "serving %s as %r (%s, family %s, %s on %s%s) after %.1f s",
         loaded.model_id,

@@ -88,3 +88,11 @@ def test_every_setting_is_documented_in_the_readme():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     missing = [f"IMGEDIT_{name.upper()}" for name in Settings.model_fields if f"IMGEDIT_{name.upper()}" not in readme]
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("value", "dtype"), [("bf16", "bfloat16"), ("FP16", "float16"), ("fp32", "float32"), ("bfloat16", "bfloat16")]
+)
+def test_dtype_accepts_the_short_spellings(monkeypatch, value, dtype):
+    monkeypatch.setenv("IMGEDIT_DTYPE", value)
+    assert load_settings().dtype == dtype

@@ -124,3 +124,16 @@ def test_options_this_machine_cannot_honour_are_refused_before_loading(options, 
 def test_a_model_missing_from_the_bentoml_store_says_how_to_add_it():
     with pytest.raises(ModelLoadError, match="imgedit import-model"):
         check_model_source(Settings(model="bentoml:imgedit-tests-absent-model"))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"family": "nope"}, "IMGEDIT_FAMILY: unknown family 'nope'"),
+        ({"lora": "./missing.safetensors"}, "IMGEDIT_LORA"),
+        ({"lora": "owner/name:x:y"}, "IMGEDIT_LORA: bad scale"),
+    ],
+)
+def test_family_and_lora_are_checked_before_loading(options, message):
+    with pytest.raises(ModelLoadError, match=message):
+        check_model_source(Settings(model="tiny:qwen-image-edit-plus", **options))

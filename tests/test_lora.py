@@ -88,3 +88,17 @@ def test_fusing_gives_the_same_pictures(lora_dir):
 def test_a_missing_hub_lora_is_a_clear_error():
     with pytest.raises(LoraError, match="cannot load 'imgedit-tests/absent-lora'"):
         apply_loras(build_tiny("tiny:qwen-image-edit-plus").pipeline, "imgedit-tests/absent-lora", fuse=False)
+
+
+@pytest.mark.parametrize(
+    ("value", "scale"), [("owner/name:1e-3", 0.001), (" owner/name : 0.5", 0.5), ("owner/name:-2E1", -20.0)]
+)
+def test_scales_in_any_float_spelling(value, scale):
+    (spec,) = parse_loras(value)
+    assert (spec.source, spec.scale) == ("owner/name", scale)
+
+
+@pytest.mark.parametrize("value", ["owner/name:", "owner/name:x", "owner/name:1:2"])
+def test_malformed_scales_are_refused(value):
+    with pytest.raises(LoraError, match="bad scale"):
+        parse_loras(value)

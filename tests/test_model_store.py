@@ -59,3 +59,26 @@ def test_an_unreachable_hub_repo_is_refused(tmp_path):
     result = run(str(IMGEDIT), "import-model", "imgedit-tests/absent", "--name", "x", home=tmp_path / "bentoml")
     assert result.returncode == 1
     assert "cannot get 'imgedit-tests/absent'" in result.stderr
+
+
+def test_a_source_inside_a_dot_cache_folder_is_imported_whole(saved_tiny, tmp_path):
+    """The Hugging Face cache lives in ~/.cache; only .cache folders *inside* the source are skipped."""
+    import shutil
+
+    source = tmp_path / ".cache" / "huggingface" / "snapshot"
+    shutil.copytree(saved_tiny, source)
+    (source / ".cache").mkdir()
+    (source / ".cache" / "download-metadata").write_text("skip me")
+    home = tmp_path / "bentoml"
+    result = run(str(IMGEDIT), "import-model", str(source), "--name", "cached", "--quiet", home=home)
+    assert result.returncode == 0, result.stderr
+    (stored,) = (home / "models" / "cached").glob("*/model_index.json")
+    assert not (stored.parent / ".cache").exists()
+    assert len(list(stored.parent.rglob("*.safetensors"))) == len(list(saved_tiny.rglob("*.safetensors")))
+
+
+def test_an_invalid_name_is_a_one_line_error(saved_tiny, tmp_path):
+    result = run(str(IMGEDIT), "import-model", str(saved_tiny), "--name", "Bad Name!", home=tmp_path / "bentoml")
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("imgedit: --name 'Bad Name!' is not a valid model name")
+    assert "Traceback" not in result.stderr

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from PIL import Image
 
+from imgedit.errors import invalid
 from imgedit.images import InputImage
 from imgedit.logs import get_logger
 from imgedit.request import EditRequest, ImageSource
@@ -301,6 +302,23 @@ class FamilyAdapter(ABC):
         if dropped:
             log.debug("%s ignores %s", type(pipeline).__name__, ", ".join(dropped))
         return {name: value for name, value in arguments.items() if name in accepted and value is not None}
+
+
+def require_a_denoising_step(steps: int, strength: float) -> None:
+    """Refuse a ``strength`` that leaves a flow-matching img2img or inpainting pipeline no step to run.
+
+    Those pipelines skip the first ``int(steps - steps * strength)`` steps of the
+    schedule (their ``get_timesteps``) and fail when none is left.
+
+    Raises:
+        ApiError: 400 naming ``strength``.
+    """
+    skipped = int(max(steps - min(steps * strength, steps), 0))
+    if steps - skipped < 1:
+        raise invalid(
+            "strength",
+            f"strength={strength:g} with {steps} steps leaves no denoising step; raise strength or the steps.",
+        )
 
 
 def generators(seeds: Sequence[int]) -> list[torch.Generator]:

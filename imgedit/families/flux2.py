@@ -49,7 +49,16 @@ from PIL import Image
 
 from imgedit.config import HARD_MAX_IMAGES
 from imgedit.errors import invalid
-from imgedit.families.base import Defaults, EditPlan, FamilyAdapter, PipelineCall, StepHook, generators, postprocess
+from imgedit.families.base import (
+    Defaults,
+    EditPlan,
+    FamilyAdapter,
+    PipelineCall,
+    StepHook,
+    generators,
+    postprocess,
+    require_a_denoising_step,
+)
 from imgedit.images import InputImage
 from imgedit.request import EditRequest
 from imgedit.sizing import Size
@@ -230,10 +239,11 @@ class Flux2KleinAdapter(_Flux2Family):
         return Size(width // multiple * multiple, height // multiple * multiple)
 
     def check(self, request: EditRequest, images: Sequence[InputImage], size: Size) -> None:
-        """Also refuse ``strength=0`` when inpainting: the pipeline would be left with no step to run."""
+        """Also refuse a strength that leaves the inpainting pipeline no step to run."""
         super().check(request, images, size)
-        if request.mask is not None and self.native_mask and request.strength == 0:
-            raise invalid("strength", "strength must be greater than 0 when inpainting with a mask.")
+        if request.mask is not None and self.native_mask:
+            strength = request.strength if request.strength is not None else self.default_inpaint_strength
+            require_a_denoising_step(self.steps_for(request), strength)
 
     def plan(
         self,

@@ -21,7 +21,9 @@ Family quirks handled here:
   image itself as the Kontext context, which is what an edit with a mask means;
   the reference exists to paint a *different* picture into the masked area,
   which the OpenAI API cannot express. ``strength`` defaults to 1.0 (the masked
-  area is repainted fully); a strength that leaves no denoising step is refused.
+  area is repainted fully); a strength that leaves no denoising step is refused,
+  and so is an input image narrower than one size multiple (the pipeline would
+  divide by zero).
 * ``guidance_scale`` (3.5 by default) is embedded guidance, a transformer input
   of guidance-distilled Kontext-dev: one forward pass per step. True
   classifier-free guidance (``true_cfg_scale``, 1.0 by default, i.e. off) runs
@@ -48,7 +50,7 @@ import torch
 from PIL import Image
 
 from imgedit.errors import invalid
-from imgedit.families.base import FamilyAdapter, PipelineCall, generators, postprocess
+from imgedit.families.base import FamilyAdapter, PipelineCall, generators, postprocess, require_a_denoising_step
 from imgedit.images import InputImage
 from imgedit.request import EditRequest
 from imgedit.sizing import Size
@@ -119,18 +121,19 @@ class FluxKontextAdapter(FamilyAdapter):
         return postprocess(pipeline, decoded)
 
     def check(self, request: EditRequest, images: Sequence[InputImage], size: Size) -> None:
-        """Refuse an inpainting strength so low that the pipeline would run no step (it raises ValueError then)."""
-        if request.mask is None or not self.native_mask:
-            return
-        steps = self.steps_for(request)
-        strength = self._strength(request)
-        # FluxKontextInpaintPipeline.get_timesteps: the first int(steps * (1 - strength)) steps are skipped.
-        skipped = int(max(steps - min(steps * strength, steps), 0))
-        if steps - skipped < 1:
-            raise invalid(
-                "strength",
-                f"strength={strength:g} with {steps} steps leaves no denoising step; raise strength or the steps.",
-            )
+        """Refuse what the pipelines would crash on: an input under one size multiple, a stepless strength."""
+        smallest = self.size_multiple
+        for image, source in zip(images, request.sources, strict=True):
+            if min(image.size.width, image.size.height) < smallest:
+                # The pipeline floors the reference's sides to the multiple and divides by them.
+                raise invalid(
+                    source.param,
+                    f"The image in '{source.param}' is {image.size}; "
+                    f"this model needs both sides at least {smallest} px.",
+                    code="invalid_image",
+                )
+        if request.mask is not None and self.native_mask:
+            require_a_denoising_step(self.steps_for(request), self._strength(request))
 
     def _guidance(self, request: EditRequest) -> tuple[float, str | None]:
         """``true_cfg_scale`` and the negative prompt to run with (None when true CFG is off)."""

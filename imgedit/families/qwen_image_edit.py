@@ -37,7 +37,7 @@ from PIL import Image
 
 from imgedit.config import HARD_MAX_IMAGES
 from imgedit.errors import invalid
-from imgedit.families.base import FamilyAdapter, PipelineCall, generators, postprocess
+from imgedit.families.base import FamilyAdapter, PipelineCall, generators, postprocess, require_a_denoising_step
 from imgedit.images import InputImage
 from imgedit.request import EditRequest
 from imgedit.sizing import Size
@@ -47,6 +47,11 @@ EMPTY_NEGATIVE_PROMPT = " "
 ROPE_POSITIONS = 4096
 #: The pixel area the single-image pipelines resize their input to.
 SINGLE_IMAGE_AREA = 1024 * 1024
+
+
+def _strength(request: EditRequest) -> float:
+    """Inpainting repaints the masked area fully unless the request says otherwise."""
+    return request.strength if request.strength is not None else 1.0
 
 
 class _QwenImageEdit(FamilyAdapter):
@@ -77,7 +82,7 @@ class _QwenImageEdit(FamilyAdapter):
         return {
             "image": self._pipeline_images(images),
             "mask_image": mask,
-            "strength": request.strength if request.strength is not None else 1.0,
+            "strength": _strength(request),
             "prompt": request.prompt,
             "negative_prompt": negative_prompt,
             "true_cfg_scale": true_cfg_scale,
@@ -195,6 +200,11 @@ class QwenImageEditAdapter(_QwenImageEdit):
     name = "qwen-image-edit"
     pipeline_pairs = (("QwenImageEditPipeline", "QwenImageEditInpaintPipeline"),)
     default_steps = 50
+
+    def check(self, request: EditRequest, images: Sequence[InputImage], size: Size) -> None:
+        super().check(request, images, size)
+        if request.mask is not None and self.native_mask:
+            require_a_denoising_step(self.steps_for(request), _strength(request))
 
     def generated_size(self, pipeline: Any, images: Sequence[InputImage], size: Size) -> Size:
         if pipeline is self.inpaint_pipeline:  # it ignores height and width

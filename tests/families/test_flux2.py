@@ -11,6 +11,7 @@ from imgedit.families.flux2 import Flux2Adapter, Flux2KleinAdapter, NegativeProm
 from imgedit.images import InputImage
 from imgedit.request import EditRequest, ImageSource
 from imgedit.sizing import Size
+from tests.families.conftest import assert_repaints_where_the_mask_is_white
 
 
 def picture(width: int = 64, height: int = 64, seed: int = 0) -> InputImage:
@@ -418,3 +419,11 @@ def test_warm_up_plans_run(flux2, klein):
         assert [plan.mask_mode for plan in plans] == modes
         for plan in plans:
             assert [image.size for image in run(plan)] == [(64, 64)]
+
+
+def test_a_tiny_stepless_strength_is_refused_too(klein):
+    assert _refused(klein, request(mask=b"m", strength=1e-20), [picture()]) == "strength"
+
+
+def test_klein_repaints_where_the_mask_is_white(klein):
+    assert_repaints_where_the_mask_is_white(klein)

@@ -11,6 +11,7 @@ from imgedit.families.flux_kontext import FluxKontextAdapter
 from imgedit.images import InputImage
 from imgedit.request import EditRequest, ImageSource
 from imgedit.sizing import Size
+from tests.families.conftest import assert_repaints_where_the_mask_is_white
 
 #: An input whose aspect ratio (3:2) differs from most requested sizes, so size bugs show.
 IMAGE = InputImage(rgb=Image.new("RGB", (300, 200), (10, 200, 30)), alpha=None)
@@ -303,3 +304,21 @@ def test_warmup_plans_cover_both_pipelines_and_run(adapter):
     for plan in plans:
         (call,) = plan.calls
         assert [image.size for image in run(call)] == [(64, 64)]
+
+
+def test_kontext_repaints_where_the_mask_is_white(adapter):
+    assert_repaints_where_the_mask_is_white(adapter)
+
+
+@pytest.mark.parametrize("size", [(64, 15), (12, 12), (300, 12)])
+def test_inputs_narrower_than_one_multiple_are_refused_where_the_pipeline_fails(adapter, size):
+    image = InputImage(rgb=Image.new("RGB", size), alpha=None)
+    req = EditRequest(prompt="p", sources=(ImageSource("image[0]"),), num_inference_steps=1)
+    with pytest.raises(ApiError) as caught:
+        adapter.plan(req, [image], Size(64, 64), [0])
+    assert caught.value.param == "image[0]"
+    kwargs = adapter._accepted_only(
+        adapter.pipeline, adapter.arguments(adapter.pipeline, req, [image], Size(64, 64), 1, [0], None)
+    )
+    with pytest.raises(ZeroDivisionError), torch.inference_mode():
+        adapter.pipeline(**kwargs)

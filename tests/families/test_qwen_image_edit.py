@@ -11,6 +11,7 @@ from imgedit.families.qwen_image_edit import QwenImageEditAdapter, QwenImageEdit
 from imgedit.images import InputImage
 from imgedit.request import EditRequest, ImageSource
 from imgedit.sizing import Size
+from tests.families.conftest import assert_repaints_where_the_mask_is_white
 
 IMAGE = InputImage(rgb=Image.new("RGB", (64, 64), (9, 9, 9)), alpha=None)
 
@@ -223,3 +224,22 @@ def test_previews_decode_intermediate_latents(adapter, single, family):
     call.invoke(on_step=lambda step, latents: seen.append(chosen.preview(call, latents)))
     assert len(seen) == 2
     assert [image.size for image in seen[-1]] == [(64, 48)]
+
+
+@pytest.mark.parametrize("strength", [0.0, 1e-20])
+def test_a_stepless_inpainting_strength_is_refused_where_the_pipeline_fails(single, strength):
+    image = InputImage(rgb=Image.new("RGB", (64, 64)), alpha=None)
+    req = request(strength=strength, mask=b"m")
+    with pytest.raises(ApiError) as caught:
+        single.plan(req, [image], Size(64, 64), [1], mask=_mask())
+    assert caught.value.param == "strength"
+    kwargs = single._accepted_only(
+        single.inpaint_pipeline,
+        single.arguments(single.inpaint_pipeline, req, [image], Size(64, 64), 2, [1], _mask()),
+    )
+    with pytest.raises(ValueError), torch.inference_mode():
+        single.inpaint_pipeline(**kwargs)
+
+
+def test_inpainting_repaints_inside_the_mask_not_outside(single):
+    assert_repaints_where_the_mask_is_white(single)

@@ -15,6 +15,7 @@ from imgedit.request import EditRequest, ImageSource
 from imgedit.sizing import Size
 from imgedit.tiny import TINY_STEPS, build_tiny
 from imgedit.tiny.stable_diffusion import build_stable_diffusion_xl
+from tests.families.conftest import assert_repaints_where_the_mask_is_white
 
 #: An input whose size differs from every requested size, so that sizing is really exercised.
 IMAGE = InputImage(rgb=Image.new("RGB", (80, 120), (200, 40, 40)), alpha=None)
@@ -355,3 +356,7 @@ def test_sdxl_previews_undo_the_latent_normalisation():
     (output,) = call.invoke(on_step=lambda step, latents: seen.append(adapter.preview(call, latents)))
     difference = np.abs(np.asarray(seen[-1][0], dtype=int) - np.asarray(output, dtype=int))
     assert difference.max() <= 1
+
+
+def test_plain_checkpoints_repaint_where_the_mask_is_white(adapters):
+    assert_repaints_where_the_mask_is_white(adapters["sd"])
