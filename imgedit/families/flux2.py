@@ -30,8 +30,8 @@ Family quirks handled here:
   inpaints natively with ``Flux2KleinInpaintPipeline``: the first image is
   repainted under the mask (white repaints), ``strength`` 1 by default, and any
   further images become its ``image_reference`` (all resized and cropped to
-  the first reference's size, which the pipeline requires). A ``strength`` of 0
-  leaves no denoising step and is refused.
+  the first reference's size, which the pipeline requires). A ``strength`` that
+  leaves no denoising step is refused.
 * Previews: unpack the token sequence by its position ids, undo the VAE's
   batch-norm latent normalisation, unpatchify the 2x2 patches, decode.
 """
