@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import bentoml
+from starlette.requests import Request
 from starlette.responses import Response
 
 from imgedit.api_io import ImagesResponse, edits_input
@@ -18,7 +19,7 @@ from imgedit.loader import BENTOML_PREFIX
 from imgedit.logs import configure_logging
 from imgedit.multipart import Form
 from imgedit.request_context import RequestContextMiddleware
-from imgedit.runtime import StartupError, preflight, start_or_stop_server
+from imgedit.runtime import StartupError, drain_on_signals, preflight, start_or_stop_server, worker_count
 from imgedit.v1_routes import ModelCard, create_v1_app
 
 try:
@@ -32,14 +33,16 @@ configure_logging(settings.log_level)
 #: Extra seconds BentoML waits beyond our own deadline, so that the server's
 #: OpenAI-shaped 504 (which also stops the run) always comes first.
 TIMEOUT_GRACE_SECONDS = 60
+#: One worker per GPU, each with its own copy of the model and its own queue.
+WORKERS = worker_count(settings)
 
 v1_app = create_v1_app(lambda: bentoml.get_current_service().model_cards())
 
 
 @bentoml.service(
     name="imgedit",
-    resources={"gpu": 1},
-    workers=1,
+    resources={"gpu": WORKERS},
+    workers=WORKERS,
     traffic={"timeout": settings.request_timeout + TIMEOUT_GRACE_SECONDS},
     # Our middleware writes the access line, with the request id BentoML's lacks.
     logging={"access": {"enabled": False}},
@@ -60,18 +63,20 @@ class ImageEdit:
             sys.exit(f"imgedit: {error}")
 
     def __init__(self) -> None:
-        self.handler, self.card = start_or_stop_server(settings)
+        worker = (bentoml.server_context.worker_index or 1) - 1
+        self.handler, self.card = start_or_stop_server(settings, worker)
+        drain_on_signals(self.handler.engine, settings.shutdown_grace)
 
     def __is_ready__(self) -> bool:
-        return True
+        return not self.handler.engine.draining
 
     def model_cards(self) -> list[ModelCard]:
         return [self.card]
 
     @bentoml.api(route="/v1/images/edits", input_spec=edits_input(settings), output_spec=ImagesResponse)
-    async def edits(self, form: Form | None, form_error: ApiError | None) -> Response:
+    async def edits(self, form: Form | None, form_error: ApiError | None, connection: Request | None) -> Response:
         """Edit images as OpenAI's ``images.edit`` does."""
-        return await self.handler.handle(form, form_error)
+        return await self.handler.handle(form, form_error, connection)
 
     @bentoml.on_shutdown
     def close(self) -> None:

@@ -80,12 +80,17 @@ EDIT_FORM_SCHEMA: dict[str, Any] = {
         "guidance_scale": {**_NUMBER, "minimum": 0, "maximum": 20},
         "true_cfg_scale": {**_NUMBER, "minimum": 0, "maximum": 20},
         "seed": {**_INTEGER, "minimum": 0, "maximum": 2**64 - 1},
+        "stream": {"type": "boolean", "default": False, "description": "Answer with server-sent events."},
+        "partial_images": {**_INTEGER, "minimum": 0, "maximum": 3, "default": 0},
     },
 }
 
 
 class EditsInput(bentoml.IODescriptor):
-    """The read form of one request, or the error reading it raised."""
+    """The read form of one request (or the error reading it raised), and its connection.
+
+    The connection lets the handler notice a client that hangs up while its edit waits or runs.
+    """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
     media_type: ClassVar[str | None] = "multipart/form-data"
@@ -93,6 +98,7 @@ class EditsInput(bentoml.IODescriptor):
 
     form: Form | None = None
     form_error: ApiError | None = None
+    connection: Request | None = None
 
     @classmethod
     def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -108,14 +114,14 @@ class EditsInput(bentoml.IODescriptor):
                 cls.limits,
             )
         except ApiError as error:
-            return cls.model_construct(form=None, form_error=error)
+            return cls.model_construct(form=None, form_error=error, connection=request)
         except ClientDisconnect:
             # Nobody will read the answer; this keeps BentoML from logging a traceback.
             disconnected = ApiError(
                 400, "The client disconnected while sending the request.", code="client_disconnected"
             )
-            return cls.model_construct(form=None, form_error=disconnected)
-        return cls.model_construct(form=form, form_error=None)
+            return cls.model_construct(form=None, form_error=disconnected, connection=request)
+        return cls.model_construct(form=form, form_error=None, connection=request)
 
 
 def edits_input(settings: Settings) -> type[EditsInput]:

@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     max_field_bytes: int = Field(1 * MiB, ge=1024)
     request_timeout: float = Field(600.0, gt=0, le=24 * 3600)
 
+    # Scheduling.
+    workers: int | None = Field(None, ge=1, le=64)
+    max_queue: int = Field(8, ge=0, le=10_000)
+    max_batch: int = Field(1, ge=1, le=64)
+    shutdown_grace: float = Field(600.0, ge=0, le=24 * 3600)
+    progress_log_seconds: float = Field(30.0, gt=0)
+
     # URL inputs.
     url_fetch: bool = True
     url_timeout: float = Field(30.0, gt=0, le=600)

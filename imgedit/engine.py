@@ -1,13 +1,22 @@
-"""Runs pipeline calls one at a time, first in first out, on one dedicated thread.
+"""Decides what runs when: one pipeline run at a time per worker, first in first out.
 
 A diffusers pipeline is stateful and a GPU runs one large call well, not two,
-so every call goes through a single worker thread; the event loop only waits.
-This is the one guarantee that two calls never overlap, whatever BentoML's
-own concurrency limits do after a timeout.
+so every pipeline call goes through the engine's single thread; the event loop
+only waits. This is the one guarantee that two runs never overlap, whatever
+BentoML's own concurrency limits do after a timeout. Decoding inputs and
+encoding outputs happen outside, so they overlap with other requests' runs.
 
-A request waits at most until its deadline. A call whose request has given up
-(deadline passed, or the awaiting task was cancelled) never starts if it is
-still queued, and a running one stops at the next denoising step.
+* Admission: at most ``max_queue`` requests wait; past that :meth:`Engine.submit`
+  raises :class:`QueueFull` with a retry delay estimated from recent runs.
+* A request waits at most until its deadline. A run nobody waits for any more
+  (deadline passed, client gone, server shutting down) never starts if it is
+  still queued, and stops at its next denoising step if it is running.
+* Out of GPU memory fails only that request (:class:`OutOfMemory`), after the
+  cache is freed; the next run starts clean.
+* With ``max_batch`` above 1, queued single-image requests with identical
+  parameters may run as one batched call, for families whose pipelines take
+  batches (the adapter decides what is fusable).
+* Streaming requests get decoded previews at evenly spaced steps.
 """
 
 from __future__ import annotations
@@ -15,109 +24,368 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import queue
+import gc
+import math
+import statistics
 import threading
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
 
+from imgedit import metrics
 from imgedit.families.base import PipelineCall
 from imgedit.logs import get_logger
 
 log = get_logger(__name__)
 
+#: Decodes the latents a step hook sees into one picture per image of the call.
+Previewer = Callable[[PipelineCall, torch.Tensor], list[Image.Image]]
+#: Fuses compatible single-image calls into one batched call.
+Fuser = Callable[[list[PipelineCall]], PipelineCall]
+#: Runs on the event loop with each preview: its index in the request (from 0) and the pictures.
+PreviewSink = Callable[[int, list[Image.Image]], None]
+
+#: Run times kept for the queue-wait estimate behind ``Retry-After``.
+RECENT_RUNS = 20
+
 
 class RunCancelled(Exception):
-    """The call was stopped because nobody waits for its result any more."""
+    """The run was dropped or stopped because nobody waits for its result any more."""
 
 
 class DeadlineExceeded(Exception):
-    """The request's deadline passed before its call finished."""
+    """The request's deadline passed before its run finished."""
+
+
+class QueueFull(Exception):
+    """Too many requests wait already; ``retry_after`` is the estimated wait in seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"queue full; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class Draining(Exception):
+    """The server is shutting down and admits nothing new."""
+
+
+class OutOfMemory(Exception):
+    """The device ran out of memory during this request's run (the cache has been freed)."""
 
 
 @dataclass(eq=False)
-class _Job:
+class Job:
+    """One request's work, from admission to result.
+
+    Attributes:
+        calls: pipeline calls run back to back (one per output image, usually).
+        previews: previews to send per call (0 for none); needs ``previewer`` and ``sink``.
+        fusion_key: calls of jobs with the same key may run as one batch (None: never).
+    """
+
     calls: Sequence[PipelineCall]
     future: asyncio.Future[list[Image.Image]]
     loop: asyncio.AbstractEventLoop
     context: contextvars.Context
+    admitted: float
+    previews: int = 0
+    previewer: Previewer | None = None
+    sink: PreviewSink | None = None
+    fusion_key: Hashable | None = None
+    fuser: Fuser | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: str = ""
+    previews_sent: int = 0
+    #: The last step finished and the steps of the call running, for logs.
+    progress: tuple[int, int] = (0, 0)
+
+    def cancel(self, reason: str) -> None:
+        """Stop the run (or drop it from the queue) at the next chance; the first reason given wins."""
+        if not self.cancelled.is_set():
+            self.cancel_reason = reason
+            self.cancelled.set()
 
 
 class Engine:
-    """The single consumer of the pipelines of one model: only its thread calls them."""
+    """The single consumer of the pipelines of one model.
 
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+    Args:
+        max_queue: requests allowed to wait while one runs.
+        max_batch: most requests fused into one batched call (1: never fuse).
+        progress_interval: seconds between info-level progress lines of a long run.
+    """
+
+    def __init__(self, max_queue: int = 8, max_batch: int = 1, progress_interval: float = 30.0) -> None:
+        self.max_queue = max_queue
+        self.max_batch = max_batch
+        self.progress_interval = progress_interval
+        self._waiting: deque[Job] = deque()
+        self._condition = threading.Condition()
+        self._closed = False
+        self._draining = False
+        self._recent_runs: deque[float] = deque(maxlen=RECENT_RUNS)
+        self._running = 0
+        self._most_at_once = 0
+        self._current: list[Job] | None = None
         self._thread = threading.Thread(target=self._work, name="imgedit-engine", daemon=True)
         self._thread.start()
 
-    def run_now(self, calls: Sequence[PipelineCall]) -> list[Image.Image]:
-        """Run ``calls`` on the calling thread; only for start-up, before serving."""
-        return self._call_pipeline(calls, threading.Event())
+    # -- the event loop's side --------------------------------------------------------------
 
-    async def run(self, calls: Sequence[PipelineCall], deadline: float) -> list[Image.Image]:
-        """Queue ``calls`` (one request's work, run back to back) and wait for all their images.
+    def submit(
+        self,
+        calls: Sequence[PipelineCall],
+        *,
+        previews: int = 0,
+        previewer: Previewer | None = None,
+        sink: PreviewSink | None = None,
+        fusion_key: Hashable | None = None,
+        fuser: Fuser | None = None,
+    ) -> Job:
+        """Admit a request's calls, to run after those already waiting.
+
+        Must be called from the event loop that will await :meth:`result`.
+
+        Raises:
+            QueueFull: ``max_queue`` requests wait already.
+            Draining: the server is shutting down.
+        """
+        loop = asyncio.get_running_loop()
+        job = Job(
+            calls,
+            loop.create_future(),
+            loop,
+            contextvars.copy_context(),
+            time.monotonic(),
+            previews,
+            previewer,
+            sink,
+            fusion_key if self.max_batch > 1 else None,
+            fuser,
+        )
+        with self._condition:
+            if self._draining:
+                metrics.rejections.labels("draining").inc()
+                raise Draining
+            if len(self._waiting) >= self.max_queue:
+                metrics.rejections.labels("queue_full").inc()
+                raise QueueFull(self._retry_after_locked())
+            self._waiting.append(job)
+            metrics.queue_depth.set(len(self._waiting))
+            self._condition.notify()
+        return job
+
+    async def result(self, job: Job, deadline: float) -> list[Image.Image]:
+        """Wait for ``job``'s images.
 
         Args:
-            calls: the pipeline calls.
             deadline: ``time.monotonic()`` value after which the result is useless.
 
         Raises:
-            DeadlineExceeded: the deadline passed first; the call is stopped.
-            Exception: whatever the pipeline raised.
+            DeadlineExceeded: the deadline passed first; the run is stopped.
+            RunCancelled: the run was cancelled (shutdown) before it finished.
+            OutOfMemory: the device ran out of memory.
+            Exception: whatever else the pipeline raised.
         """
-        loop = asyncio.get_running_loop()
-        job = _Job(calls, loop.create_future(), loop, contextvars.copy_context())
-        self._jobs.put(job)
         try:
             return await asyncio.wait_for(asyncio.shield(job.future), timeout=max(0.0, deadline - time.monotonic()))
         except TimeoutError:
-            job.cancelled.set()
+            self._abandon(job, "deadline")
+            metrics.rejections.labels("deadline").inc()
             raise DeadlineExceeded from None
         except asyncio.CancelledError:
-            job.cancelled.set()
+            self._abandon(job, "abandoned")
             raise
 
-    def close(self) -> None:
-        """Stop the worker thread after the queued calls."""
-        self._jobs.put(None)
-        self._thread.join(timeout=5)
+    @staticmethod
+    def _abandon(job: Job, reason: str) -> None:
+        job.cancel(reason)
+        # Nobody will read the outcome; reading it here keeps asyncio from warning that nobody did.
+        job.future.add_done_callback(lambda future: future.cancelled() or future.exception())
 
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            if job.cancelled.is_set():
-                self._resolve(job, error=RunCancelled())
-                continue
-            try:
-                images = job.context.run(self._call_pipeline, job.calls, job.cancelled)
-            except BaseException as exc:  # delivered to the waiting request
-                self._resolve(job, error=exc)
-            else:
-                self._resolve(job, images=images)
+    async def run(self, calls: Sequence[PipelineCall], deadline: float) -> list[Image.Image]:
+        """:meth:`submit` then :meth:`result`: for callers that need nothing in between."""
+        return await self.result(self.submit(calls), deadline)
 
-    def _call_pipeline(self, calls: Sequence[PipelineCall], cancelled: threading.Event) -> list[Image.Image]:
-        def stop_when_cancelled(step: int, latents: torch.Tensor) -> None:
-            if cancelled.is_set():
-                raise RunCancelled
-
+    def run_now(self, calls: Sequence[PipelineCall]) -> list[Image.Image]:
+        """Run ``calls`` on the calling thread, bypassing the queue; only for start-up, before serving."""
         images: list[Image.Image] = []
         for call in calls:
-            started = time.perf_counter()
-            images.extend(call.invoke(stop_when_cancelled))
-            log.debug("pipeline call took %.3f s", time.perf_counter() - started)
+            images.extend(call.invoke())
         return images
 
+    def drain(self, grace: float) -> None:
+        """Admit nothing new; runs still going after ``grace`` seconds are cancelled."""
+        with self._condition:
+            self._draining = True
+        log.info("shutting down: admitting no new requests, %d waiting", self.waiting)
+        timer = threading.Timer(grace, self._cancel_everything, args=("shutdown",))
+        timer.daemon = True
+        timer.start()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def close(self) -> None:
+        """Stop the engine's thread once the waiting requests have run."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify()
+        self._thread.join(timeout=5)
+
+    def _retry_after_locked(self) -> int:
+        typical = statistics.median(self._recent_runs) if self._recent_runs else 1.0
+        return max(1, math.ceil(typical * (len(self._waiting) + 1)))
+
+    def _cancel_everything(self, reason: str) -> None:
+        with self._condition:
+            jobs = list(self._waiting)
+        for job in jobs:
+            job.cancel(reason)
+        if self._current is not None:
+            for job in self._current:
+                job.cancel(reason)
+
+    # -- the engine thread's side -----------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._condition:
+                while not self._waiting and not self._closed:
+                    self._condition.wait()
+                if not self._waiting:
+                    return
+                batch = [self._waiting.popleft()]
+                batch += self._take_fusable(batch[0])
+                metrics.queue_depth.set(len(self._waiting))
+            live = [job for job in batch if not self._dropped(job)]
+            if live:
+                self._run(live)
+
+    def _take_fusable(self, first: Job) -> list[Job]:
+        """Queued jobs that can join ``first`` in one batched call (the lock is held)."""
+        if first.fusion_key is None or len(first.calls) != 1:
+            return []
+        taken = [job for job in self._waiting if job.fusion_key == first.fusion_key][: self.max_batch - 1]
+        for job in taken:
+            self._waiting.remove(job)
+        return taken
+
+    def _dropped(self, job: Job) -> bool:
+        if not job.cancelled.is_set():
+            return False
+        metrics.cancellations.labels(job.cancel_reason or "unknown").inc()
+        log.info("dropped before running (%s)", job.cancel_reason)
+        self._settle(job, error=RunCancelled())
+        return True
+
+    def _run(self, batch: list[Job]) -> None:
+        started = time.monotonic()
+        for job in batch:
+            metrics.queue_wait.observe(started - job.admitted)
+        self._current = batch
+        self._running += 1
+        self._most_at_once = max(self._most_at_once, self._running)
+        metrics.runs_in_flight.inc()
+        metrics.most_runs_at_once.set(self._most_at_once)
+        try:
+            if len(batch) == 1:
+                outcome: list[Image.Image] | BaseException = batch[0].context.run(self._run_job, batch[0])
+                results = [outcome]
+            else:
+                results = batch[0].context.run(self._run_fused, batch)
+        finally:
+            self._running -= 1
+            metrics.runs_in_flight.dec()
+            self._current = None
+        elapsed = time.monotonic() - started
+        self._recent_runs.append(elapsed)
+        metrics.run_time.observe(elapsed)
+        for job, result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                self._settle(job, error=result)
+            else:
+                metrics.images.inc(len(result))
+                self._settle(job, images=result)
+
+    def _run_job(self, job: Job) -> list[Image.Image] | BaseException:
+        images: list[Image.Image] = []
+        try:
+            for call in job.calls:
+                images.extend(call.invoke(self._step_hook([job], call)))
+        except BaseException as error:  # delivered to the waiting request
+            return self._failure(error, [job])
+        return images
+
+    def _run_fused(self, batch: list[Job]) -> list[list[Image.Image] | BaseException]:
+        fuser = batch[0].fuser
+        assert fuser is not None
+        call = fuser([job.calls[0] for job in batch])
+        log.info("running %d requests as one batch", len(batch))
+        try:
+            images = call.invoke(self._step_hook(batch, call))
+        except BaseException as error:
+            failure = self._failure(error, batch)
+            return [failure for _ in batch]
+        return [[image] for image in images]
+
+    def _failure(self, error: BaseException, jobs: list[Job]) -> BaseException:
+        if isinstance(error, RunCancelled):
+            reason = jobs[0].cancel_reason or "unknown"
+            metrics.cancellations.labels(reason).inc()
+            step, total = jobs[0].progress
+            log.info("stopped mid-run (%s) after step %d/%d", reason, step, total)
+            return error
+        if isinstance(error, torch.OutOfMemoryError):
+            _free_device_memory()
+            metrics.rejections.labels("out_of_memory").inc()
+            log.warning("out of device memory; cache freed")
+            return OutOfMemory()
+        return error
+
+    def _step_hook(self, jobs: list[Job], call: PipelineCall) -> Callable[[int, int, torch.Tensor], None]:
+        """Cancels when every job of the run is cancelled; sends previews; logs and measures steps."""
+        started = last_step = last_info = time.monotonic()
+        preview_steps: set[int] | None = None
+        job = jobs[0]
+
+        def on_step(step: int, total: int, latents: torch.Tensor) -> None:
+            nonlocal last_step, last_info, preview_steps
+            job.progress = (step + 1, total)
+            if all(each.cancelled.is_set() for each in jobs):
+                raise RunCancelled
+            now = time.monotonic()
+            metrics.step_time.observe(now - last_step)
+            last_step = now
+            log.debug("step %d/%d", step + 1, total)
+            if now - last_info >= self.progress_interval:
+                last_info = now
+                log.info("step %d/%d after %.0f s", step + 1, total, now - started)
+            if job.previews and job.previewer is not None and job.sink is not None:
+                if preview_steps is None:
+                    preview_steps = evenly_spaced(total, job.previews)
+                if step in preview_steps:
+                    pictures = job.previewer(call, latents)
+                    index, job.previews_sent = job.previews_sent, job.previews_sent + 1
+                    sink = job.sink
+                    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
+                        job.loop.call_soon_threadsafe(sink, index, pictures)
+
+        return on_step
+
     @staticmethod
-    def _resolve(job: _Job, images: list[Image.Image] | None = None, error: BaseException | None = None) -> None:
+    def _settle(job: Job, images: list[Image.Image] | None = None, error: BaseException | None = None) -> None:
         def settle() -> None:
             if job.future.done():
-                return
-            if job.cancelled.is_set():  # nobody awaits it; cancelling avoids an unretrieved-exception warning
-                job.future.cancel()
                 return
             if error is not None:
                 job.future.set_exception(error)
@@ -126,3 +394,16 @@ class Engine:
 
         with contextlib.suppress(RuntimeError):  # a closed loop means nobody is waiting
             job.loop.call_soon_threadsafe(settle)
+
+
+def evenly_spaced(total: int, count: int) -> set[int]:
+    """``count`` step indexes spread evenly over ``total`` steps, the last one excluded (the final image shows it)."""
+    if total <= 1 or count <= 0:
+        return set()
+    return {min(total - 2, max(0, round((index + 1) * total / (count + 1)) - 1)) for index in range(count)}
+
+
+def _free_device_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,41 +1,93 @@
 """The request path of ``POST /v1/images/edits``, as one straight line.
 
 parse (the input descriptor) -> validate -> load inputs -> plan for the model
-family -> run on the engine -> finish (exact size, mask) -> encode -> respond. Each step lives in its own
-module; this one only strings them together, turns failures into OpenAI-shaped
-errors, and adds the model, ``n``, size and steps to the request's access line.
+family -> run on the engine -> finish (exact size, mask) -> encode -> respond
+(one JSON body, or a stream of server-sent events). Each step lives in its own
+module; this one strings them together, turns failures into OpenAI-shaped
+errors, stops runs whose client hung up, and adds the model, ``n``, size and
+steps to the request's access line.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
 import anyio.to_thread
-from starlette.responses import Response
+from PIL import Image
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
 
 from imgedit.config import Settings
 from imgedit.encode import EncodeOptions, encode_image, resolve_background
-from imgedit.engine import DeadlineExceeded, Engine
+from imgedit.engine import (
+    DeadlineExceeded,
+    Draining,
+    Engine,
+    Job,
+    OutOfMemory,
+    PreviewSink,
+    QueueFull,
+    RunCancelled,
+)
 from imgedit.errors import ApiError, internal_error
-from imgedit.families import FamilyAdapter
+from imgedit.families import EditPlan, FamilyAdapter
 from imgedit.fetch import Fetcher
-from imgedit.inputs import load_inputs
+from imgedit.images import InputImage
+from imgedit.inputs import Inputs, load_inputs
 from imgedit.logs import get_logger
 from imgedit.masking import fit, keep_outside
 from imgedit.multipart import Form
 from imgedit.request import MAX_SEED, EditRequest, RequestLimits, parse_edit_request
 from imgedit.request_context import note
-from imgedit.responses import images_response
+from imgedit.responses import (
+    SEEDS_HEADER,
+    StreamInfo,
+    completed_event,
+    error_event,
+    images_response,
+    partial_image_event,
+)
 from imgedit.sizing import SizeLimits, output_size
 
 log = get_logger(__name__)
+
+#: Seconds a client is asked to wait after the device ran out of memory.
+OUT_OF_MEMORY_RETRY_SECONDS = 10
+#: Seconds a client is asked to wait while the server shuts down (another replica may answer).
+DRAINING_RETRY_SECONDS = 5
 
 
 def seeds_for(request: EditRequest) -> list[int]:
     """Image i uses seed + i (wrapping at 2**64); a random base seed when none is given."""
     base = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
     return [(base + index) % (MAX_SEED + 1) for index in range(request.n)]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A validated request with its inputs loaded and its plan made: ready to run."""
+
+    request: EditRequest
+    inputs: Inputs
+    plan: EditPlan
+    seeds: list[int]
+    options: EncodeOptions
+
+    @property
+    def first(self) -> InputImage:
+        return self.inputs.images[0]
+
+    def finish(self, output: Image.Image) -> bytes:
+        """Bring a generated (or preview) image to the output size, keep the original outside the mask, encode."""
+        image = fit(output, self.plan.size)
+        if self.inputs.mask_region is not None:
+            image = keep_outside(image, self.first.rgb, self.inputs.mask_region)
+        return encode_image(image, self.first.alpha, self.options)
 
 
 class EditHandler:
@@ -64,17 +116,23 @@ class EditHandler:
             model_names=tuple(dict.fromkeys((settings.served_name, model_id))),
         )
 
-    async def handle(self, form: Form | None, form_error: ApiError | None) -> Response:
+    async def handle(
+        self, form: Form | None, form_error: ApiError | None, connection: Request | None = None
+    ) -> Response:
         """Serve one request whose body the input descriptor already read.
 
         Never raises: every failure becomes an OpenAI-shaped error response.
         """
         note(model=self.settings.served_name)
+        deadline = time.monotonic() + self.settings.request_timeout
         try:
             if form_error is not None:
                 raise form_error
             assert form is not None
-            return await self._edit(form, time.monotonic() + self.settings.request_timeout)
+            prepared = await self._prepare(form)
+            if prepared.request.stream:
+                return self._stream(prepared, deadline)
+            return await self._respond(prepared, deadline, connection)
         except ApiError as error:
             if error.status >= 500:
                 log.warning("edit failed with %d: %s", error.status, error.message)
@@ -83,7 +141,7 @@ class EditHandler:
             log.exception("edit failed")
             return internal_error().to_response()
 
-    async def _edit(self, form: Form, deadline: float) -> Response:
+    async def _prepare(self, form: Form) -> _Prepared:
         request = parse_edit_request(form, self.limits)
         note(n=request.n)
         log.debug("prompt=%r negative_prompt=%r user=%r", request.prompt, request.negative_prompt, request.user)
@@ -93,8 +151,39 @@ class EditHandler:
         seeds = seeds_for(request)
         plan = self.adapter.plan(request, inputs.images, size, seeds, inputs.mask_region)
         note(size=size, steps=plan.steps, **({"mask": plan.mask_mode} if plan.mask_mode != "none" else {}))
+        options = EncodeOptions(
+            output_format=request.output_format,
+            quality=request.output_compression,
+            background=resolve_background(request.background, first.alpha, request.output_format),
+            png_compress_level=self.settings.png_compress_level,
+        )
+        return _Prepared(request, inputs, plan, seeds, options)
+
+    def _submit(self, prepared: _Prepared, previews: int = 0, sink: PreviewSink | None = None) -> Job:
+        calls = prepared.plan.calls
+        fusable = len(calls) == 1 and not previews
         try:
-            outputs = await self.engine.run(plan.calls, deadline)
+            return self.engine.submit(
+                calls,
+                previews=previews,
+                previewer=self.adapter.preview if previews else None,
+                sink=sink,
+                fusion_key=self.adapter.fusion_key(calls[0]) if fusable else None,
+                fuser=self.adapter.fuse,
+            )
+        except QueueFull as full:
+            raise ApiError(
+                429,
+                f"The server is busy: {self.engine.max_queue} requests are already waiting. Retry later.",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(full.retry_after)},
+            ) from None
+        except Draining:
+            raise _draining() from None
+
+    async def _run(self, job: Job, deadline: float) -> list[Image.Image]:
+        try:
+            return await self.engine.result(job, deadline)
         except DeadlineExceeded:
             raise ApiError(
                 504,
@@ -102,28 +191,123 @@ class EditHandler:
                 code="timeout",
                 headers={"x-should-retry": "false"},  # the same edit would time out again
             ) from None
-        options = EncodeOptions(
-            output_format=request.output_format,
-            quality=request.output_compression,
-            background=resolve_background(request.background, first.alpha, request.output_format),
-            png_compress_level=self.settings.png_compress_level,
-        )
+        except OutOfMemory:
+            raise ApiError(
+                503,
+                "The server ran out of GPU memory for this edit. "
+                "Retry later, or ask for a smaller size or fewer images.",
+                code="out_of_memory",
+                headers={"Retry-After": str(OUT_OF_MEMORY_RETRY_SECONDS)},
+            ) from None
+        except RunCancelled:
+            if job.cancel_reason == "shutdown":
+                raise _draining() from None
+            raise ApiError(499, "The client closed the connection; the edit was stopped.", code="cancelled") from None
 
-        def finish_and_encode() -> list[bytes]:
-            encoded = []
-            for output in outputs:
-                image = fit(output, size)
-                if inputs.mask_region is not None:
-                    image = keep_outside(image, first.rgb, inputs.mask_region)
-                encoded.append(encode_image(image, first.alpha, options))
-            return encoded
+    async def _respond(self, prepared: _Prepared, deadline: float, connection: Request | None) -> Response:
+        job = self._submit(prepared)
+        async with _stop_on_disconnect(connection, job):
+            outputs = await self._run(job, deadline)
 
-        encoded = await anyio.to_thread.run_sync(finish_and_encode)
+        def finish_all() -> list[bytes]:
+            return [prepared.finish(output) for output in outputs]
+
+        encoded = await anyio.to_thread.run_sync(finish_all)
         return images_response(
             encoded,
             created=int(time.time()),
-            output_format=request.output_format,
-            size=size,
-            background=options.background,
-            seeds=seeds,
+            output_format=prepared.request.output_format,
+            size=prepared.plan.size,
+            background=prepared.options.background,
+            seeds=prepared.seeds,
         )
+
+    def _stream(self, prepared: _Prepared, deadline: float) -> Response:
+        """Answer with server-sent events: previews while the run goes, then one event per image."""
+        request = prepared.request
+        previews: asyncio.Queue[tuple[int, list[Image.Image]]] = asyncio.Queue()
+        job = self._submit(prepared, request.partial_images, lambda index, images: previews.put_nowait((index, images)))
+        info = StreamInfo(
+            created_at=int(time.time()),
+            size=prepared.plan.size,
+            quality=request.quality,
+            background=prepared.options.background,
+            output_format=request.output_format,
+        )
+        usage = self.adapter.usage(request, prepared.inputs.images, prepared.plan.size).as_openai()
+
+        async def events() -> AsyncIterator[bytes]:
+            result = asyncio.ensure_future(self._run(job, deadline))
+            try:
+                async for index, pictures in _until(previews, result):
+                    for offset, encoded in enumerate(await _encode(prepared, pictures)):
+                        yield partial_image_event(encoded, index * len(pictures) + offset, info)
+                for encoded in await _encode(prepared, result.result()):
+                    yield completed_event(encoded, info, usage)
+            except ApiError as error:
+                yield error_event(error.body())
+            except Exception:
+                log.exception("streamed edit failed")
+                yield error_event(internal_error().body())
+            finally:
+                if not result.done():  # the client went away (Starlette cancels this generator)
+                    job.cancel("disconnect")
+                    result.cancel()
+
+        headers = {SEEDS_HEADER: ",".join(str(seed) for seed in prepared.seeds), "Cache-Control": "no-cache"}
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+def _draining() -> ApiError:
+    return ApiError(
+        503,
+        "The server is shutting down and takes no new edits; retry shortly.",
+        code="server_shutting_down",
+        headers={"Retry-After": str(DRAINING_RETRY_SECONDS)},
+    )
+
+
+async def _encode(prepared: _Prepared, images: Sequence[Image.Image]) -> list[bytes]:
+    def encode_all() -> list[bytes]:
+        return [prepared.finish(image) for image in images]
+
+    return await anyio.to_thread.run_sync(encode_all)
+
+
+async def _until(
+    previews: asyncio.Queue[tuple[int, list[Image.Image]]], result: asyncio.Future[object]
+) -> AsyncIterator[tuple[int, list[Image.Image]]]:
+    """Previews as they come, until ``result`` is done (previews sent before it are still given)."""
+    while True:
+        getter = asyncio.ensure_future(previews.get())
+        done, _ = await asyncio.wait({getter, result}, return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            yield getter.result()
+            continue
+        getter.cancel()
+        while not previews.empty():
+            yield previews.get_nowait()
+        return
+
+
+@contextlib.asynccontextmanager
+async def _stop_on_disconnect(connection: Request | None, job: Job) -> AsyncIterator[None]:
+    """Cancel ``job`` if the client hangs up while the block runs.
+
+    The body is already read, so the next message the server sends this
+    request is ``http.disconnect``, when the client goes away.
+    """
+    if connection is None:
+        yield
+        return
+
+    async def watch() -> None:
+        while (await connection.receive())["type"] != "http.disconnect":
+            pass
+        job.cancel("disconnect")
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        yield
+    finally:
+        watcher.cancel()

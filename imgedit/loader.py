@@ -119,6 +119,10 @@ def check_model_source(settings: Settings) -> None:
         raise ModelLoadError(f"IMGEDIT_DEVICE_MAP: spreading a model over GPUs needs CUDA, and this device is {device}")
     if settings.device_map != "none" and settings.offload != "none":
         raise ModelLoadError("IMGEDIT_DEVICE_MAP and IMGEDIT_OFFLOAD cannot be combined; choose one")
+    if settings.device_map != "none" and (settings.workers or 1) > 1:
+        raise ModelLoadError(
+            "IMGEDIT_WORKERS: a model spread over the GPUs (IMGEDIT_DEVICE_MAP) is served by one worker"
+        )
     if settings.family is not None and settings.family not in family_names():
         raise ModelLoadError(f"IMGEDIT_FAMILY: unknown family {settings.family!r}; known: {', '.join(family_names())}")
     if settings.lora:
@@ -158,17 +162,17 @@ def check_model_source(settings: Settings) -> None:
         )
 
 
-def pick_device(setting: str) -> torch.device:
-    """The device ``IMGEDIT_DEVICE`` asks for.
+def pick_device(setting: str, worker: int = 0) -> torch.device:
+    """The device ``IMGEDIT_DEVICE`` asks for; with several GPUs, worker ``worker`` (from 0) gets its own.
 
     Raises:
         ModelLoadError: CUDA was asked for and there is none.
     """
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if setting == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("IMGEDIT_DEVICE: 'cuda' was asked for, but no CUDA device is available")
-    return torch.device(setting)
+    if setting == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", worker % torch.cuda.device_count())
 
 
 def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
@@ -177,13 +181,13 @@ def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
     return _DTYPES[setting]
 
 
-def load_model(settings: Settings) -> LoadedModel:
-    """Load the pipeline, add its LoRA adapters and place it.
+def load_model(settings: Settings, worker: int = 0) -> LoadedModel:
+    """Load the pipeline, add its LoRA adapters and place it (on worker ``worker``'s GPU, from 0).
 
     Raises:
         ModelLoadError: when the model cannot be loaded, with a one-line reason.
     """
-    device = pick_device(settings.device)
+    device = pick_device(settings.device, worker)
     dtype = pick_dtype(settings.dtype, device)
     source = parse_source(settings)
     default_steps = None

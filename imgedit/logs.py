@@ -34,6 +34,11 @@ def configure_logging(level: str) -> None:
     logger = logging.getLogger(LOGGER_NAME)
     logger.setLevel(level.upper())
     logger.propagate = False
+    # A dictConfig run after our modules were imported (BentoML configures its
+    # workers' logging that way) disables the loggers it does not name.
+    for name, existing in logging.root.manager.loggerDict.items():
+        if (name == LOGGER_NAME or name.startswith(LOGGER_NAME + ".")) and isinstance(existing, logging.Logger):
+            existing.disabled = False
     if not any(isinstance(handler, _ImgeditHandler) for handler in logger.handlers):
         handler = _ImgeditHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(_FORMAT))

@@ -77,6 +77,7 @@ class EditRequest:
     image_guidance_scale: float | None = None
     strength: float | None = None
     seed: int | None = None
+    stream: bool = False
     partial_images: int = 0
 
 
@@ -91,10 +92,7 @@ def parse_edit_request(form: Form, limits: RequestLimits) -> EditRequest:
     masks = form.named(MASK_FIELD)
     if len(masks) > 1:
         raise invalid(MASK_FIELD, "Field 'mask' was given more than once; send one mask.", code="duplicate_parameter")
-    if fields.boolean("stream", default=False):
-        raise invalid(
-            "stream", "Streaming (stream=true) is not supported by this server yet.", code="unsupported_parameter"
-        )
+    stream = fields.boolean("stream", default=False)
     response_format = fields.choice("response_format", ("b64_json",), "b64_json")
     del response_format  # only one value is possible; parsed to reject the others
     prompt = fields.text("prompt", limits.max_prompt_chars)
@@ -134,6 +132,7 @@ def parse_edit_request(form: Form, limits: RequestLimits) -> EditRequest:
         strength=fields.decimal("strength", 0.0, 1.0),
         seed=fields.integer("seed", 0, MAX_SEED),
         partial_images=_default(fields.integer("partial_images", 0, 3), 0),
+        stream=stream,
     )
     return request
 

@@ -17,8 +17,11 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
+import torch
+
+from imgedit import metrics
 from imgedit.acceleration import OptionError, apply_options
 from imgedit.config import Settings
 from imgedit.engine import Engine
@@ -71,8 +74,20 @@ def preflight(settings: Settings) -> None:
     atexit.register(exit_with_failure_status)
 
 
-def start(settings: Settings) -> tuple[EditHandler, ModelCard]:
-    """Load and warm up the configured model; return its handler and model card.
+def worker_count(settings: Settings) -> int:
+    """``IMGEDIT_WORKERS``, by default one worker per visible GPU (one on a machine without).
+
+    A model spread over the GPUs with ``IMGEDIT_DEVICE_MAP`` is served by one worker.
+    """
+    if settings.workers is not None:
+        return settings.workers
+    if settings.device == "cpu" or settings.device_map != "none" or not torch.cuda.is_available():
+        return 1
+    return max(1, torch.cuda.device_count())
+
+
+def start(settings: Settings, worker: int = 0) -> tuple[EditHandler, ModelCard]:
+    """Load and warm up the configured model on worker ``worker``'s device; return its handler and model card.
 
     Raises:
         StartupError: the model cannot be loaded or served as configured.
@@ -80,7 +95,7 @@ def start(settings: Settings) -> tuple[EditHandler, ModelCard]:
     """
     started = time.monotonic()
     try:
-        loaded = load_model(settings)
+        loaded = load_model(settings, worker)
         adapter_class = adapter_class_for(loaded.pipeline, settings.family)
         options = apply_options(loaded.pipeline, settings, loaded.device)
     except (ModelLoadError, UnsupportedPipeline, OptionError) as error:
@@ -94,7 +109,9 @@ def start(settings: Settings) -> tuple[EditHandler, ModelCard]:
         adapter = adapter_class(loaded.pipeline, defaults=defaults, max_images=settings.max_images)
     except ValueError as error:  # the only setting an adapter can refuse
         raise StartupError(f"IMGEDIT_MAX_IMAGES: {error}") from None
-    engine = Engine()
+    engine = Engine(
+        max_queue=settings.max_queue, max_batch=settings.max_batch, progress_interval=settings.progress_log_seconds
+    )
     try:
         for plan in adapter.warmup_plans():
             engine.run_now(plan.calls)
@@ -125,14 +142,45 @@ def start(settings: Settings) -> tuple[EditHandler, ModelCard]:
             max_redirects=settings.url_max_redirects,
         )
     )
+    metrics.model_info.labels(
+        model=loaded.model_id,
+        served_name=settings.served_name,
+        family=adapter.name,
+        pipeline=type(loaded.pipeline).__name__,
+        device=str(loaded.device),
+        dtype=str(loaded.dtype).removeprefix("torch."),
+        options=",".join(options) or "none",
+    ).set(1)
     card = ModelCard(id=settings.served_name, created=int(time.time()))
     return EditHandler(settings, loaded.model_id, adapter, engine, fetcher), card
 
 
-def start_or_stop_server(settings: Settings) -> tuple[EditHandler, ModelCard]:
+def drain_on_signals(engine: Engine, grace: float) -> None:
+    """On SIGTERM or SIGINT, stop admitting and give running edits ``grace`` seconds, then stop them.
+
+    The server's own handler still runs afterwards: it stops accepting
+    connections and waits for the requests in progress.
+    """
+
+    def chain(signum: int) -> None:
+        previous = signal.getsignal(signum)
+
+        def on_signal(number: int, frame: Any) -> None:
+            if not engine.draining:
+                engine.drain(grace)
+            if callable(previous):
+                previous(number, frame)
+
+        signal.signal(signum, on_signal)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        chain(signum)
+
+
+def start_or_stop_server(settings: Settings, worker: int = 0) -> tuple[EditHandler, ModelCard]:
     """:func:`start`, or stop the whole server with a one-line message when it fails."""
     try:
-        return start(settings)
+        return start(settings, worker)
     except StartupError as error:
         stop_server(f"imgedit: {error}")
     except Exception as error:

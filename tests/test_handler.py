@@ -151,7 +151,7 @@ async def test_unexpected_failures_are_500_without_internals(handler, monkeypatc
     async def explode(*args, **kwargs):
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(handler.engine, "run", explode)
+    monkeypatch.setattr(handler.engine, "result", explode)
     response, body = await call(handler, ("image", image_bytes()), ("prompt", "p"))
     assert response.status_code == 500
     assert response.headers["x-should-retry"] == "false"

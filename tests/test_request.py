@@ -83,7 +83,7 @@ def test_every_field_is_parsed():
         ("strength", "0.75"),
         ("mask", PNG),
         ("seed", str(MAX_SEED)),
-        ("stream", "false"),
+        ("stream", "true"),
         ("partial_images", "2"),
         ("input_fidelity", "high"),
         ("unknown[field]", "ignored"),
@@ -96,6 +96,7 @@ def test_every_field_is_parsed():
     assert (request.image_guidance_scale, request.strength, request.mask) == (1.25, 0.75, PNG)
     assert request.seed == MAX_SEED
     assert request.partial_images == 2
+    assert request.stream is True
 
 
 def test_no_image_and_no_url_is_422_with_the_spec_wording():
@@ -145,7 +146,6 @@ def test_too_many_images_is_400_before_any_fetch():
         ([("prompt", "p"), ("seed", "-1")], "seed"),
         ([("prompt", "p"), ("seed", str(MAX_SEED + 1))], "seed"),
         ([("prompt", "p"), ("stream", "maybe")], "stream"),
-        ([("prompt", "p"), ("stream", "true")], "stream"),
         ([("prompt", "p"), ("partial_images", "4")], "partial_images"),
         ([("prompt", "p"), ("mask", PNG), ("mask", PNG)], "mask"),
         ([("prompt", "p"), ("strength", "1.5")], "strength"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -33,10 +33,12 @@ QUALITY_STEP_SHARE = {"low": 0.25, "medium": 0.5, "high": 1.0, "auto": 1.0}
 #: Size of the synthetic image and output of the warm-up call.
 WARMUP_SIDE = 64
 
-#: Called after every denoising step with the step index and the current
-#: latents; raising from it stops the run.
-StepHook = Callable[[int, torch.Tensor], None]
+#: Called after every denoising step with the step index (from 0), the number
+#: of steps the call runs, and the current latents; raising from it stops the run.
+StepHook = Callable[[int, int, torch.Tensor], None]
 MaskMode = Literal["none", "native", "composite"]
+#: Arguments that may differ between calls fused into one batch; they become lists.
+PER_REQUEST_ARGUMENTS = ("prompt", "negative_prompt", "image", "generator")
 
 
 @dataclass(frozen=True)
@@ -61,19 +63,24 @@ class PipelineCall:
             if "callback_on_step_end" in parameters:
 
                 def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-                    on_step(step, tensors["latents"])
+                    on_step(step, self._total_steps(), tensors["latents"])
                     return tensors
 
                 kwargs["callback_on_step_end"] = on_step_end
             elif "callback" in parameters and "callback_steps" in parameters:  # the pre-0.22 callback style
 
                 def legacy(step: int, timestep: Any, latents: torch.Tensor) -> None:
-                    on_step(step, latents)
+                    on_step(step, self._total_steps(), latents)
 
                 kwargs["callback"] = legacy
                 kwargs["callback_steps"] = 1
         with torch.inference_mode():
             return list(self.pipeline(**kwargs).images)
+
+    def _total_steps(self) -> int:
+        """Steps this call runs: the pipeline's own count once it started (strength shortens it)."""
+        counted = getattr(self.pipeline, "_num_timesteps", None)
+        return int(counted) if counted else int(self.kwargs.get("num_inference_steps", 1))
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,24 @@ class EditPlan:
     size: Size
     steps: int
     mask_mode: MaskMode = "none"
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens behind one output image (see :meth:`FamilyAdapter.usage`)."""
+
+    text_tokens: int
+    image_tokens: int
+    output_tokens: int
+
+    def as_openai(self) -> dict[str, Any]:
+        inputs = self.text_tokens + self.image_tokens
+        return {
+            "input_tokens": inputs,
+            "input_tokens_details": {"text_tokens": self.text_tokens, "image_tokens": self.image_tokens},
+            "output_tokens": self.output_tokens,
+            "total_tokens": inputs + self.output_tokens,
+        }
 
 
 @dataclass(frozen=True)
@@ -142,6 +167,9 @@ class FamilyAdapter(ABC):
     #: Separate calls make image i byte-identical to an ``n=1`` request with
     #: seed + i; batching changes the numerics slightly.
     batches_images: ClassVar[bool] = False
+    #: Whether queued single-image calls with equal parameters may run as one
+    #: batched call (lists of prompts, images and generators); see :meth:`fusion_key`.
+    fusable: ClassVar[bool] = False
     #: The pipeline classes served, by diffusers class name: each edit pipeline
     #: with its inpainting counterpart (None when there is none). Whichever of
     #: a pair is loaded, the other is built from the same weights with
@@ -237,6 +265,22 @@ class FamilyAdapter(ABC):
             return request.num_inference_steps
         return max(1, round(self.steps * QUALITY_STEP_SHARE[request.quality]))
 
+    def usage(self, request: EditRequest, images: Sequence[InputImage], size: Size) -> Usage:
+        """Token counts for one output image, as OpenAI's ``usage`` reports them.
+
+        Text tokens are the prompt's tokens by the pipeline's tokenizer; image
+        tokens are latent patches, one per ``size_multiple`` square: what the
+        denoiser attends over, input references and the output alike.
+        """
+        tokenizer = getattr(self.pipeline, "tokenizer", None)
+        try:
+            text = len(tokenizer(request.prompt).input_ids) if tokenizer is not None else len(request.prompt.split())
+        except Exception:  # a processor-style tokenizer with another call shape
+            text = len(request.prompt.split())
+        patch = self.size_multiple
+        image = sum((each.size.width // patch) * (each.size.height // patch) for each in images)
+        return Usage(text_tokens=text, image_tokens=image, output_tokens=(size.width // patch) * (size.height // patch))
+
     def generated_size(self, pipeline: Any, images: Sequence[InputImage], size: Size) -> Size:
         """The size ``pipeline`` will really generate when asked for ``size`` (by default, ``size``)."""
         return size
@@ -295,6 +339,40 @@ class FamilyAdapter(ABC):
             mask.paste(255, (0, 0, WARMUP_SIDE // 2, WARMUP_SIDE))
             plans.append(self.plan(request, inputs, Size(side, side), [0], mask))
         return plans
+
+    def fusion_key(self, call: PipelineCall) -> Hashable | None:
+        """Calls with equal keys can run as one batch; None when ``call`` cannot be batched.
+
+        Only single-image calls of a fusable family fuse, and only when every
+        argument but the per-request ones (:data:`PER_REQUEST_ARGUMENTS`) is
+        equal; images must have the same size.
+        """
+        if not self.fusable or call.num_images != 1:
+            return None
+        parts: list[tuple[str, Hashable]] = []
+        for name, value in sorted(call.kwargs.items()):
+            if name == "image":
+                if not isinstance(value, Image.Image):
+                    return None
+                parts.append((name, value.size))
+            elif name in PER_REQUEST_ARGUMENTS:
+                parts.append((name, "given"))
+            elif isinstance(value, str | int | float | bool | tuple):
+                parts.append((name, value))
+            else:  # a mask or a tensor: too costly to compare, so never fused
+                return None
+        return (id(call.pipeline), call.generated_size, tuple(parts))
+
+    def fuse(self, calls: list[PipelineCall]) -> PipelineCall:
+        """One batched call making the images of ``calls`` (which share a :meth:`fusion_key`), in order."""
+        first = calls[0]
+        kwargs = dict(first.kwargs)
+        for name in PER_REQUEST_ARGUMENTS:
+            if name in kwargs:
+                values = [call.kwargs[name] for call in calls]
+                # Each call has one generator list of one; the batch wants one list.
+                kwargs[name] = [item for value in values for item in value] if name == "generator" else values
+        return PipelineCall(first.pipeline, kwargs, len(calls), first.generated_size)
 
     def _accepted_only(self, pipeline: Any, arguments: dict[str, Any]) -> dict[str, Any]:
         accepted = _call_parameters(type(pipeline))

@@ -69,6 +69,7 @@ class FluxKontextAdapter(FamilyAdapter):
     default_steps = 28
     default_guidance_scale = 3.5
     default_true_cfg_scale = 1.0
+    fusable = True
 
     @property
     def size_multiple(self) -> int:

@@ -200,6 +200,7 @@ class QwenImageEditAdapter(_QwenImageEdit):
     name = "qwen-image-edit"
     pipeline_pairs = (("QwenImageEditPipeline", "QwenImageEditInpaintPipeline"),)
     default_steps = 50
+    fusable = True
 
     def check(self, request: EditRequest, images: Sequence[InputImage], size: Size) -> None:
         super().check(request, images, size)

@@ -98,6 +98,8 @@ def _schedule_length(steps: int, strength: float) -> int:
 class _StableDiffusion(FamilyAdapter):
     """What every Stable Diffusion pipeline shares: size multiple, guidance, previews."""
 
+    fusable = True
+
     @property
     def size_multiple(self) -> int:
         return int(self.pipeline.vae_scale_factor)

@@ -349,7 +349,7 @@ def test_the_native_mask_decides_what_is_repainted(klein):
     def final_latents(prompt: str) -> torch.Tensor:
         (call,) = klein.plan(request(prompt=prompt, mask=b"m"), [picture()], Size(64, 64), [3], mask=left_half()).calls
         seen: list[torch.Tensor] = []
-        call.invoke(on_step=lambda step, latents: seen.append(latents.clone()))
+        call.invoke(on_step=lambda step, total, latents: seen.append(latents.clone()))
         return seen[-1][0].view(4, 4, -1)  # the 4x4 token grid of a 64x64 output, row-major
 
     red, blue = final_latents("turn it red"), final_latents("turn it blue")
@@ -405,7 +405,7 @@ def test_previews_decode_intermediate_latents_like_the_pipeline(flux2, klein, ca
     )
     (call,) = plan.calls
     seen: list[list[Image.Image]] = []
-    outputs = call.invoke(on_step=lambda step, latents: seen.append(adapter.preview(call, latents)))
+    outputs = call.invoke(on_step=lambda step, total, latents: seen.append(adapter.preview(call, latents)))
     assert len(seen) == 3
     assert all([image.size for image in previews] == [(64, 48)] for previews in seen)
     # The last step's latents are what the pipeline decodes: the preview is its output, pixel for pixel.

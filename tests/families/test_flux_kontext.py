@@ -290,7 +290,7 @@ def test_previews_decode_like_the_pipeline(adapter, masked):
     plan = adapter.plan(request(mask=masked, num_inference_steps=2), [IMAGE], Size(96, 48), [1], region)
     (call,) = plan.calls
     seen: list[list[Image.Image]] = []
-    (output,) = call.invoke(on_step=lambda step, latents: seen.append(adapter.preview(call, latents)))
+    (output,) = call.invoke(on_step=lambda step, total, latents: seen.append(adapter.preview(call, latents)))
     assert len(seen) == 2
     assert [image.size for image in seen[0]] == [(96, 48)]
     # After the last step the pipeline decodes the very latents the hook saw: the same picture.

@@ -221,7 +221,7 @@ def test_previews_decode_intermediate_latents(adapter, single, family):
     plan = chosen.plan(request(num_inference_steps=2), [IMAGE], Size(64, 48), [1])
     (call,) = plan.calls
     seen = []
-    call.invoke(on_step=lambda step, latents: seen.append(chosen.preview(call, latents)))
+    call.invoke(on_step=lambda step, total, latents: seen.append(chosen.preview(call, latents)))
     assert len(seen) == 2
     assert [image.size for image in seen[-1]] == [(64, 48)]
 

@@ -279,7 +279,7 @@ def test_short_schedules_are_lengthened_to_run_one_step(adapters):
     (call,) = adapter.plan(request(strength=0.01), [_image()], Size(64, 64), [3]).calls
     assert call.kwargs["num_inference_steps"] == 100
     seen = []
-    call.invoke(on_step=lambda step, latents: seen.append(step))
+    call.invoke(on_step=lambda step, total, latents: seen.append(step))
     assert 1 <= len(seen) <= 2  # PNDM runs its first timestep twice
 
 
@@ -328,7 +328,7 @@ def test_previews_decode_the_step_latents_like_the_pipeline(adapters, family, ma
         request(num_inference_steps=3, strength=1.0), [_image((96, 64))], Size(96, 64), [1], mask
     ).calls
     seen = []
-    (output,) = call.invoke(on_step=lambda step, latents: seen.append(adapter.preview(call, latents)))
+    (output,) = call.invoke(on_step=lambda step, total, latents: seen.append(adapter.preview(call, latents)))
     assert len(seen) == len(call.pipeline.scheduler.timesteps) >= 3  # PNDM runs its first timestep twice
     assert all([image.size for image in previews] == [(96, 64)] for previews in seen)
     # The last step's latents are the final ones: the preview is the output itself.
@@ -342,7 +342,7 @@ def test_sdxl_instruct_pix2pix_previews_come_through_the_legacy_callback(adapter
     assert "callback_on_step_end" not in parameters and "callback" in parameters
     (call,) = adapter.plan(request(num_inference_steps=2), [_image()], Size(64, 48), [1]).calls
     seen = []
-    call.invoke(on_step=lambda step, latents: seen.append((step, adapter.preview(call, latents))))
+    call.invoke(on_step=lambda step, total, latents: seen.append((step, adapter.preview(call, latents))))
     assert [step for step, _ in seen] == [0, 1]
     assert [image.size for image in seen[-1][1]] == [(64, 48)]
 
@@ -353,7 +353,7 @@ def test_sdxl_previews_undo_the_latent_normalisation():
     adapter = StableDiffusionAdapter(pipeline, defaults=Defaults(steps=2))
     (call,) = adapter.plan(request(strength=1.0), [_image()], Size(64, 64), [1]).calls
     seen = []
-    (output,) = call.invoke(on_step=lambda step, latents: seen.append(adapter.preview(call, latents)))
+    (output,) = call.invoke(on_step=lambda step, total, latents: seen.append(adapter.preview(call, latents)))
     difference = np.abs(np.asarray(seen[-1][0], dtype=int) - np.asarray(output, dtype=int))
     assert difference.max() <= 1
 

@@ -117,7 +117,30 @@ def test_wrong_model_names_both(client):
     assert "gpt-image-1" in str(caught.value) and MODEL in str(caught.value)
 
 
-def test_streaming_is_refused_clearly_for_now(client):
+@pytest.mark.parametrize("partial_images", [0, 1, 2, 3])
+def test_streaming_with_the_sdk(client, partial_images):
+    from openai.types import ImageEditCompletedEvent, ImageEditPartialImageEvent
+
+    arguments = dict(image=gradient_png(96, 64), prompt="p", n=2, extra_body={"seed": 21, "num_inference_steps": 8})
+    events = list(client.images.edit(**arguments, stream=True, partial_images=partial_images, output_format="webp"))
+    partials = [event for event in events if isinstance(event, ImageEditPartialImageEvent)]
+    completed = [event for event in events if isinstance(event, ImageEditCompletedEvent)]
+    assert len(events) == len(partials) + len(completed)
+    assert [event.partial_image_index for event in partials] == list(range(2 * partial_images))
+    assert events[-2:] == completed and len(completed) == 2
+    for event in events:
+        assert (event.size, event.quality, event.background, event.output_format) == ("96x64", "auto", "opaque", "webp")
+        image = decode(base64.b64decode(event.b64_json))
+        assert (image.format, image.size) == ("WEBP", (96, 64))
+    for event in completed:
+        usage = event.usage
+        assert usage.input_tokens == usage.input_tokens_details.text_tokens + usage.input_tokens_details.image_tokens
+        assert usage.total_tokens == usage.input_tokens + usage.output_tokens > 0
+    plain = client.images.edit(**arguments, output_format="webp")
+    assert [event.b64_json for event in completed] == [item.b64_json for item in plain.data]
+
+
+def test_a_bad_streamed_request_is_refused_before_the_stream(client):
     with pytest.raises(openai.BadRequestError) as caught:
-        client.images.edit(image=gradient_png(), prompt="p", stream=True)
-    assert caught.value.param == "stream"
+        client.images.edit(image=gradient_png(), prompt="p", stream=True, size="10x10")
+    assert caught.value.param == "size"

@@ -1,0 +1,38 @@
+"""Prometheus metrics, served on BentoML's ``/metrics`` next to its own.
+
+BentoML runs the ``prometheus_client`` multiprocess collector over every
+worker, so these are module-level metrics like any other; gauges say how
+values from several workers combine.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+#: Run and queue-wait buckets, in seconds: from quick tiny edits to the 10-minute deadline.
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 450, 600)
+STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10)
+
+queue_depth = Gauge("imgedit_queue_depth", "Requests waiting for the model (not running).", multiprocess_mode="livesum")
+runs_in_flight = Gauge(
+    "imgedit_runs_in_flight", "Pipeline runs in progress (never more than one per worker).", multiprocess_mode="livesum"
+)
+most_runs_at_once = Gauge(
+    "imgedit_runs_in_flight_max",
+    "The most pipeline runs a worker has ever had in progress at once (1 when all is well).",
+    multiprocess_mode="max",
+)
+queue_wait = Histogram(
+    "imgedit_queue_wait_seconds", "Time from admission to the start of the run.", buckets=DURATION_BUCKETS
+)
+run_time = Histogram("imgedit_run_seconds", "Time a request's pipeline calls took.", buckets=DURATION_BUCKETS)
+step_time = Histogram("imgedit_step_seconds", "Seconds per denoising step.", buckets=STEP_BUCKETS)
+images = Counter("imgedit_images", "Images produced.")
+rejections = Counter("imgedit_rejections", "Requests refused, by reason.", ["reason"])
+cancellations = Counter("imgedit_cancellations", "Runs stopped or dropped before finishing, by reason.", ["reason"])
+model_info = Gauge(
+    "imgedit_model_info",
+    "The served model and its options (value 1).",
+    ["model", "served_name", "family", "pipeline", "device", "dtype", "options"],
+    multiprocess_mode="max",
+)
