@@ -114,7 +114,8 @@ class Engine:
     """The single consumer of the pipelines of one model.
 
     Args:
-        max_queue: requests allowed to wait while one runs.
+        max_queue: requests allowed to wait behind the one running (a request
+            that finds the engine idle never waits, so 0 means "one at a time").
         max_batch: most requests fused into one batched call (1: never fuse).
         progress_interval: seconds between info-level progress lines of a long run.
     """
@@ -129,6 +130,7 @@ class Engine:
         self._draining = False
         self._recent_runs: deque[float] = deque(maxlen=RECENT_RUNS)
         self._running = 0
+        self._busy = False  # a run is taken or going (changes under the lock)
         self._most_at_once = 0
         self._current: list[Job] | None = None
         self._thread = threading.Thread(target=self._work, name="imgedit-engine", daemon=True)
@@ -171,7 +173,8 @@ class Engine:
             if self._draining:
                 metrics.rejections.labels("draining").inc()
                 raise Draining
-            if len(self._waiting) >= self.max_queue:
+            idle = not self._busy and not self._waiting
+            if len(self._waiting) >= self.max_queue and not idle:
                 metrics.rejections.labels("queue_full").inc()
                 raise QueueFull(self._retry_after_locked())
             self._waiting.append(job)
@@ -267,9 +270,14 @@ class Engine:
                 batch = [self._waiting.popleft()]
                 batch += self._take_fusable(batch[0])
                 metrics.queue_depth.set(len(self._waiting))
-            live = [job for job in batch if not self._dropped(job)]
-            if live:
-                self._run(live)
+                self._busy = True
+            try:
+                live = [job for job in batch if not self._dropped(job)]
+                if live:
+                    self._run(live)
+            finally:
+                with self._condition:
+                    self._busy = False
 
     def _take_fusable(self, first: Job) -> list[Job]:
         """Queued jobs that can join ``first`` in one batched call (the lock is held)."""

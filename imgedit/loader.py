@@ -196,7 +196,9 @@ def load_model(settings: Settings, worker: int = 0) -> LoadedModel:
             tiny = build_tiny(source.location)
         except KeyError as exc:
             raise ModelLoadError(f"IMGEDIT_MODEL: {exc.args[0]}") from None
-        pipeline, default_steps = tiny.pipeline.to(dtype=dtype), tiny.default_steps
+        pipeline, default_steps = tiny.pipeline, tiny.default_steps
+        if dtype != torch.float32:  # tiny models are built in float32
+            pipeline = pipeline.to(dtype=dtype)
     else:
         pipeline = _from_pretrained(settings, source, dtype)
     try:

@@ -6,6 +6,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+import torch
 from PIL import Image
 
 from imgedit.engine import DeadlineExceeded, Engine
@@ -35,6 +36,7 @@ class StepPipeline:
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
         self.started.append(name)
+        self._num_timesteps = steps  # what diffusers pipelines expose during a call
         try:
             if fail:
                 raise RuntimeError("boom")
@@ -153,3 +155,131 @@ async def test_runs_the_real_tiny_pipeline(tiny_model):
     finally:
         engine.close()
     assert [output.size for output in images] == [(64, 48), (64, 48)]
+
+
+def test_evenly_spaced_previews_never_take_the_last_step():
+    from imgedit.engine import evenly_spaced
+
+    assert evenly_spaced(40, 3) == {9, 19, 29}
+    assert evenly_spaced(4, 3) == {0, 1, 2}
+    assert evenly_spaced(2, 3) == {0}
+    assert evenly_spaced(1, 2) == set()
+    assert evenly_spaced(10, 0) == set()
+
+
+async def test_a_full_queue_is_refused_with_an_estimated_wait():
+    from imgedit.engine import QueueFull
+
+    pipeline = PIPELINE.reset(step_seconds=0.05)
+    engine = Engine(max_queue=2)
+    try:
+        running = engine.submit(calls("running", steps=6))
+        await asyncio.sleep(0.05)  # taken off the queue and running
+        queued = [engine.submit(calls(f"queued{index}")) for index in range(2)]
+        with pytest.raises(QueueFull) as caught:
+            engine.submit(calls("refused"))
+        assert caught.value.retry_after >= 1
+        for job in [running, *queued]:
+            assert len(await engine.result(job, far())) == 1
+    finally:
+        engine.close()
+    assert "refused" not in pipeline.started
+    assert pipeline.started == ["running", "queued0", "queued1"]
+
+
+async def test_draining_refuses_new_work_and_stops_runs_after_the_grace():
+    from imgedit.engine import Draining, RunCancelled
+
+    pipeline = PIPELINE.reset(step_seconds=0.05)
+    engine = Engine()
+    try:
+        quick = engine.submit(calls("quick", steps=2))
+        slow = engine.submit(calls("slow", steps=400))
+        await asyncio.sleep(0.01)
+        engine.drain(grace=0.5)
+        with pytest.raises(Draining):
+            engine.submit(calls("late"))
+        assert len(await engine.result(quick, far())) == 1
+        with pytest.raises(RunCancelled):
+            await engine.result(slow, far())
+        assert slow.cancel_reason == "shutdown"
+    finally:
+        engine.close()
+    assert pipeline.steps_run["slow"] < 400
+
+
+async def test_out_of_memory_fails_only_its_request():
+    from imgedit.engine import OutOfMemory
+
+    class RunsOutOfMemory(StepPipeline):
+        def __call__(self, name, fail=False, **kwargs):
+            if fail:
+                raise torch.OutOfMemoryError("CUDA out of memory")
+            return super().__call__(name, **kwargs)
+
+    pipeline = RunsOutOfMemory()
+    engine = Engine()
+    try:
+        failing = [PipelineCall(pipeline, {"name": "big", "fail": True}, 1, Size(8, 8))]
+        with pytest.raises(OutOfMemory):
+            await engine.run(failing, far())
+        assert len(await engine.run([PipelineCall(pipeline, {"name": "small"}, 1, Size(8, 8))], far())) == 1
+    finally:
+        engine.close()
+
+
+async def test_previews_reach_the_sink_at_evenly_spaced_steps():
+    PIPELINE.reset()
+    engine = Engine()
+    received = []
+    try:
+        job = engine.submit(
+            calls("streamed", steps=8),
+            previews=3,
+            previewer=lambda call, latents: [Image.new("RGB", (4, 4))],
+            sink=lambda index, pictures: received.append((index, len(pictures))),
+        )
+        await engine.result(job, far())
+        await asyncio.sleep(0)  # previews are delivered through the loop, before the result
+    finally:
+        engine.close()
+    assert received == [(0, 1), (1, 1), (2, 1)]
+
+
+async def test_compatible_queued_requests_run_as_one_batch(tiny_model):
+    from imgedit.families.stable_diffusion import InstructPix2PixAdapter
+    from imgedit.images import InputImage
+    from imgedit.request import EditRequest, ImageSource
+    from imgedit.tiny import build_tiny
+
+    adapter = InstructPix2PixAdapter(build_tiny("tiny:instruct-pix2pix").pipeline)
+
+    def plan(prompt: str, seed: int):
+        request = EditRequest(prompt=prompt, sources=(ImageSource("image[0]"),), num_inference_steps=2)
+        image = InputImage(rgb=Image.new("RGB", (64, 64), (seed * 40, 90, 30)), alpha=None)
+        (call,) = adapter.plan(request, [image], Size(64, 64), [seed]).calls
+        return call
+
+    prompts = [("red", 1), ("blue", 2), ("green", 3), ("grey", 4)]
+    alone = [plan(prompt, seed).invoke()[0] for prompt, seed in prompts]
+    batches = []
+    real_fuse = adapter.fuse
+
+    def counting_fuse(calls_to_fuse):
+        batches.append(len(calls_to_fuse))
+        return real_fuse(calls_to_fuse)
+
+    engine = Engine(max_batch=3)
+    try:
+        blocker = engine.submit(calls("blocker", steps=10))  # holds the engine while the others queue up
+        jobs = []
+        for prompt, seed in prompts:
+            call = plan(prompt, seed)
+            jobs.append(engine.submit([call], fusion_key=adapter.fusion_key(call), fuser=counting_fuse))
+        await engine.result(blocker, far())
+        results = [await engine.result(job, far()) for job in jobs]
+    finally:
+        engine.close()
+    assert batches == [3]  # three fused, the fourth ran alone: max_batch
+    for (image,), single in zip(results, alone, strict=True):
+        assert list(image.getdata()) == list(single.getdata())

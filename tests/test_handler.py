@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -209,3 +210,67 @@ async def test_a_bad_mask_is_a_400_naming_it(handler):
     )
     assert response.status_code == 400
     assert body["error"]["param"] == "mask"
+
+
+async def test_a_full_queue_is_a_429_with_retry_after(tiny_model):
+    busy = Engine(max_queue=0)
+    try:
+        handler = make_handler(tiny_model, busy)
+        slow = asyncio.ensure_future(
+            call(handler, ("image", image_bytes()), ("prompt", "p"), ("num_inference_steps", "30"))
+        )
+        await asyncio.sleep(0.05)
+        response, body = await call(handler, ("image", image_bytes()), ("prompt", "p"))
+        assert response.status_code == 429
+        assert int(response.headers["retry-after"]) >= 1
+        assert (body["error"]["type"], body["error"]["code"]) == ("rate_limit_error", "rate_limit_exceeded")
+        assert (await slow)[0].status_code == 200
+    finally:
+        busy.close()
+
+
+async def test_draining_is_a_503(tiny_model):
+    engine = Engine()
+    try:
+        engine.drain(grace=60)
+        response, body = await call(make_handler(tiny_model, engine), ("image", image_bytes()), ("prompt", "p"))
+    finally:
+        engine.close()
+    assert response.status_code == 503
+    assert body["error"]["code"] == "server_shutting_down" and response.headers["retry-after"]
+
+
+async def test_out_of_memory_is_a_503_with_retry_after(handler, monkeypatch):
+    from imgedit.engine import OutOfMemory
+
+    async def out_of_memory(*args, **kwargs):
+        raise OutOfMemory
+
+    monkeypatch.setattr(handler.engine, "result", out_of_memory)
+    response, body = await call(handler, ("image", image_bytes()), ("prompt", "p"))
+    assert response.status_code == 503
+    assert body["error"]["code"] == "out_of_memory" and int(response.headers["retry-after"]) > 0
+
+
+async def test_a_stream_sends_previews_then_one_completed_event_per_image(handler):
+    response = await handler.handle(
+        form(
+            ("image", gradient_png()),
+            ("prompt", "p"),
+            ("stream", "true"),
+            ("partial_images", "2"),
+            ("n", "2"),
+            ("num_inference_steps", "6"),
+            ("seed", "3"),
+        ),
+        None,
+    )
+    assert response.media_type == "text/event-stream"
+    assert response.headers[SEEDS_HEADER] == "3,4"
+    chunks = [chunk async for chunk in response.body_iterator]
+    events = [json.loads(chunk.decode().split("data: ", 1)[1]) for chunk in chunks]
+    assert all(chunk.decode().startswith("event: image_edit.") for chunk in chunks)
+    assert [event["type"] for event in events] == ["image_edit.partial_image"] * 4 + ["image_edit.completed"] * 2
+    assert [event["partial_image_index"] for event in events[:4]] == [0, 1, 2, 3]
+    assert all(event["size"] == "64x64" and event["quality"] == "auto" for event in events)
+    assert events[-1]["usage"]["total_tokens"] > 0

@@ -63,3 +63,10 @@ def test_openai_sdk_example(server, workdir):
     subprocess.run([sys.executable, "-c", script], cwd=workdir, check=True, timeout=120)
     image = wait_for_image(workdir / "edit_out_http.jpeg")
     assert image.format == "JPEG" and image.size == (256, 256)
+
+
+def test_openai_streaming_example(server, workdir):
+    script = readme_example("openai-stream").replace(README_URL, server.url)
+    subprocess.run([sys.executable, "-c", script], cwd=workdir, check=True, timeout=120)
+    assert wait_for_image(workdir / "snow.png").size == (256, 256)
+    assert [wait_for_image(workdir / f"preview-{index}.png").size for index in range(2)] == [(256, 256)] * 2

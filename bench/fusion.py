@@ -1,0 +1,87 @@
+"""What fusing queued requests into one batched call buys (``IMGEDIT_MAX_BATCH``).
+
+Queues the same burst of single-image InstructPix2Pix edits on the engine with
+batching off and on, interleaved, and reports the median throughput of each
+and their ratio. Tiny models on a CPU by default; pass ``--model`` to measure a
+real one where it runs.
+
+    python bench/fusion.py --sizes 64 256 --requests 16 --batches 1 4 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import statistics
+import time
+from datetime import date
+
+import torch
+from PIL import Image
+
+from imgedit.config import Settings
+from imgedit.engine import Engine
+from imgedit.families import adapter_class_for
+from imgedit.families.base import Defaults
+from imgedit.images import InputImage
+from imgedit.loader import load_model
+from imgedit.request import EditRequest, ImageSource
+from imgedit.sizing import Size
+
+
+async def burst(engine: Engine, adapter, size: int, requests: int, steps: int) -> float:
+    """Seconds for ``requests`` queued edits to finish."""
+    jobs = []
+    started = time.perf_counter()
+    for index in range(requests):
+        request = EditRequest(
+            prompt=f"edit number {index}", sources=(ImageSource("image[0]"),), num_inference_steps=steps
+        )
+        image = InputImage(rgb=Image.new("RGB", (size, size), (index * 13 % 256, 90, 30)), alpha=None)
+        (call,) = adapter.plan(request, [image], Size(size, size), [index]).calls
+        jobs.append(engine.submit([call], fusion_key=adapter.fusion_key(call), fuser=adapter.fuse))
+    for job in jobs:
+        await engine.result(job, time.monotonic() + 3600)
+    return time.perf_counter() - started
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny:instruct-pix2pix")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    arguments = parser.parse_args()
+
+    loaded = load_model(Settings(model=arguments.model))
+    adapter = adapter_class_for(loaded.pipeline)(loaded.pipeline, defaults=Defaults())
+    engines = {batch: Engine(max_queue=arguments.requests, max_batch=batch) for batch in arguments.batches}
+    rows = []
+    for size in arguments.sizes:
+        timings: dict[int, list[float]] = {batch: [] for batch in arguments.batches}
+        for batch in arguments.batches:  # warm-up at this size
+            await burst(engines[batch], adapter, size, arguments.batches[-1], arguments.steps)
+        for _ in range(arguments.repeats):
+            for batch in arguments.batches:  # interleaved, so drift hits every setting alike
+                timings[batch].append(await burst(engines[batch], adapter, size, arguments.requests, arguments.steps))
+        base = statistics.median(timings[arguments.batches[0]])
+        for batch in arguments.batches:
+            median = statistics.median(timings[batch])
+            rows.append((size, batch, arguments.requests / median, base / median))
+    for engine in engines.values():
+        engine.close()
+
+    print(f"fusion benchmark: {arguments.model}, {arguments.requests} queued requests, {arguments.steps} steps, "
+          f"median of {arguments.repeats}, {date.today()}, {platform.processor() or platform.machine()}, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print("| size | max batch | images/s | speed-up vs first |")
+    print("|---|---|---|---|")
+    for size, batch, throughput, ratio in rows:
+        print(f"| {size}x{size} | {batch} | {throughput:.1f} | {ratio:.2f}x |")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
