@@ -23,14 +23,14 @@ from PIL import Image
 from imgedit.config import Settings
 from imgedit.engine import Engine
 from imgedit.families import adapter_class_for
-from imgedit.families.base import Defaults
+from imgedit.families.base import Defaults, FamilyAdapter
 from imgedit.images import InputImage
 from imgedit.loader import load_model
 from imgedit.request import EditRequest, ImageSource
 from imgedit.sizing import Size
 
 
-async def burst(engine: Engine, adapter, size: int, requests: int, steps: int) -> float:
+async def burst(engine: Engine, adapter: FamilyAdapter, size: int, requests: int, steps: int) -> float:
     """Seconds for ``requests`` queued edits to finish."""
     jobs = []
     started = time.perf_counter()
@@ -74,9 +74,11 @@ async def main() -> None:
     for engine in engines.values():
         engine.close()
 
-    print(f"fusion benchmark: {arguments.model}, {arguments.requests} queued requests, {arguments.steps} steps, "
-          f"median of {arguments.repeats}, {date.today()}, {platform.processor() or platform.machine()}, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(
+        f"fusion benchmark: {arguments.model}, {arguments.requests} queued requests, {arguments.steps} steps, "
+        f"median of {arguments.repeats}, {date.today()}, {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
     print("| size | max batch | images/s | speed-up vs first |")
     print("|---|---|---|---|")
     for size, batch, throughput, ratio in rows:

@@ -137,3 +137,25 @@ def test_a_model_missing_from_the_bentoml_store_says_how_to_add_it():
 def test_family_and_lora_are_checked_before_loading(options, message):
     with pytest.raises(ModelLoadError, match=message):
         check_model_source(Settings(model="tiny:qwen-image-edit-plus", **options))
+
+
+def test_each_worker_gets_its_own_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert [pick_device("auto", worker) for worker in range(5)] == [
+        torch.device("cuda", index) for index in (0, 1, 2, 3, 0)
+    ]
+    assert pick_device("cpu", 2) == torch.device("cpu")
+
+
+def test_one_worker_per_gpu_by_default(monkeypatch):
+    from imgedit.runtime import worker_count
+
+    assert worker_count(Settings(workers=3)) == 3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert worker_count(Settings()) == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert worker_count(Settings()) == 4
+    assert worker_count(Settings(device_map="balanced")) == 1
+    assert worker_count(Settings(device="cpu")) == 1

@@ -150,6 +150,12 @@ def test_sigterm_lets_the_run_in_flight_finish(tmp_path):
             running = pool.submit(edit, server.url, 30, "p", **{"x-request-id": "last-one"})
             assert server.wait_for_log("[last-one] step ")
             os.kill(server.process.pid, signal.SIGTERM)
+            assert server.wait_for_log("shutting down: admitting no new requests")
+            try:
+                ready = httpx.get(f"{server.url}/readyz", timeout=5).status_code
+            except httpx.HTTPError:
+                ready = None  # the server may already have stopped accepting connections
+            assert ready != 200  # 503 while draining (None once connections are refused)
             response = running.result(timeout=60)
         assert response.status_code == 200 and len(response.json()["data"]) == 1
         assert server.process.wait(timeout=60) == 0
