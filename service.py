@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from imgedit.api_io import ImagesResponse, edits_input
+from imgedit.auth import ApiKeyMiddleware, parse_keys
 from imgedit.config import ConfigError, load_settings, unknown_variables
 from imgedit.errors import ApiError
 from imgedit.loader import BENTOML_PREFIX
@@ -84,3 +85,6 @@ class ImageEdit:
 
 
 ImageEdit.add_asgi_middleware(RequestContextMiddleware)
+if settings.api_key is not None:
+    # Inside the request-context middleware, so a 401 still carries its request id and access line.
+    ImageEdit.add_asgi_middleware(ApiKeyMiddleware, keys=parse_keys(settings.api_key.get_secret_value()))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "IMGEDIT_"
@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     max_batch: int = Field(1, ge=1, le=64)
     shutdown_grace: float = Field(600.0, ge=0, le=24 * 3600)
     progress_log_seconds: float = Field(30.0, gt=0)
+
+    # Access.
+    api_key: SecretStr | None = None
 
     # URL inputs.
     url_fetch: bool = True

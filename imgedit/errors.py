@@ -36,8 +36,7 @@ class ApiError(Exception):
 
     @property
     def type(self) -> str:
-        if self.status == 401:
-            return "authentication_error"
+        """OpenAI's error type for the status (a wrong API key is an ``invalid_request_error`` there too)."""
         if self.status == 404:
             return "not_found_error"
         if self.status == 429:

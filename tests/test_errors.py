@@ -11,7 +11,7 @@ from imgedit.errors import ApiError, internal_error, invalid
     ("status", "kind"),
     [
         (400, "invalid_request_error"),
-        (401, "authentication_error"),
+        (401, "invalid_request_error"),
         (404, "not_found_error"),
         (413, "invalid_request_error"),
         (422, "invalid_request_error"),
