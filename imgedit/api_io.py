@@ -42,7 +42,13 @@ def multipart_limits(settings: Settings) -> MultipartLimits:
             return max(settings.max_field_bytes, data_url_bytes)
         return settings.max_field_bytes
 
-    return MultipartLimits(settings.max_body_bytes, settings.max_parts, part_bytes)
+    return MultipartLimits(
+        settings.max_body_bytes,
+        settings.max_parts,
+        part_bytes,
+        idle_seconds=settings.body_idle_timeout,
+        total_seconds=settings.body_timeout,
+    )
 
 
 _TEXT = {"type": "string"}

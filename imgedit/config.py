@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(100 * MiB, ge=1024)
     max_parts: int = Field(64, ge=2, le=10_000)
     max_field_bytes: int = Field(1 * MiB, ge=1024)
+    body_idle_timeout: float = Field(30.0, gt=0, le=3600)
+    body_timeout: float = Field(300.0, gt=0, le=24 * 3600)
     request_timeout: float = Field(600.0, gt=0, le=24 * 3600)
 
     # Scheduling.
@@ -93,6 +95,14 @@ class Settings(BaseSettings):
     url_max_bytes: int = Field(50 * MiB, ge=1024)
     url_max_redirects: int = Field(3, ge=0, le=10)
     url_allow_private: bool = False
+    url_allowed_hosts: str | None = None
+
+    @property
+    def allowed_hosts(self) -> tuple[str, ...]:
+        """``IMGEDIT_URL_ALLOWED_HOSTS`` as a tuple of lower-case names (empty: any host)."""
+        if not self.url_allowed_hosts:
+            return ()
+        return tuple(host.strip().lower().rstrip(".") for host in self.url_allowed_hosts.split(",") if host.strip())
 
     # Output and logging.
     png_compress_level: int = Field(1, ge=0, le=9)

@@ -48,13 +48,28 @@ _HOST = re.compile(rb"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
 
 @dataclass(frozen=True)
 class FetchPolicy:
-    """Limits of URL inputs. ``enabled=False`` refuses http(s) URLs; data URLs still work."""
+    """Limits of URL inputs. ``enabled=False`` refuses http(s) URLs; data URLs still work.
+
+    ``allowed_hosts``, when not empty, lists the only host names that may be
+    fetched (``example.com``, or ``*.example.com`` for its subdomains), at
+    every redirect hop; the address checks still apply.
+    """
 
     enabled: bool = True
     allow_private: bool = False
     timeout: float = 30.0
     max_bytes: int = 50 * 1024 * 1024
     max_redirects: int = 3
+    allowed_hosts: tuple[str, ...] = ()
+
+    def host_allowed(self, host: str) -> bool:
+        if not self.allowed_hosts:
+            return True
+        host = host.lower().rstrip(".")
+        return any(
+            host.endswith(allowed[1:]) if allowed.startswith("*.") else host == allowed
+            for allowed in self.allowed_hosts
+        )
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
@@ -125,6 +140,10 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         raise last_error
 
     async def _checked_addresses(self, host: str, port: int) -> list[Address]:
+        name = host.lower().rstrip(".")
+        if self._check is not None and (name == "localhost" or name.endswith(".localhost")):
+            # Always loopback (RFC 6761), whatever a resolver answers or fails to.
+            raise _RefusedAddress(host, "loopback")
         try:
             addresses = [ipaddress.ip_address(host.strip("[]"))]
         except ValueError:
@@ -212,6 +231,7 @@ class Fetcher:
                 "Fetching image URLs is disabled on this server; upload the image or use a data: URL.",
                 code="url_fetch_disabled",
             )
+        self._check_host(target, param)
         try:
             with anyio.fail_after(self.policy.timeout):
                 return await self._fetch(target, param)
@@ -219,6 +239,14 @@ class Fetcher:
             raise invalid(
                 param, f"Fetching '{param}' took longer than {self.policy.timeout:g} s.", code="url_fetch_failed"
             ) from None
+
+    def _check_host(self, url: httpx.URL, param: str) -> None:
+        if not self.policy.host_allowed(url.host):
+            raise invalid(
+                param,
+                f"The URL in '{param}' is not allowed: host {url.host!r} is not on this server's allow-list.",
+                code="url_not_allowed",
+            )
 
     def _read_data_url(self, url: str, param: str) -> bytes:
         header, comma, payload = url.partition(",")
@@ -249,6 +277,7 @@ class Fetcher:
                             next_url = _http_url(location.decode("latin-1"), base=url)
                             if next_url is None:
                                 raise invalid(param, f"'{param}' redirected to an unsupported URL.", code="invalid_url")
+                            self._check_host(next_url, param)
                             url = next_url
                             continue
                         if response.status != 200:

@@ -10,6 +10,8 @@ is ever buffered whole.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -48,11 +50,15 @@ class MultipartLimits:
         max_body_bytes: the whole body (413 when exceeded).
         max_parts: the number of parts (400).
         part_bytes: maximum size of one part, given its field name (413).
+        idle_seconds: longest wait for the next chunk of the body (408).
+        total_seconds: longest time to receive the whole body (408).
     """
 
     max_body_bytes: int
     max_parts: int
     part_bytes: Callable[[str], int]
+    idle_seconds: float = 30.0
+    total_seconds: float = 300.0
 
 
 def _too_large(what: str, limit: int, param: str | None = None) -> ApiError:
@@ -157,7 +163,7 @@ async def read_multipart(
     parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
     received = 0
     try:
-        async for chunk in body:
+        async for chunk in _paced(body, limits.idle_seconds, limits.total_seconds):
             received += len(chunk)
             if received > limits.max_body_bytes:
                 raise _too_large("The request body", limits.max_body_bytes)
@@ -168,3 +174,30 @@ async def read_multipart(
     if not collector.finished:
         raise invalid(None, "The multipart body ended before its closing boundary.", code="invalid_multipart")
     return Form(tuple(collector.parts))
+
+
+async def _paced(body: AsyncIterator[bytes], idle_seconds: float, total_seconds: float) -> AsyncIterator[bytes]:
+    """``body``'s chunks, as long as each comes within ``idle_seconds`` and all within ``total_seconds``.
+
+    A client that trickles its body would otherwise hold a connection, and
+    the memory of what it sent so far, for as long as it likes.
+
+    Raises:
+        ApiError: 408 when the client is too slow.
+    """
+    deadline = time.monotonic() + total_seconds
+    chunks = aiter(body)
+    while True:
+        wait = min(idle_seconds, deadline - time.monotonic())
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), timeout=max(0.0, wait))
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise ApiError(
+                408,
+                f"The request body arrived too slowly (limits: {idle_seconds:g} s between chunks, "
+                f"{total_seconds:g} s in all).",
+                code="request_timeout",
+            ) from None
+        yield chunk

@@ -140,6 +140,7 @@ def start(settings: Settings, worker: int = 0) -> tuple[EditHandler, ModelCard]:
             timeout=settings.url_timeout,
             max_bytes=settings.url_max_bytes,
             max_redirects=settings.url_max_redirects,
+            allowed_hosts=settings.allowed_hosts,
         )
     )
     metrics.model_info.labels(

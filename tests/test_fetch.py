@@ -37,6 +37,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif path.startswith("/hops/"):
             left = int(path.rsplit("/", 1)[1])
             self._send(302, headers={"Location": f"/hops/{left - 1}" if left > 1 else "/image.png"})
+        elif path == "/page.html":
+            self._send(200, b"<html><body>not a picture</body></html>", {"Content-Type": "text/html"})
         elif path == "/bad-location":
             self._send(302, headers={"Location": "http://[::1/x.png"})
         elif path.startswith("/to/"):
@@ -268,3 +270,42 @@ async def test_bad_data_urls_are_400(url):
 async def test_oversized_data_url_is_refused():
     url = "data:image/png;base64," + base64.b64encode(b"x" * 2048).decode()
     assert (await error_of(Fetcher(FetchPolicy(max_bytes=1024)), url)).code == "image_too_large"
+
+
+def test_the_host_allow_list_matches_names_and_subdomains():
+    policy = FetchPolicy(allowed_hosts=("images.example.com", "*.cdn.example"))
+    assert policy.host_allowed("images.example.com") and policy.host_allowed("IMAGES.example.com.")
+    assert policy.host_allowed("a.cdn.example") and policy.host_allowed("b.a.cdn.example")
+    assert not policy.host_allowed("cdn.example") and not policy.host_allowed("example.com")
+    assert not policy.host_allowed("images.example.com.evil.test")
+    assert FetchPolicy().host_allowed("anything.test")
+
+
+async def test_hosts_off_the_allow_list_are_refused_at_every_hop(origin):
+    port = origin.rsplit(":", 1)[1]
+    resolver = fake_resolver({"allowed.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+    policy = FetchPolicy(allow_private=True, allowed_hosts=("allowed.test",))
+    fetcher = Fetcher(policy, resolver=resolver)
+    assert await fetcher.read(f"http://allowed.test:{port}/image.png", "url[0]") == PNG
+    assert (await error_of(fetcher, f"http://other.test:{port}/image.png")).code == "url_not_allowed"
+    redirected = await error_of(fetcher, f"http://allowed.test:{port}/to/other.test:{port}")
+    assert redirected.code == "url_not_allowed" and "other.test" in redirected.message
+
+
+@pytest.mark.parametrize("host", ["localhost.", "LOCALHOST", "api.localhost", "x.localhost."])
+async def test_localhost_names_are_refused_without_asking_a_resolver(host):
+    calls: list[str] = []
+    fetcher = Fetcher(FetchPolicy(), resolver=fake_resolver({}, calls))
+    assert (await error_of(fetcher, f"http://{host}/a.png")).code == "url_not_allowed"
+    assert calls == []
+
+
+async def test_non_image_content_is_fetched_but_fails_to_decode(origin):
+    """The fetcher returns bytes; decoding them is what refuses HTML with a 400 naming the URL."""
+    from imgedit.images import decode_image
+
+    data = await Fetcher(FetchPolicy(allow_private=True)).read(f"http://{origin}/page.html", "url[0]")
+    assert data.startswith(b"<html>")
+    with pytest.raises(ApiError) as caught:
+        decode_image(data, "url[0]", 1000)
+    assert (caught.value.param, caught.value.code) == ("url[0]", "invalid_image_format")

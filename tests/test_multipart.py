@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from imgedit.errors import ApiError
@@ -104,3 +106,31 @@ async def test_part_without_a_name_is_400():
     with pytest.raises(ApiError) as caught:
         await _read(body, "multipart/form-data; boundary=b")
     assert caught.value.status == 400
+
+
+async def test_a_body_that_stalls_is_cut_off():
+    body, content_type = multipart_body([("prompt", b"hello", None)])
+
+    async def stalls():
+        yield body[:10]
+        await asyncio.sleep(5)
+        yield body[10:]
+
+    limits = MultipartLimits(10_000, 5, lambda name: 100, idle_seconds=0.2, total_seconds=10)
+    with pytest.raises(ApiError) as caught:
+        await read_multipart(content_type, None, stalls(), limits)
+    assert caught.value.status == 408
+
+
+async def test_a_body_that_trickles_too_long_is_cut_off():
+    body, content_type = multipart_body([("prompt", b"x" * 50, None)])
+
+    async def trickles():
+        for byte in body:
+            await asyncio.sleep(0.02)
+            yield bytes([byte])
+
+    limits = MultipartLimits(10_000, 5, lambda name: 100, idle_seconds=1, total_seconds=0.3)
+    with pytest.raises(ApiError) as caught:
+        await read_multipart(content_type, None, trickles(), limits)
+    assert caught.value.status == 408 and "too slowly" in caught.value.message
