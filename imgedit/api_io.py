@@ -74,7 +74,12 @@ EDIT_FORM_SCHEMA: dict[str, Any] = {
         "prompt": {**_TEXT, "description": "What to change. Kept verbatim."},
         "model": {**_TEXT, "description": "Optional; must name the served model."},
         "n": {**_INTEGER, "minimum": 1, "maximum": 10, "default": 1},
-        "size": {**_TEXT, "default": "auto", "description": "'auto' or 'WIDTHxHEIGHT'."},
+        "size": {
+            **_TEXT,
+            "default": "auto",
+            "pattern": "^(auto|[0-9]+[xX][0-9]+)$",
+            "description": "'auto' or 'WIDTHxHEIGHT'.",
+        },
         "response_format": {"type": "string", "enum": ["b64_json"], "default": "b64_json"},
         "output_format": {"type": "string", "enum": ["png", "jpeg", "jpg", "webp"], "default": "png"},
         "output_compression": {**_INTEGER, "minimum": 0, "maximum": 100, "default": 100},
