@@ -174,3 +174,11 @@ def test_mutated_images_decode_or_get_a_400(fmt):
             decode_image(bytes(data), "image[0]", MAX_PIXELS)
         except ApiError as error:
             assert error.status == 400
+
+
+def test_animated_webp_gives_its_first_frame():
+    frames = [Image.new("RGB", (16, 16), color) for color in ((0, 255, 0), (255, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    red, green, _ = decode(buffer.getvalue()).rgb.getpixel((0, 0))
+    assert green > 200 and red < 50
