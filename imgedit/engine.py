@@ -102,12 +102,16 @@ class Job:
     previews_sent: int = 0
     #: The last step finished and the steps of the call running, for logs.
     progress: tuple[int, int] = (0, 0)
+    #: Set by the engine: takes a cancelled job out of the queue at once.
+    on_cancel: Callable[[Job], None] | None = None
 
     def cancel(self, reason: str) -> None:
-        """Stop the run (or drop it from the queue) at the next chance; the first reason given wins."""
+        """Stop the run (or drop it from the queue) at once; the first reason given wins."""
         if not self.cancelled.is_set():
             self.cancel_reason = reason
             self.cancelled.set()
+            if self.on_cancel is not None:
+                self.on_cancel(self)
 
 
 class Engine:
@@ -168,6 +172,7 @@ class Engine:
             sink,
             fusion_key if self.max_batch > 1 else None,
             fuser,
+            on_cancel=self._forget,
         )
         with self._condition:
             if self._draining:
@@ -245,18 +250,25 @@ class Engine:
             self._condition.notify()
         self._thread.join(timeout=5)
 
+    def _forget(self, job: Job) -> None:
+        """Drop a cancelled job that is still waiting, so it frees its place in the queue now."""
+        with self._condition:
+            try:
+                self._waiting.remove(job)
+            except ValueError:
+                return  # already taken: the engine thread sees the cancellation at its next step
+            metrics.queue_depth.set(len(self._waiting))
+        job.context.run(self._dropped, job)
+
     def _retry_after_locked(self) -> int:
         typical = statistics.median(self._recent_runs) if self._recent_runs else 1.0
         return max(1, math.ceil(typical * (len(self._waiting) + 1)))
 
     def _cancel_everything(self, reason: str) -> None:
         with self._condition:
-            jobs = list(self._waiting)
+            jobs = list(self._waiting) + list(self._current or ())
         for job in jobs:
             job.cancel(reason)
-        if self._current is not None:
-            for job in self._current:
-                job.cancel(reason)
 
     # -- the engine thread's side -----------------------------------------------------------
 
@@ -272,9 +284,13 @@ class Engine:
                 metrics.queue_depth.set(len(self._waiting))
                 self._busy = True
             try:
-                live = [job for job in batch if not self._dropped(job)]
+                live = [job for job in batch if not (job.cancelled.is_set() and job.context.run(self._dropped, job))]
                 if live:
                     self._run(live)
+            except BaseException as error:  # never let one request's failure stop the engine
+                log.exception("engine failure")
+                for job in batch:
+                    self._settle(job, error=error)
             finally:
                 with self._condition:
                     self._busy = False
@@ -289,8 +305,8 @@ class Engine:
         return taken
 
     def _dropped(self, job: Job) -> bool:
-        if not job.cancelled.is_set():
-            return False
+        """Account for a cancelled job that never ran; returns True."""
+        metrics.queue_wait.observe(time.monotonic() - job.admitted)
         metrics.cancellations.labels(job.cancel_reason or "unknown").inc()
         log.info("dropped before running (%s)", job.cancel_reason)
         self._settle(job, error=RunCancelled())
@@ -316,8 +332,9 @@ class Engine:
             metrics.runs_in_flight.dec()
             self._current = None
         elapsed = time.monotonic() - started
-        self._recent_runs.append(elapsed)
         metrics.run_time.observe(elapsed)
+        if not any(isinstance(result, BaseException) for result in results):
+            self._recent_runs.append(elapsed)  # stopped runs would make the wait look short
         for job, result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
                 self._settle(job, error=result)
@@ -329,6 +346,8 @@ class Engine:
         images: list[Image.Image] = []
         try:
             for call in job.calls:
+                if job.cancelled.is_set():  # between the images of one request
+                    raise RunCancelled
                 images.extend(call.invoke(self._step_hook([job], call)))
         except BaseException as error:  # delivered to the waiting request
             return self._failure(error, [job])
@@ -337,9 +356,9 @@ class Engine:
     def _run_fused(self, batch: list[Job]) -> list[list[Image.Image] | BaseException]:
         fuser = batch[0].fuser
         assert fuser is not None
-        call = fuser([job.calls[0] for job in batch])
         log.info("running %d requests as one batch", len(batch))
         try:
+            call = fuser([job.calls[0] for job in batch])
             images = call.invoke(self._step_hook(batch, call))
         except BaseException as error:
             failure = self._failure(error, batch)
@@ -348,10 +367,10 @@ class Engine:
 
     def _failure(self, error: BaseException, jobs: list[Job]) -> BaseException:
         if isinstance(error, RunCancelled):
-            reason = jobs[0].cancel_reason or "unknown"
-            metrics.cancellations.labels(reason).inc()
+            for job in jobs:
+                metrics.cancellations.labels(job.cancel_reason or "unknown").inc()
             step, total = jobs[0].progress
-            log.info("stopped mid-run (%s) after step %d/%d", reason, step, total)
+            log.info("stopped mid-run (%s) after step %d/%d", jobs[0].cancel_reason, step, total)
             return error
         if isinstance(error, torch.OutOfMemoryError):
             _free_device_memory()
@@ -362,7 +381,8 @@ class Engine:
 
     def _step_hook(self, jobs: list[Job], call: PipelineCall) -> Callable[[int, int, torch.Tensor], None]:
         """Cancels when every job of the run is cancelled; sends previews; logs and measures steps."""
-        started = last_step = last_info = time.monotonic()
+        started = last_info = time.monotonic()
+        last_step: float | None = None  # the first step also carries text and image encoding: not timed
         preview_steps: set[int] | None = None
         job = jobs[0]
 
@@ -372,7 +392,8 @@ class Engine:
             if all(each.cancelled.is_set() for each in jobs):
                 raise RunCancelled
             now = time.monotonic()
-            metrics.step_time.observe(now - last_step)
+            if last_step is not None:
+                metrics.step_time.observe(now - last_step)
             last_step = now
             log.debug("step %d/%d", step + 1, total)
             if now - last_info >= self.progress_interval:

@@ -251,6 +251,8 @@ class EditHandler:
                 yield error_event(internal_error().body())
             finally:
                 if not result.done():  # the client went away (Starlette cancels this generator)
+                    log.info("client disconnected from the stream; stopping its edit")
+                    note(stream="disconnected")
                     job.cancel("disconnect")
                     result.cancel()
 
@@ -280,11 +282,14 @@ async def _until(
     """Previews as they come, until ``result`` is done (previews sent before it are still given)."""
     while True:
         getter = asyncio.ensure_future(previews.get())
-        done, _ = await asyncio.wait({getter, result}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait({getter, result}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getter.done():  # also when the stream is cancelled while waiting
+                getter.cancel()
         if getter in done:
             yield getter.result()
             continue
-        getter.cancel()
         while not previews.empty():
             yield previews.get_nowait()
         return
@@ -304,6 +309,7 @@ async def _stop_on_disconnect(connection: Request | None, job: Job) -> AsyncIter
     async def watch() -> None:
         while (await connection.receive())["type"] != "http.disconnect":
             pass
+        log.info("client disconnected; stopping its edit")
         job.cancel("disconnect")
 
     watcher = asyncio.ensure_future(watch())

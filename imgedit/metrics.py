@@ -25,7 +25,11 @@ most_runs_at_once = Gauge(
 queue_wait = Histogram(
     "imgedit_queue_wait_seconds", "Time from admission to the start of the run.", buckets=DURATION_BUCKETS
 )
-run_time = Histogram("imgedit_run_seconds", "Time a request's pipeline calls took.", buckets=DURATION_BUCKETS)
+run_time = Histogram(
+    "imgedit_run_seconds",
+    "Time each run took: a request's pipeline calls, or one batched call of fused requests.",
+    buckets=DURATION_BUCKETS,
+)
 step_time = Histogram("imgedit_step_seconds", "Seconds per denoising step.", buckets=STEP_BUCKETS)
 images = Counter("imgedit_images", "Images produced.")
 rejections = Counter("imgedit_rejections", "Requests refused, by reason.", ["reason"])

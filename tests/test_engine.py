@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from imgedit.engine import DeadlineExceeded, Engine
+from imgedit.engine import DeadlineExceeded, Engine, Job, RunCancelled
 from imgedit.families.base import PipelineCall
 from imgedit.sizing import Size
 
@@ -283,3 +283,76 @@ async def test_compatible_queued_requests_run_as_one_batch(tiny_model):
     assert batches == [3]  # three fused, the fourth ran alone: max_batch
     for (image,), single in zip(results, alone, strict=True):
         assert list(image.getdata()) == list(single.getdata())
+
+
+async def test_a_cancelled_waiting_request_frees_its_place_at_once():
+    from imgedit.engine import QueueFull, RunCancelled
+
+    PIPELINE.reset(step_seconds=0.05)
+    engine = Engine(max_queue=1)
+    try:
+        running = engine.submit(calls("running", steps=10))
+        await asyncio.sleep(0.05)
+        waiting = engine.submit(calls("waiting"))
+        with pytest.raises(QueueFull):
+            engine.submit(calls("refused"))
+        waiting.cancel("disconnect")
+        assert engine.waiting == 0
+        admitted = engine.submit(calls("admitted"))
+        with pytest.raises(RunCancelled):
+            await engine.result(waiting, far())
+        assert len(await engine.result(admitted, far())) == 1
+        await engine.result(running, far())
+    finally:
+        engine.close()
+    assert "waiting" not in PIPELINE.started
+
+
+async def test_the_engine_survives_a_failing_fuser():
+    PIPELINE.reset(step_seconds=0.02)
+    engine = Engine(max_batch=4)
+
+    def broken_fuser(calls_to_fuse):
+        raise RuntimeError("cannot fuse")
+
+    try:
+        blocker = engine.submit(calls("blocker", steps=10))
+        fused = [engine.submit(calls(f"f{index}"), fusion_key="same", fuser=broken_fuser) for index in range(2)]
+        await engine.result(blocker, far())
+        for job in fused:
+            with pytest.raises(RuntimeError, match="cannot fuse"):
+                await engine.result(job, far())
+        assert len(await engine.run(calls("after"), far())) == 1
+    finally:
+        engine.close()
+
+
+async def test_a_request_cancelled_between_its_images_stops_before_the_next():
+    PIPELINE.reset(step_seconds=0.05)
+    engine = Engine()
+    try:
+        job = engine.submit(calls("first", steps=4) + calls("second", steps=4))
+        while "first" not in PIPELINE.started:
+            await asyncio.sleep(0.01)
+        job.cancel("disconnect")
+        with pytest.raises(RunCancelled):
+            await engine.result(job, far())
+    finally:
+        engine.close()
+    assert "second" not in PIPELINE.started
+
+
+def test_the_first_step_is_not_timed(monkeypatch):
+    from imgedit import metrics
+
+    observed = []
+    monkeypatch.setattr(metrics.step_time, "observe", observed.append)
+    engine = Engine()
+    try:
+        job = Job(calls("x"), None, None, None, 0.0)  # type: ignore[arg-type]
+        hook = engine._step_hook([job], calls("x")[0])
+        for step in range(4):
+            hook(step, 4, None)
+    finally:
+        engine.close()
+    assert len(observed) == 3

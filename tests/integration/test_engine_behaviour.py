@@ -6,20 +6,24 @@ The server runs the tiny model with a test-only delay per denoising step (see
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import os
 import re
 import signal
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 import openai
 import pytest
 
-from tests.helpers import gradient_png, multipart_body
+from tests.helpers import decode, gradient_png, multipart_body
 from tests.integration.conftest import start_server, stop
 
 pytestmark = pytest.mark.integration
@@ -29,16 +33,25 @@ STEP_DELAY = 0.05
 OOM_PROMPT = "raise-oom"
 
 
+GATE_STEP = 5
+
+
 @pytest.fixture(scope="module")
 def slow_server(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("slow")
     server = start_server(
-        tmp_path_factory.mktemp("slow"),
+        directory,
         PYTHONPATH=HOOKS,
         TEST_STEP_DELAY=str(STEP_DELAY),
         TEST_OOM_PROMPT=OOM_PROMPT,
+        TEST_STEP_GATE=str(directory / "step-gate"),
+        TEST_STEP_GATE_AT=str(GATE_STEP),
+        TEST_CONCURRENCY_FILE=str(directory / "most-at-once"),
         IMGEDIT_MAX_QUEUE="4",
         IMGEDIT_PROGRESS_LOG_SECONDS="0.2",
     )
+    server.gate = directory / "step-gate"  # type: ignore[attr-defined]
+    server.concurrency = directory / "most-at-once"  # type: ignore[attr-defined]
     yield server
     stop(server.process)
 
@@ -88,27 +101,66 @@ def test_sixteen_clients_get_answers_and_never_two_runs_at_once(slow_server):
     assert in_flight_seen and max(in_flight_seen) <= 1
     final = httpx.get(f"{slow_server.url}/metrics").text
     assert metric(final, "imgedit_runs_in_flight_max") == 1
+    # Counted inside the pipeline call itself, independently of the engine's own bookkeeping.
+    assert slow_server.concurrency.read_text() == "1"
     assert metric(final, "imgedit_rejections_total", '{reason="queue_full"}') == statuses.count(429)
 
 
-def test_a_client_that_disconnects_stops_its_run(slow_server):
+def test_a_client_that_disconnects_stops_its_run_at_the_next_step(slow_server):
     address = urlsplit(slow_server.url)
     body, content_type = multipart_body(
-        [("image", gradient_png(64, 64), "a.png"), ("prompt", b"long", None), ("num_inference_steps", b"200", None)]
+        [("image", gradient_png(64, 64), "a.png"), ("prompt", b"gated", None), ("num_inference_steps", b"200", None)]
     )
     head = (
         f"POST /v1/images/edits HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: {content_type}\r\n"
         f"Content-Length: {len(body)}\r\nx-request-id: walk-away-1\r\n\r\n"
     ).encode()
+    reached = Path(f"{slow_server.gate}.reached")
     with socket.create_connection((address.hostname, address.port)) as connection:
         connection.sendall(head + body)
-        assert slow_server.wait_for_log("[walk-away-1] step ")  # the run has started
-    assert slow_server.wait_for_log("[walk-away-1] stopped mid-run (disconnect) after step ")
-    stopped = re.search(r"\[walk-away-1\] stopped mid-run \(disconnect\) after step (\d+)/200", slow_server.log())
-    assert stopped and int(stopped.group(1)) < 200
+        while not reached.exists():  # the run is held at step GATE_STEP
+            time.sleep(0.02)
+    assert slow_server.wait_for_log("[walk-away-1] client disconnected; stopping its edit")
+    slow_server.gate.touch()  # let the held step finish: the next check stops the run
+    assert slow_server.wait_for_log(f"[walk-away-1] stopped mid-run (disconnect) after step {GATE_STEP + 1}/200"), (
+        slow_server.log()[-2000:]
+    )
+    assert slow_server.wait_for_log("[walk-away-1] POST /v1/images/edits status=499")
     assert edit(slow_server.url).status_code == 200
     text = httpx.get(f"{slow_server.url}/metrics").text
     assert metric(text, "imgedit_cancellations_total", '{reason="disconnect"}') >= 1
+
+
+def test_a_stream_that_is_closed_stops_its_run(slow_server):
+    client = openai.OpenAI(api_key="x", base_url=f"{slow_server.url}/v1", max_retries=0)
+    stream = client.images.edit(
+        image=gradient_png(),
+        prompt="stream then leave",
+        stream=True,
+        partial_images=3,
+        extra_body={"num_inference_steps": 200},
+        extra_headers={"x-request-id": "stream-leaver"},
+    )
+    first = next(iter(stream))
+    assert first.type == "image_edit.partial_image"
+    stream.close()
+    assert slow_server.wait_for_log("[stream-leaver] client disconnected from the stream; stopping its edit")
+    stopped = re.search(
+        r"\[stream-leaver\] stopped mid-run \(disconnect\) after step (\d+)/200",
+        _wait_text(slow_server, "stream-leaver] stopped"),
+    )
+    assert stopped and int(stopped.group(1)) < 200
+    assert slow_server.wait_for_log("[stream-leaver] POST /v1/images/edits status=200")
+    assert "stream=disconnected" in slow_server.log()
+
+
+def pixels(response: httpx.Response) -> np.ndarray:
+    return np.asarray(decode(base64.b64decode(response.json()["data"][0]["b64_json"])).convert("RGB"))
+
+
+def _wait_text(server, text: str) -> str:
+    assert server.wait_for_log(text)
+    return server.log()
 
 
 def test_out_of_memory_fails_only_that_request(slow_server):
@@ -151,16 +203,54 @@ def test_sigterm_lets_the_run_in_flight_finish(tmp_path):
             assert server.wait_for_log("[last-one] step ")
             os.kill(server.process.pid, signal.SIGTERM)
             assert server.wait_for_log("shutting down: admitting no new requests")
-            try:
-                ready = httpx.get(f"{server.url}/readyz", timeout=5).status_code
-            except httpx.HTTPError:
-                ready = None  # the server may already have stopped accepting connections
-            assert ready != 200  # 503 while draining (None once connections are refused)
+            # 503 while draining, until the server stops taking connections altogether.
+            with contextlib.suppress(httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+                assert httpx.get(f"{server.url}/readyz", timeout=5).status_code == 503
             response = running.result(timeout=60)
         assert response.status_code == 200 and len(response.json()["data"]) == 1
         assert server.process.wait(timeout=60) == 0
         assert "shutting down: admitting no new requests" in server.log()
         with pytest.raises(httpx.ConnectError):
             edit(server.url)
+    finally:
+        stop(server.process)
+
+
+def test_queued_requests_are_fused_into_one_batch_with_the_same_pictures(tmp_path):
+    gate = tmp_path / "gate"
+    server = start_server(
+        tmp_path,
+        IMGEDIT_MODEL="tiny:instruct-pix2pix",
+        IMGEDIT_MAX_BATCH="4",
+        PYTHONPATH=HOOKS,
+        TEST_STEP_GATE=str(gate),
+        TEST_STEP_GATE_AT="0",
+    )
+
+    def request(prompt: str, seed: int) -> httpx.Response:
+        return httpx.post(
+            f"{server.url}/v1/images/edits",
+            files=[("image", gradient_png(64, 64))],
+            data={"prompt": prompt, "seed": str(seed), "num_inference_steps": "3"},
+            timeout=120,
+        )
+
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            holder = pool.submit(request, "gated", 0)  # holds the engine at its first step
+            while not Path(f"{gate}.reached").exists():
+                time.sleep(0.02)
+            queued = [pool.submit(request, f"edit {index}", 10 + index) for index in range(3)]
+            while metric(httpx.get(f"{server.url}/metrics").text, "imgedit_queue_depth") < 3:
+                time.sleep(0.05)
+            gate.touch()
+            fused = [future.result(timeout=120) for future in queued]
+            assert holder.result(timeout=120).status_code == 200
+        assert server.wait_for_log("running 3 requests as one batch")
+        alone = [request(f"edit {index}", 10 + index) for index in range(3)]  # one at a time: no batch
+        for batched, single in zip(fused, alone, strict=True):
+            difference = np.abs(pixels(batched).astype(int) - pixels(single).astype(int)).max()
+            assert difference <= 1  # batched arithmetic may round a level differently
+        assert server.log().count("as one batch") == 1
     finally:
         stop(server.process)
