@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 PORT ?= 3000
 IMGEDIT_MODEL ?= tiny:qwen-image-edit-plus
 
-.PHONY: install serve test lint format system-deps clean
+.PHONY: install serve test lint format bento image-smoke system-deps clean
 
 install: $(BIN)/.installed
 
@@ -19,7 +19,7 @@ $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip show --quiet torch >/dev/null 2>&1 || $(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,build]"
 	@touch $@
 
 serve: install
@@ -35,6 +35,15 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# A Bento of the current tree. Settings travel in it as arguments, e.g.
+#   make bento ARGS="--arg model=bentoml:qwen-image-edit-2511"
+bento: install
+	$(BIN)/bentoml build $(ARGS)
+
+# Builds the OCI image of a Bento carrying a tiny model, runs it and checks its answers (slow).
+image-smoke: install
+	PATH="$(abspath $(BIN)):$$PATH" scripts/image-smoke.sh
 
 # The curl tests run curl and jq.
 system-deps:

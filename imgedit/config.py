@@ -3,6 +3,10 @@
 Every setting is validated at start-up; :func:`load_settings` turns the first
 problem into a :class:`ConfigError` whose message is one line naming the
 variable, so a typo stops the server before any model is loaded.
+
+A Bento can carry settings too: ``bentoml build --arg model=bentoml:NAME``
+records them in the Bento, and every process serving it (``bentoml serve
+TAG``, its container) starts with them. Environment variables still win.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import os
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "IMGEDIT_"
 DEFAULT_MODEL = "Qwen/Qwen-Image-Edit-2511"
@@ -126,6 +130,18 @@ class Settings(BaseSettings):
     def _strip(cls, value: object) -> object:
         return value.strip() if isinstance(value, str) else value
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Earlier sources win: explicit values, then the environment, then the Bento's arguments.
+        return init_settings, env_settings, _BentoArguments(settings_cls)
+
     @property
     def served_name(self) -> str:
         """The name clients see in ``/v1/models`` and may send as ``model``.
@@ -149,17 +165,42 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
-        variable = ENV_PREFIX + str(error["loc"][0]).upper() if error["loc"] else ENV_PREFIX + "*"
-        raw = _environ_value(variable)
+        field = str(error["loc"][0]) if error["loc"] else "*"
+        variable = ENV_PREFIX + field.upper()
+        raw: object = _environ_value(variable)
+        if raw is None and field in bento_arguments():  # it came from the Bento's arguments
+            variable, raw = f"--arg {field}", bento_arguments()[field]
         shown = f" (got {raw!r})" if raw is not None else ""
         raise ConfigError(f"{variable}: {error['msg']}{shown}") from None
 
 
 def unknown_variables() -> list[str]:
-    """``IMGEDIT_*`` variables that no setting reads: most likely typos."""
+    """``IMGEDIT_*`` variables and Bento arguments that no setting reads: most likely typos."""
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
-    return sorted(key for key in os.environ if key.upper().startswith(ENV_PREFIX) and key.upper() not in known)
+    variables = [key for key in os.environ if key.upper().startswith(ENV_PREFIX) and key.upper() not in known]
+    arguments = [f"--arg {name}" for name in bento_arguments() if name not in Settings.model_fields]
+    return sorted(variables) + sorted(arguments)
 
 
 def _environ_value(variable: str) -> str | None:
     return next((value for key, value in os.environ.items() if key.upper() == variable), None)
+
+
+class _BentoArguments(PydanticBaseSettingsSource):
+    """Settings given as ``bentoml build``/``serve`` arguments (``--arg model=...``)."""
+
+    def get_field_value(self, field: object, field_name: str) -> tuple[object, str, bool]:
+        return None, field_name, False  # unused: __call__ reads every argument at once
+
+    def __call__(self) -> dict[str, object]:
+        return {name: value for name, value in bento_arguments().items() if name in self.settings_cls.model_fields}
+
+
+def bento_arguments() -> dict[str, object]:
+    """The arguments of the Bento being built or served (empty outside ``bentoml``)."""
+    try:
+        import bentoml
+
+        return dict(vars(bentoml.use_arguments()))
+    except Exception:  # no BentoML context: no arguments
+        return {}

@@ -96,3 +96,20 @@ def test_every_setting_is_documented_in_the_readme():
 def test_dtype_accepts_the_short_spellings(monkeypatch, value, dtype):
     monkeypatch.setenv("IMGEDIT_DTYPE", value)
     assert load_settings().dtype == dtype
+
+
+def test_bento_arguments_are_settings_and_the_environment_wins(monkeypatch):
+    from bentoml._internal.utils.args import set_arguments
+
+    set_arguments({"model": "tiny:flux2", "max_queue": "3", "typo_setting": "1"})
+    try:
+        settings = load_settings()
+        assert (settings.model, settings.max_queue) == ("tiny:flux2", 3)
+        assert unknown_variables() == ["--arg typo_setting"]
+        monkeypatch.setenv("IMGEDIT_MODEL", "tiny:qwen-image-edit")
+        assert load_settings().model == "tiny:qwen-image-edit"
+        set_arguments({"max_queue": "many"})
+        with pytest.raises(ConfigError, match=r"^--arg max_queue: Input should be a valid integer.*\(got 'many'\)"):
+            load_settings()
+    finally:
+        set_arguments({})

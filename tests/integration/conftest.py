@@ -85,17 +85,23 @@ def start_server(tmp: Path, **overrides: str) -> Server:
             serve_command(port), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     server = Server(f"http://127.0.0.1:{port}", log_path, Path(env["TMPDIR"]), process)
+    wait_until_ready(server)
+    return server
+
+
+def wait_until_ready(server: Server) -> None:
+    """Wait for ``/readyz`` to answer 200; stop the server and fail when it dies or takes too long."""
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{server.log()}")
+        if server.process.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with {server.process.returncode}:\n{server.log()}")
         try:
             if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                return server
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    stop(process)
+    stop(server.process)
     raise RuntimeError(f"bentoml serve was not ready after {STARTUP_SECONDS} s:\n{server.log()}")
 
 

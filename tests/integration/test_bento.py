@@ -1,0 +1,111 @@
+"""``bentoml build`` of this tree with a tiny model from the store, offline, then ``bentoml serve <tag>``.
+
+Everything happens in a temporary BENTOML_HOME, so the user's store is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from tests.integration.conftest import ROOT, free_port, server_environment, stop
+from tests.integration.test_readme_examples import readme_example, wait_for_image
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+
+
+def offline_prefix() -> list[str]:
+    """``unshare -n`` (no network at all) where this machine allows it."""
+    unshare = shutil.which("unshare")
+    if unshare and subprocess.run([unshare, "-n", "true"], capture_output=True).returncode == 0:
+        return [unshare, "-n"]
+    return []
+
+
+@pytest.fixture(scope="module")
+def bento(tmp_path_factory):
+    from imgedit.tiny import build_tiny
+
+    home = tmp_path_factory.mktemp("bento-home")
+    saved = tmp_path_factory.mktemp("saved") / "ip2p"
+    build_tiny("tiny:instruct-pix2pix").pipeline.save_pretrained(saved)
+    environment = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1"}
+    environment = {key: value for key, value in environment.items() if not key.startswith("IMGEDIT_")}
+    imported = subprocess.run(
+        [str(BIN / "imgedit"), "import-model", str(saved), "--name", "tiny-ip2p", "--quiet"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert imported.returncode == 0, imported.stderr
+    built = subprocess.run(
+        [*offline_prefix(), str(BIN / "bentoml"), "build", "--arg", "model=bentoml:tiny-ip2p", "--output", "tag"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    tag = re.search(r"(imgedit:[a-z0-9]+)", built.stdout).group(1)
+    return home, tag
+
+
+def test_the_bento_carries_the_model_its_arguments_and_only_the_sources(bento):
+    home, tag = bento
+    name, version = tag.split(":")
+    root = home / "bentos" / name / version
+    info = yaml.safe_load((root / "bento.yaml").read_text())
+    (service,) = info["services"]
+    assert [model["tag"].split(":")[0] for model in service["models"]] == ["tiny-ip2p"]
+    assert info["args"] == {"model": "bentoml:tiny-ip2p"}
+    sources = {path.relative_to(root / "src").parts[0] for path in (root / "src").rglob("*")}
+    assert sources == {"service.py", "imgedit", "README.md", "bentofile.yaml"}
+    assert "torchvision" in (root / "env" / "python" / "requirements.txt").read_text()
+
+
+def test_serving_the_tag_answers_the_spec_curl_example(bento, tmp_path):
+    home, tag = bento
+    port = free_port()
+    environment = server_environment(tmp_path, BENTOML_HOME=str(home))
+    del environment["IMGEDIT_MODEL"]  # the Bento says which model
+    log = tmp_path / "bento.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [str(BIN / "bentoml"), "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=tmp_path,
+            env=environment,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        from tests.integration.conftest import Server, wait_until_ready
+
+        server = Server(f"http://127.0.0.1:{port}", log, tmp_path, process)
+        wait_until_ready(server)
+        shutil.copytree(ROOT / "examples", tmp_path / "examples")
+        command = (
+            readme_example("curl-single")
+            .replace("http://localhost:3000", server.url)
+            .replace("model=qwen-image-edit-plus", "model=tiny-ip2p")
+        )
+        completed = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert completed.returncode == 0, completed.stderr
+        image = wait_for_image(tmp_path / "gift-basket.png")
+        assert isinstance(image, Image.Image) and image.size == (256, 256)
+        assert "x-request-id" in completed.stderr.lower()
+        assert "serving bentoml:tiny-ip2p" in server.log()
+    finally:
+        stop(process)
