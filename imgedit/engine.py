@@ -22,6 +22,7 @@ encoding outputs happen outside, so they overlap with other requests' runs.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import contextvars
 import gc
@@ -137,6 +138,7 @@ class Engine:
         self._busy = False  # a run is taken or going (changes under the lock)
         self._most_at_once = 0
         self._current: list[Job] | None = None
+        self._urgent: deque[tuple[Sequence[PipelineCall], concurrent.futures.Future[list[Image.Image]]]] = deque()
         self._thread = threading.Thread(target=self._work, name="imgedit-engine", daemon=True)
         self._thread.start()
 
@@ -220,11 +222,18 @@ class Engine:
         return await self.result(self.submit(calls), deadline)
 
     def run_now(self, calls: Sequence[PipelineCall]) -> list[Image.Image]:
-        """Run ``calls`` on the calling thread, bypassing the queue; only for start-up, before serving."""
-        images: list[Image.Image] = []
-        for call in calls:
-            images.extend(call.invoke())
-        return images
+        """Run ``calls`` ahead of the queue and wait for their images; for start-up, before serving.
+
+        They run on the engine thread like every other call: PyTorch's CPU
+        thread pool belongs to the thread that uses it, and a second pool
+        competing for the same cores slowed every later run by a quarter on a
+        2-core machine (see docs/benchmarks.md).
+        """
+        outcome: concurrent.futures.Future[list[Image.Image]] = concurrent.futures.Future()
+        with self._condition:
+            self._urgent.append((calls, outcome))
+            self._condition.notify()
+        return outcome.result()
 
     def drain(self, grace: float) -> None:
         """Admit nothing new; runs still going after ``grace`` seconds are cancelled."""
@@ -274,16 +283,23 @@ class Engine:
 
     def _work(self) -> None:
         while True:
+            urgent = None
+            batch: list[Job] = []
             with self._condition:
-                while not self._waiting and not self._closed:
+                while not self._waiting and not self._urgent and not self._closed:
                     self._condition.wait()
-                if not self._waiting:
+                if self._urgent:
+                    urgent = self._urgent.popleft()
+                elif self._waiting:
+                    batch = [self._waiting.popleft()]
+                    batch += self._take_fusable(batch[0])
+                    metrics.queue_depth.set(len(self._waiting))
+                else:
                     return
-                batch = [self._waiting.popleft()]
-                batch += self._take_fusable(batch[0])
-                metrics.queue_depth.set(len(self._waiting))
                 self._busy = True
             try:
+                if urgent is not None:
+                    self._run_urgent(*urgent)
                 live = [job for job in batch if not (job.cancelled.is_set() and job.context.run(self._dropped, job))]
                 if live:
                     self._run(live)
@@ -294,6 +310,13 @@ class Engine:
             finally:
                 with self._condition:
                     self._busy = False
+
+    @staticmethod
+    def _run_urgent(calls: Sequence[PipelineCall], outcome: concurrent.futures.Future[list[Image.Image]]) -> None:
+        try:
+            outcome.set_result([image for call in calls for image in call.invoke()])
+        except BaseException as error:
+            outcome.set_exception(error)
 
     def _take_fusable(self, first: Job) -> list[Job]:
         """Queued jobs that can join ``first`` in one batched call (the lock is held)."""

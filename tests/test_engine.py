@@ -140,6 +140,33 @@ async def test_a_cancelled_waiter_stops_its_run():
     assert pipeline.steps_run["abandoned"] < 200
 
 
+async def test_every_call_runs_on_the_engine_thread_start_up_ones_too():
+    threads: list[str] = []
+
+    def pipeline(**_: object) -> SimpleNamespace:
+        threads.append(threading.current_thread().name)
+        return SimpleNamespace(images=[Image.new("RGB", (8, 8))])
+
+    call = [PipelineCall(pipeline, {}, 1, Size(8, 8))]
+    engine = Engine()
+    try:
+        assert len(engine.run_now(call)) == 1  # from a thread with no event loop, as at start-up
+        assert len(await engine.run(call, far())) == 1
+    finally:
+        engine.close()
+    assert threads == ["imgedit-engine", "imgedit-engine"]
+
+
+def test_a_failed_start_up_run_raises_in_the_caller_and_the_engine_goes_on():
+    engine = Engine()
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            engine.run_now(calls("warm-up", fail=True))
+        assert len(engine.run_now(calls("again"))) == 1
+    finally:
+        engine.close()
+
+
 async def test_runs_the_real_tiny_pipeline(tiny_model):
     from imgedit.families.base import Defaults
     from imgedit.families.qwen_image_edit import QwenImageEditPlusAdapter

@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from tests.helpers import gradient_png
-from tests.integration.conftest import start_server, stop
+from tests.server import start_server, stop
 
 pytestmark = pytest.mark.integration
 

@@ -21,12 +21,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-import psutil
 import pytest
 from PIL import Image
 
 from tests.helpers import gradient_png, image_bytes, multipart_body
-from tests.integration.conftest import start_server, stop
+from tests.server import start_server, stop
 
 pytestmark = pytest.mark.integration
 
@@ -256,17 +255,6 @@ def send(http: httpx.Client, case: Case) -> httpx.Response:
     return http.post("/v1/images/edits", content=body, headers={"content-type": content_type})
 
 
-def worker_rss(server) -> int:
-    """Resident memory of the server's worker process (the one that holds the model)."""
-    workers = [
-        child
-        for child in psutil.Process(server.process.pid).children(recursive=True)
-        if "worker" in " ".join(child.cmdline())
-    ]
-    assert len(workers) == 1, workers
-    return workers[0].memory_info().rss
-
-
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory):
     server = start_server(tmp_path_factory.mktemp("corpus"), **LIMITS)
@@ -283,7 +271,7 @@ def test_every_bad_request_gets_its_4xx_and_the_server_keeps_serving(guarded):
     failures = []
     with httpx.Client(base_url=guarded.url, timeout=60) as http:
         assert send(http, Case("valid", 200, None, parts=edit())).status_code == 200
-        before = worker_rss(guarded)
+        before = guarded.worker().memory_info().rss
         for _ in range(2):  # twice: memory must not grow with repetition
             for case in CASES:
                 response = send(http, case)
@@ -297,7 +285,7 @@ def test_every_bad_request_gets_its_4xx_and_the_server_keeps_serving(guarded):
                 if outcome != expected or set(error) != {"message", "type", "param", "code"} or not error["message"]:
                     failures.append(f"{case.name}: got {outcome}, expected {expected}: {response.text[:120]}")
         after_valid = send(http, Case("valid", 200, None, parts=edit()))
-        after = worker_rss(guarded)
+        after = guarded.worker().memory_info().rss
     assert failures == []
     assert after_valid.status_code == 200
     assert "Traceback" not in guarded.log()

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.integration.conftest import ROOT, free_port, server_environment, stop
 from tests.integration.test_readme_examples import readme_example, wait_for_image
+from tests.server import ROOT, free_port, server_environment, stop
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +91,7 @@ def test_serving_the_tag_answers_the_spec_curl_example(bento, tmp_path):
             start_new_session=True,
         )
     try:
-        from tests.integration.conftest import Server, wait_until_ready
+        from tests.server import Server, wait_until_ready
 
         server = Server(f"http://127.0.0.1:{port}", log, tmp_path, process)
         wait_until_ready(server)

@@ -24,7 +24,7 @@ import openai
 import pytest
 
 from tests.helpers import decode, gradient_png, multipart_body
-from tests.integration.conftest import start_server, stop
+from tests.server import start_server, stop
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import gradient_png
-from tests.integration.conftest import start_server, stop
+from tests.server import start_server, stop
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,99 @@
+"""What the benchmark scripts share: the machine's description, statistics, test images, the results file."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import os
+import platform
+import re
+import statistics
+import sys
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "benchmarks.md"
+
+
+def machine() -> str:
+    """One line naming the date, CPU, memory, GPU and the versions that matter."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+        cpu = names[0].strip() if names else cpu
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    versions = ", ".join(
+        f"{package} {importlib.metadata.version(package)}" for package in ("torch", "diffusers", "bentoml")
+    )
+    return (
+        f"{date.today()}, {cpu} ({os.cpu_count()} cores, {memory:.0f} GiB), {gpu}, "
+        f"Python {platform.python_version()}, {versions}, torch threads {torch.get_num_threads()}"
+    )
+
+
+def command_line() -> str:
+    """How this script was run, as a command to paste."""
+    module = Path(sys.argv[0]).resolve().relative_to(ROOT).with_suffix("")
+    return " ".join([".venv/bin/python -m", ".".join(module.parts), *sys.argv[1:]])
+
+
+def percentile(values: Sequence[float], share: float) -> float:
+    """The ``share`` quantile (0..1) of ``values``, interpolated linearly."""
+    return float(np.quantile(np.asarray(values, dtype=float), share))
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A picture with smooth shading and fine grain: it compresses about as well as a photograph."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels = [
+        127 + 100 * np.sin(x / (width / 3.1) + phase) * np.cos(y / (height / 2.3) - phase) for phase in (0.0, 1.3, 2.6)
+    ]
+    pixels = np.stack(channels, axis=-1) + rng.normal(0, 6, (height, width, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def report(name: str, title: str, body: str, write: Path | None) -> None:
+    """Print a result and, with ``write``, put it into that Markdown file as section ``name``.
+
+    The section sits between ``<!-- bench:NAME -->`` markers and is replaced
+    on every run; text around it is kept.
+    """
+    section = f"<!-- bench:{name} -->\n## {title}\n\n```bash\n{command_line()}\n```\n\n{machine()}\n\n{body.strip()}\n"
+    section += f"<!-- /bench:{name} -->"
+    print(section)
+    if write is None:
+        return
+    text = write.read_text() if write.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.DOTALL)
+    text, replaced = pattern.subn(lambda _: section, text)
+    if not replaced:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    write.write_text(text)
