@@ -9,15 +9,25 @@ import platform
 import re
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from imgedit.config import Settings
+from imgedit.families import adapter_class_for
+from imgedit.families.base import Defaults, FamilyAdapter
+from imgedit.images import decode_image
+from imgedit.loader import load_model
+from imgedit.request import EditRequest, ImageSource
+from imgedit.sizing import Size
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "benchmarks.md"
+PROMPT = "make the sky a deep orange"
+SEED = 1234
 
 
 def machine() -> str:
@@ -97,3 +107,59 @@ def report(name: str, title: str, body: str, write: Path | None) -> None:
     if not replaced:
         text = text.rstrip() + "\n\n" + section + "\n"
     write.write_text(text)
+
+
+def load_adapter(model: str, steps: int) -> FamilyAdapter:
+    """``model`` loaded in this process as the server loads it, with its family adapter."""
+    loaded = load_model(Settings(model=model))
+    return adapter_class_for(loaded.pipeline)(loaded.pipeline, defaults=Defaults(steps=steps))
+
+
+def direct_edit(adapter: FamilyAdapter, upload: bytes, size: int, n: int, steps: int) -> Callable[[], object]:
+    """The pipeline calls the server makes for this edit request, as a function of no arguments.
+
+    The server's own adapter plans them, so the arguments are the server's;
+    the images come back as PIL images, as a script calling diffusers gets them.
+    """
+    image = decode_image(upload, "image", 10**9)
+    request = EditRequest(prompt=PROMPT, sources=(ImageSource("image"),), n=n, num_inference_steps=steps, seed=SEED)
+    plan = adapter.plan(request, [image], Size(size, size), [SEED + index for index in range(n)])
+
+    def run() -> object:
+        return [call.pipeline(**call.kwargs).images for call in plan.calls]
+
+    return run
+
+
+def edit_form(size: int, n: int, output_format: str, steps: int) -> dict[str, str]:
+    """The multipart text fields of the same request."""
+    return {
+        "prompt": PROMPT,
+        "size": f"{size}x{size}",
+        "n": str(n),
+        "output_format": output_format,
+        "num_inference_steps": str(steps),
+        "seed": str(SEED),
+    }
+
+
+def peak_rss(pid: int) -> int:
+    """Highest resident set size of process ``pid`` since start or the last :func:`reset_peak_rss`, in bytes."""
+    return _status_kib(pid, "VmHWM") * 1024
+
+
+def rss(pid: int) -> int:
+    """Resident set size of process ``pid`` now, in bytes."""
+    return _status_kib(pid, "VmRSS") * 1024
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Start the peak RSS of ``pid`` over from its current RSS (Linux: ``5`` into ``clear_refs``)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def _status_kib(pid: int, field: str) -> int:
+    match = re.search(rf"^{field}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no {field} in /proc/{pid}/status")
+    return int(match.group(1))

@@ -30,42 +30,8 @@ import httpx
 import openai
 import torch
 
-from bench.common import median, photo_like, png_bytes, report, table
-from imgedit.config import Settings
-from imgedit.families import adapter_class_for
-from imgedit.families.base import Defaults, FamilyAdapter
-from imgedit.images import decode_image
-from imgedit.loader import load_model
-from imgedit.request import EditRequest, ImageSource
-from imgedit.sizing import Size
+from bench.common import direct_edit, edit_form, load_adapter, median, photo_like, png_bytes, report, table
 from tests.server import start_server, stop
-
-PROMPT = "make the sky a deep orange"
-SEED = 1234
-CLIENTS = ("direct", "sdk", "httpx")
-
-
-def direct_edit(adapter: FamilyAdapter, upload: bytes, size: int, n: int, steps: int) -> Callable[[], object]:
-    """The pipeline calls the server makes for this request, as a function of no arguments."""
-    image = decode_image(upload, "image", 10**9)
-    request = EditRequest(prompt=PROMPT, sources=(ImageSource("image"),), n=n, num_inference_steps=steps, seed=SEED)
-    plan = adapter.plan(request, [image], Size(size, size), [SEED + index for index in range(n)])
-
-    def run() -> object:
-        return [call.pipeline(**call.kwargs).images for call in plan.calls]
-
-    return run
-
-
-def form(size: int, n: int, output_format: str, steps: int) -> dict[str, str]:
-    return {
-        "prompt": PROMPT,
-        "size": f"{size}x{size}",
-        "n": str(n),
-        "output_format": output_format,
-        "num_inference_steps": str(steps),
-        "seed": str(SEED),
-    }
 
 
 def sdk_edit(client: openai.OpenAI, upload: bytes, fields: dict[str, str]) -> Callable[[], object]:
@@ -125,8 +91,7 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="put the results into this Markdown file")
     arguments = parser.parse_args()
 
-    loaded = load_model(Settings(model=arguments.model))
-    adapter = adapter_class_for(loaded.pipeline)(loaded.pipeline, defaults=Defaults(steps=arguments.steps))
+    adapter = load_adapter(arguments.model, arguments.steps)
     with tempfile.TemporaryDirectory(prefix="imgedit-bench-") as tmp:
         server = start_server(Path(tmp), IMGEDIT_MODEL=arguments.model)
         try:
@@ -137,7 +102,7 @@ def main() -> None:
                 upload = png_bytes(photo_like(size, size))
                 for n in arguments.n:
                     for output_format in arguments.formats:
-                        fields = form(size, n, output_format, arguments.steps)
+                        fields = edit_form(size, n, output_format, arguments.steps)
                         runs = {
                             "direct": direct_edit(adapter, upload, size, n, arguments.steps),
                             "sdk": sdk_edit(sdk, upload, fields),

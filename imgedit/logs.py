@@ -6,7 +6,9 @@ Prompts and other user text are logged only at debug level
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 import sys
 
 from imgedit.request_context import current_request_id
@@ -45,12 +47,15 @@ def configure_logging(level: str) -> None:
         handler.addFilter(_RequestIdFilter())
         logger.addHandler(handler)
     # Both libraries reset their root logger's level when first used, so set
-    # their verbosity through their own helpers rather than the logging module.
-    import diffusers.utils.logging
-    import transformers.utils.logging
-
-    diffusers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.set_verbosity_error()
+    # it through their own helpers where they are loaded, and through the
+    # variables they read where not: importing them here would cost BentoML's
+    # supervisor process, which never runs a model, seconds of start-up.
+    for library, variable in (("diffusers", "DIFFUSERS_VERBOSITY"), ("transformers", "TRANSFORMERS_VERBOSITY")):
+        if variable in os.environ:  # the operator's choice, or ours from an earlier call
+            continue
+        os.environ[variable] = "error"
+        if library in sys.modules:
+            importlib.import_module(f"{library}.utils.logging").set_verbosity_error()
 
 
 def get_logger(name: str) -> logging.Logger:

@@ -1,0 +1,118 @@
+"""Start-up: ``bentoml serve`` from process start to ``/readyz`` 200, against a bare Python process doing the same work.
+
+The bare process imports torch and imgedit, builds the same model with the
+server's loader and runs the same warm-up calls, then exits; it is timed
+from its start to its line saying it is done. The server is timed from its
+start to the first 200 from ``/readyz`` (polled every 20 ms). Runs
+alternate, and every one starts from a fresh temporary home, as a new
+container would.
+
+    python -m bench.startup --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.common import median, report, table
+from tests.server import ROOT, free_port, serve_command, server_environment, stop
+
+BARE = """
+import sys
+import torch
+from imgedit.config import Settings
+from imgedit.families import adapter_class_for
+from imgedit.loader import load_model
+
+torch.set_grad_enabled(False)
+loaded = load_model(Settings(model=sys.argv[1]))
+adapter = adapter_class_for(loaded.pipeline)(loaded.pipeline)
+for plan in adapter.warmup_plans():
+    for call in plan.calls:
+        call.pipeline(**call.kwargs)
+print("warm", flush=True)
+"""
+POLL_SECONDS = 0.02
+LIMIT_SECONDS = 300
+
+
+def time_server(model: str) -> float:
+    """Seconds from starting ``bentoml serve`` to the first 200 from ``/readyz``."""
+    with tempfile.TemporaryDirectory(prefix="imgedit-bench-") as tmp:
+        port = free_port()
+        env = server_environment(Path(tmp), IMGEDIT_MODEL=model)
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            serve_command(port),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            with httpx.Client(timeout=1) as http:
+                while time.perf_counter() - started < LIMIT_SECONDS:
+                    if process.poll() is not None:
+                        raise RuntimeError(f"bentoml serve exited with {process.returncode}")
+                    try:
+                        if http.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                            return time.perf_counter() - started
+                    except httpx.HTTPError:
+                        pass
+                    time.sleep(POLL_SECONDS)
+            raise RuntimeError(f"bentoml serve was not ready after {LIMIT_SECONDS} s")
+        finally:
+            stop(process)
+
+
+def time_bare(model: str) -> float:
+    """Seconds from starting a bare Python process to its line saying the model is built and warm."""
+    with tempfile.TemporaryDirectory(prefix="imgedit-bench-") as tmp:
+        env = server_environment(Path(tmp), IMGEDIT_MODEL=model)
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            [sys.executable, "-c", BARE, model], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        elapsed = time.perf_counter() - started
+        process.wait()
+        if line.strip() != b"warm":
+            raise RuntimeError(f"the bare process failed (exit {process.returncode})")
+        return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny:qwen-image-edit-plus")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--write", type=Path, help="put the results into this Markdown file")
+    arguments = parser.parse_args()
+
+    timings: dict[str, list[float]] = {"server": [], "bare": []}
+    for index in range(arguments.runs):
+        order = ("server", "bare") if index % 2 == 0 else ("bare", "server")
+        for name in order:
+            timings[name].append(time_server(arguments.model) if name == "server" else time_bare(arguments.model))
+        print({name: [round(value, 2) for value in values] for name, values in timings.items()}, flush=True)
+    server, bare = median(timings["server"]), median(timings["bare"])
+    rows = [
+        ("bare Python: import, build, warm up", f"{bare:.2f}", "1.00"),
+        ("`bentoml serve` to `/readyz` 200", f"{server:.2f}", f"{server / bare:.2f}"),
+    ]
+    body = f"`{arguments.model}` on CPU, median of {arguments.runs} alternating runs each.\n\n" + table(
+        ("what", "seconds", "ratio"), rows
+    )
+    report("startup", "Start-up", body, arguments.write)
+
+
+if __name__ == "__main__":
+    main()
