@@ -53,7 +53,10 @@ def machine() -> str:
 
 def command_line() -> str:
     """How this script was run, as a command to paste."""
-    module = Path(sys.argv[0]).resolve().relative_to(ROOT).with_suffix("")
+    script = Path(sys.argv[0]).resolve()
+    if not script.is_relative_to(ROOT / "bench"):  # called from elsewhere, a test for one
+        return " ".join(sys.argv)
+    module = script.relative_to(ROOT).with_suffix("")
     return " ".join([".venv/bin/python -m", ".".join(module.parts), *sys.argv[1:]])
 
 

@@ -5,21 +5,20 @@ batching off and on, interleaved, and reports the median throughput of each
 and their ratio. Tiny models on a CPU by default; pass ``--model`` to measure a
 real one where it runs.
 
-    python bench/fusion.py --sizes 64 256 --requests 16 --batches 1 4 --repeats 5
+    python -m bench.fusion --sizes 64 256 --requests 16 --batches 1 4 --repeats 5
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import platform
 import statistics
 import time
-from datetime import date
+from pathlib import Path
 
-import torch
 from PIL import Image
 
+from bench.common import report, table
 from imgedit.config import Settings
 from imgedit.engine import Engine
 from imgedit.families import adapter_class_for
@@ -54,6 +53,7 @@ async def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--write", type=Path, help="put the results into this Markdown file")
     arguments = parser.parse_args()
 
     loaded = load_model(Settings(model=arguments.model))
@@ -74,15 +74,18 @@ async def main() -> None:
     for engine in engines.values():
         engine.close()
 
-    print(
-        f"fusion benchmark: {arguments.model}, {arguments.requests} queued requests, {arguments.steps} steps, "
-        f"median of {arguments.repeats}, {date.today()}, {platform.processor() or platform.machine()}, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    body = (
+        f"`{arguments.model}`, {arguments.requests} single-image edits queued at once, {arguments.steps} steps, "
+        f"median of {arguments.repeats} interleaved bursts per setting.\n\n"
+        + table(
+            ("size", "max batch", "images/s", "speed-up"),
+            [
+                (f"{size}x{size}", batch, f"{throughput:.1f}", f"{ratio:.2f}x")
+                for size, batch, throughput, ratio in rows
+            ],
+        )
     )
-    print("| size | max batch | images/s | speed-up vs first |")
-    print("|---|---|---|---|")
-    for size, batch, throughput, ratio in rows:
-        print(f"| {size}x{size} | {batch} | {throughput:.1f} | {ratio:.2f}x |")
+    report("fusion", "Fusing queued requests (`IMGEDIT_MAX_BATCH`)", body, arguments.write)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,41 @@
+"""Each CPU benchmark runs at its smallest setting, so that none of them rots; nothing is timed or written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.server import ROOT
+
+SMALLEST = {
+    "overhead": ["--sizes", "64", "--n", "1", "--formats", "png", "--runs", "1", "--warmup", "0", "--steps", "1"],
+    "concurrency": ["--size", "64", "--clients", "1", "2", "--requests", "3", "--direct-runs", "1", "--steps", "1"],
+    "memory": ["--requests", "3", "--warmup", "1", "--every", "1", "--large", "640", "480", "--trials", "1"],
+    "startup": ["--runs", "1"],
+    "fusion": ["--sizes", "64", "--requests", "2", "--batches", "1", "2", "--repeats", "1"],
+}
+HEADERS = {
+    "overhead": "| size | n | format | direct ms |",
+    "concurrency": "| clients | edits/s | of ceiling |",
+    "memory": "| upload | PNG MiB | decoded MiB | peak raise MiB |",
+    "startup": "| what | seconds | ratio |",
+    "fusion": "| size | max batch |",
+}
+
+
+@pytest.mark.parametrize("script", sorted(SMALLEST))
+def test_the_benchmark_runs_and_prints_its_table(script: str) -> None:
+    results = ROOT / "docs" / "benchmarks.md"
+    before = results.read_text()
+    completed = subprocess.run(
+        [sys.executable, "-m", f"bench.{script}", *SMALLEST[script]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert HEADERS[script] in completed.stdout
+    assert results.read_text() == before
