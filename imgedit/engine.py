@@ -231,6 +231,8 @@ class Engine:
         """
         outcome: concurrent.futures.Future[list[Image.Image]] = concurrent.futures.Future()
         with self._condition:
+            if self._closed:  # the engine thread has stopped, and nobody would run them
+                raise RuntimeError("the engine is closed")
             self._urgent.append((calls, outcome))
             self._condition.notify()
         return outcome.result()

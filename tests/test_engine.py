@@ -167,6 +167,13 @@ def test_a_failed_start_up_run_raises_in_the_caller_and_the_engine_goes_on():
         engine.close()
 
 
+def test_a_closed_engine_refuses_start_up_runs_instead_of_hanging():
+    engine = Engine()
+    engine.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.run_now(calls("late"))
+
+
 async def test_runs_the_real_tiny_pipeline(tiny_model):
     from imgedit.families.base import Defaults
     from imgedit.families.qwen_image_edit import QwenImageEditPlusAdapter
