@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 PORT ?= 3000
 IMGEDIT_MODEL ?= tiny:qwen-image-edit-plus
 
-.PHONY: install serve test lint format bento image-smoke system-deps clean
+.PHONY: install serve test e2e lint format bench bench-gpu bento image-smoke system-deps clean
 
 install: $(BIN)/.installed
 
@@ -25,8 +25,13 @@ $(BIN)/.installed: pyproject.toml
 serve: install
 	IMGEDIT_MODEL="$(IMGEDIT_MODEL)" $(BIN)/bentoml serve service:ImageEdit --port $(PORT)
 
+# REQUIRE_CHROMIUM=1: the playground's browser tests fail, rather than skip, without Chromium.
 test: install system-deps lint
-	$(BIN)/pytest
+	REQUIRE_CHROMIUM=1 $(BIN)/pytest
+
+# Only the playground's end-to-end tests (headless Chromium against a real server); `make test` runs them too.
+e2e: install system-deps
+	REQUIRE_CHROMIUM=1 $(BIN)/pytest -m e2e
 
 lint: install
 	$(BIN)/ruff check .
@@ -35,6 +40,19 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The CPU benchmarks with the tiny models (about an hour on 2 cores); each writes its section of docs/benchmarks.md.
+BENCH_RESULTS ?= docs/benchmarks.md
+bench: install
+	$(BIN)/python -m bench.overhead --write $(BENCH_RESULTS)
+	$(BIN)/python -m bench.concurrency --write $(BENCH_RESULTS)
+	$(BIN)/python -m bench.memory --write $(BENCH_RESULTS)
+	$(BIN)/python -m bench.startup --write $(BENCH_RESULTS)
+	$(BIN)/python -m bench.fusion --write $(BENCH_RESULTS)
+
+# Full-size Qwen-Image-Edit-2511 (random weights) on a GPU with 80 GB: eager against the fast path.
+bench-gpu: install
+	$(BIN)/python -m bench.gpu_qwen --write $(BENCH_RESULTS)
 
 # A Bento of the current tree. Settings travel in it as arguments, e.g.
 #   make bento ARGS="--arg model=bentoml:qwen-image-edit-2511"
@@ -45,11 +63,12 @@ bento: install
 image-smoke: install
 	PATH="$(abspath $(BIN)):$$PATH" scripts/image-smoke.sh
 
-# The curl tests run curl and jq.
+# The curl tests run curl and jq; the playground's end-to-end tests run Debian's chromium
+# (driven by Playwright's Python package; Playwright's own browser downloads are not used).
 system-deps:
-	@command -v curl >/dev/null && command -v jq >/dev/null || { \
+	@command -v curl >/dev/null && command -v jq >/dev/null && command -v chromium >/dev/null || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq curl jq >/dev/null; }
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq curl jq chromium >/dev/null; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -19,6 +19,8 @@ from imgedit.errors import ApiError
 from imgedit.loader import BENTOML_PREFIX
 from imgedit.logs import configure_logging
 from imgedit.multipart import Form
+from imgedit.playground import MOUNT_PATH as PLAYGROUND_PATH
+from imgedit.playground import create_playground_app
 from imgedit.request_context import RequestContextMiddleware
 from imgedit.runtime import StartupError, drain_on_signals, preflight, start_or_stop_server, worker_count
 from imgedit.v1_routes import ModelCard, create_v1_app
@@ -38,6 +40,8 @@ TIMEOUT_GRACE_SECONDS = 60
 WORKERS = worker_count(settings)
 
 v1_app = create_v1_app(lambda: bentoml.get_current_service().model_cards())
+#: The web page at /playground: static files that call /v1 from the browser, so it needs no key of its own.
+playground_app = create_playground_app()
 
 
 @bentoml.service(
@@ -49,6 +53,7 @@ v1_app = create_v1_app(lambda: bentoml.get_current_service().model_cards())
     logging={"access": {"enabled": False}},
 )
 @bentoml.asgi_app(v1_app, path="/v1")
+@bentoml.asgi_app(playground_app, path=PLAYGROUND_PATH)
 class ImageEdit:
     """OpenAI-compatible image edits (``POST /v1/images/edits``) for diffusers pipelines."""
 

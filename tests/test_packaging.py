@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 import tomllib
+import zipfile
 from importlib.metadata import version
 from pathlib import Path
 
@@ -11,6 +15,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parents[1]
+PLAYGROUND_FILES = ("index.html", "playground.js", "playground.css")
 
 
 def pyproject() -> dict:
@@ -36,3 +41,31 @@ def test_edits_input_overrides_bentomls_request_hook():
     from imgedit.api_io import EditsInput
 
     assert EditsInput.from_http_request.__func__ is not IOMixin.from_http_request.__func__
+
+
+def test_the_wheel_carries_the_playground_files(tmp_path):
+    source = tmp_path / "source"  # a copy, so that building leaves nothing in the tree
+    source.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", source)
+    shutil.copy(ROOT / "README.md", source)
+    shutil.copytree(ROOT / "imgedit", source / "imgedit", ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("imgedit-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"imgedit/playground/{name}" for name in PLAYGROUND_FILES} <= names
+
+
+def test_the_bentofile_includes_the_playground_files():
+    from bentoml._internal.bento.build_config import BentoPathSpec
+
+    bento = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
+    specs = BentoPathSpec(bento["include"], bento["exclude"], str(ROOT))  # what `bentoml build` copies
+    for name in PLAYGROUND_FILES:
+        assert specs.includes(f"imgedit/playground/{name}"), name

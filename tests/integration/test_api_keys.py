@@ -47,3 +47,16 @@ def test_keys_never_reach_the_log(guarded):
     assert guarded.wait_for_log("GET /v1/models status=401")
     log = guarded.log()
     assert not any(key in log for key in (*KEYS, "sk-wrong"))
+
+
+def test_the_playground_loads_without_a_key_while_the_api_needs_one(guarded):
+    redirect = httpx.get(f"{guarded.url}/playground")
+    assert redirect.is_redirect and redirect.headers["location"].endswith("/playground/")
+    for path in ("/playground/", "/playground/playground.js", "/playground/playground.css"):
+        response = httpx.get(f"{guarded.url}{path}")
+        assert response.status_code == 200, path
+        assert "default-src 'self'" in response.headers["content-security-policy"]
+    assert 'src="playground.js"' in httpx.get(f"{guarded.url}/playground/").text
+    assert httpx.get(f"{guarded.url}/playground/missing.js").status_code == 404
+    assert httpx.get(f"{guarded.url}/v1/models").status_code == 401
+    assert httpx.get(f"{guarded.url}/v1/models", headers={"Authorization": f"Bearer {KEYS[0]}"}).status_code == 200

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from PIL import Image
@@ -72,6 +73,13 @@ def test_the_bento_carries_the_model_its_arguments_and_only_the_sources(bento):
     assert info["args"] == {"model": "bentoml:tiny-ip2p"}
     sources = {path.relative_to(root / "src").parts[0] for path in (root / "src").rglob("*")}
     assert sources == {"service.py", "imgedit", "README.md", "bentofile.yaml"}
+    playground = root / "src" / "imgedit" / "playground"
+    assert {path.name for path in playground.iterdir() if path.is_file()} == {
+        "__init__.py",
+        "index.html",
+        "playground.js",
+        "playground.css",
+    }
     assert "torchvision" in (root / "env" / "python" / "requirements.txt").read_text()
 
 
@@ -107,5 +115,6 @@ def test_serving_the_tag_answers_the_spec_curl_example(bento, tmp_path):
         assert isinstance(image, Image.Image) and image.size == (256, 256)
         assert "x-request-id" in completed.stderr.lower()
         assert "serving bentoml:tiny-ip2p" in server.log()
+        assert httpx.get(f"{server.url}/playground/playground.js").headers["content-type"].startswith("text/javascript")
     finally:
         stop(process)
