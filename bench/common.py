@@ -42,13 +42,18 @@ def machine() -> str:
     import torch
 
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    versions = ", ".join(
-        f"{package} {importlib.metadata.version(package)}" for package in ("torch", "diffusers", "bentoml")
-    )
+    versions = ", ".join(f"{package} {_version(package)}" for package in ("torch", "diffusers", "bentoml"))
     return (
         f"{date.today()}, {cpu} ({os.cpu_count()} cores, {memory:.0f} GiB), {gpu}, "
         f"Python {platform.python_version()}, {versions}, torch threads {torch.get_num_threads()}"
     )
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:  # the GPU benchmark needs no BentoML
+        return "not installed"
 
 
 def command_line() -> str:

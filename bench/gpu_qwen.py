@@ -36,6 +36,11 @@ against about 8,200 image tokens, under 5 % of a step.
 
 ``--scale reduced`` builds the same pipeline a few layers deep and narrow, to
 run on a CPU; the test suite runs it that way.
+
+It needs this repository, torch, transformers, diffusers and pydantic-settings
+(not BentoML). On a GPU machine without network, fetch the wheels elsewhere
+(``pip download diffusers==0.42.1 pydantic-settings -d wheels``) and install
+them there with ``pip install --no-index --find-links wheels diffusers pydantic-settings``.
 """
 
 from __future__ import annotations

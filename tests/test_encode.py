@@ -70,3 +70,15 @@ def test_png_compress_level_trades_size():
     small = encode_image(source, None, EncodeOptions("png", 100, "opaque", png_compress_level=9))
     assert len(small) <= len(fast)
     assert Image.open(io.BytesIO(fast)).tobytes() == Image.open(io.BytesIO(small)).tobytes()
+
+
+def test_the_default_png_level_is_smaller_than_zlibs_usual_level_1_on_photographs():
+    """Level 1 uses zlib's run-length strategy: on photo-like output it is smaller, and the pixels are the same."""
+    from bench.common import photo_like
+
+    photo = photo_like(256, 256)
+    ours = encode_image(photo, None, EncodeOptions("png", 100, "opaque", png_compress_level=1))
+    usual = io.BytesIO()
+    photo.save(usual, format="PNG", compress_level=1)
+    assert len(ours) < len(usual.getvalue())
+    assert Image.open(io.BytesIO(ours)).tobytes() == photo.tobytes()
