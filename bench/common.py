@@ -126,15 +126,18 @@ def load_adapter(model: str, steps: int) -> FamilyAdapter:
 def direct_edit(adapter: FamilyAdapter, upload: bytes, size: int, n: int, steps: int) -> Callable[[], object]:
     """The pipeline calls the server makes for this edit request, as a function of no arguments.
 
-    The server's own adapter plans them, so the arguments are the server's;
-    the images come back as PIL images, as a script calling diffusers gets them.
+    The server's own adapter plans them, so the arguments are the server's, and
+    they run as the server runs them (under ``torch.inference_mode``, which on
+    its own makes a call a few percent faster than diffusers' default
+    ``no_grad``): what is left between the two is the cost of serving. The
+    images come back as PIL images, as a script calling diffusers gets them.
     """
     image = decode_image(upload, "image", 10**9)
     request = EditRequest(prompt=PROMPT, sources=(ImageSource("image"),), n=n, num_inference_steps=steps, seed=SEED)
     plan = adapter.plan(request, [image], Size(size, size), [SEED + index for index in range(n)])
 
     def run() -> object:
-        return [call.pipeline(**call.kwargs).images for call in plan.calls]
+        return [call.invoke() for call in plan.calls]
 
     return run
 

@@ -3,9 +3,10 @@
 For each output size, ``n`` and output format, one round times three things
 back to back, in an order that rotates from round to round:
 
-* ``direct``: the same pipeline object, loaded in this process, called with the
-  arguments the server gives it for the request (the server's own adapter plans
-  them), returning PIL images: what a script calling diffusers would do;
+* ``direct``: the same pipeline object, loaded in this process, called with
+  the arguments the server gives it for the request and the way the server
+  calls it (the server's own adapter plans the call), returning PIL images:
+  what a script calling diffusers would do;
 * ``sdk``: the request sent with the official ``openai`` client, its
   ``b64_json`` decoded to image bytes;
 * ``httpx``: the same request as a raw multipart POST.

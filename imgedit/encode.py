@@ -9,12 +9,12 @@ PNG is always lossless; ``output_compression`` is the JPEG/WebP quality.
 from __future__ import annotations
 
 import io
-import zlib
 from dataclasses import dataclass
 from typing import Literal
 
 from PIL import Image
 
+from imgedit.png import encode_png, supports
 from imgedit.request import Background, OutputFormat
 
 ResolvedBackground = Literal["transparent", "opaque"]
@@ -57,11 +57,9 @@ def encode_image(image: Image.Image, alpha: Image.Image | None, options: EncodeO
         image = image.convert("RGB")
     buffer = io.BytesIO()
     if options.output_format == "png":
-        # At level 1 zlib's run-length strategy beats its default: on photographic
-        # output it is about a third faster and a little smaller (docs/benchmarks.md).
-        # Higher levels are chosen for the smallest files, so they keep the default.
-        strategy = zlib.Z_RLE if options.png_compress_level == 1 else zlib.Z_DEFAULT_STRATEGY
-        image.save(buffer, format="PNG", compress_level=options.png_compress_level, compress_type=strategy)
+        if options.png_compress_level == 1 and supports(image):
+            return encode_png(image, level=1)  # the fast default; see imgedit/png.py
+        image.save(buffer, format="PNG", compress_level=options.png_compress_level)
     elif options.output_format == "jpeg":
         image.save(buffer, format="JPEG", quality=options.quality)
     else:

@@ -72,13 +72,15 @@ def test_png_compress_level_trades_size():
     assert Image.open(io.BytesIO(fast)).tobytes() == Image.open(io.BytesIO(small)).tobytes()
 
 
-def test_the_default_png_level_is_smaller_than_zlibs_usual_level_1_on_photographs():
-    """Level 1 uses zlib's run-length strategy: on photo-like output it is smaller, and the pixels are the same."""
+def test_the_default_png_level_is_as_small_as_pillows_fastest_on_photographs():
+    """Level 1 goes to imgedit.png; on photo-like output its file is within 1 % of Pillow's level 1 with RLE."""
+    import zlib
+
     from bench.common import photo_like
 
     photo = photo_like(256, 256)
     ours = encode_image(photo, None, EncodeOptions("png", 100, "opaque", png_compress_level=1))
-    usual = io.BytesIO()
-    photo.save(usual, format="PNG", compress_level=1)
-    assert len(ours) < len(usual.getvalue())
+    pillow = io.BytesIO()
+    photo.save(pillow, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)
+    assert len(ours) < 1.01 * len(pillow.getvalue())
     assert Image.open(io.BytesIO(ours)).tobytes() == photo.tobytes()

@@ -15,6 +15,7 @@ SMALLEST = {
     "memory": ["--requests", "3", "--warmup", "1", "--every", "1", "--large", "640", "480", "--trials", "1"],
     "startup": ["--runs", "1"],
     "fusion": ["--sizes", "64", "--requests", "2", "--batches", "1", "2", "--repeats", "1"],
+    "png_encoding": ["--sides", "64", "--runs", "1"],
 }
 HEADERS = {
     "overhead": "| size | n | format | direct ms |",
@@ -22,6 +23,7 @@ HEADERS = {
     "memory": "| upload | PNG MiB | decoded MiB | peak raise MiB |",
     "startup": "| what | seconds | ratio |",
     "fusion": "| size | max batch |",
+    "png_encoding": "| size | encoder | ms |",
 }
 
 
