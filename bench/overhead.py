@@ -1,7 +1,7 @@
 """What the server adds to an edit: end to end through ``bentoml serve`` against the pipeline called in-process.
 
-For each output size, ``n`` and output format, one round times three things
-back to back, in an order that rotates from round to round:
+For each output size, ``n`` and output format, rounds time three things,
+strictly alternating the direct call with each client (see :func:`measure`):
 
 * ``direct``: the same pipeline object, loaded in this process, called with
   the arguments the server gives it for the request and the way the server
@@ -12,8 +12,9 @@ back to back, in an order that rotates from round to round:
 * ``httpx``: the same request as a raw multipart POST.
 
 The server and this process run the same model with the same number of
-threads, one at a time. The table gives medians after warm-up rounds and the
-ratio of each client's median to the direct one.
+threads, one at a time. The table gives medians after warm-up rounds (the
+direct call is timed twice a round) and the ratio of each client's median to
+the direct one.
 
     python -m bench.overhead --sizes 256 512 1024 --n 1 4 --formats png jpeg --runs 20
 """
@@ -65,18 +66,26 @@ def httpx_edit(client: httpx.Client, upload: bytes, fields: dict[str, str]) -> C
     return run
 
 
-def measure(runs: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per run of each function, interleaved in rotating order; warm-up rounds are dropped."""
-    names = list(runs)
-    timings: dict[str, list[float]] = {name: [] for name in names}
+def measure(
+    direct: Callable[[], object], clients: dict[str, Callable[[], object]], rounds: int, warmup: int
+) -> dict[str, list[float]]:
+    """Seconds per run: each round pairs the direct call with each client in turn, strictly alternating.
+
+    Every run follows one of the other side (direct after a server edit, a
+    server edit after a direct one), so neither side finds the CPU caches warm
+    from its own previous run; which goes first alternates between rounds.
+    Warm-up rounds are dropped.
+    """
+    timings: dict[str, list[float]] = {name: [] for name in ("direct", *clients)}
     for index in range(warmup + rounds):
-        shift = index % len(names)
-        for name in names[shift:] + names[:shift]:
-            started = time.perf_counter()
-            runs[name]()
-            elapsed = time.perf_counter() - started
-            if index >= warmup:
-                timings[name].append(elapsed)
+        for name, client in clients.items():
+            pair = [("direct", direct), (name, client)]
+            for label, run in pair if index % 2 == 0 else reversed(pair):
+                started = time.perf_counter()
+                run()
+                elapsed = time.perf_counter() - started
+                if index >= warmup:
+                    timings[label].append(elapsed)
     return timings
 
 
@@ -104,12 +113,9 @@ def main() -> None:
                 for n in arguments.n:
                     for output_format in arguments.formats:
                         fields = edit_form(size, n, output_format, arguments.steps)
-                        runs = {
-                            "direct": direct_edit(adapter, upload, size, n, arguments.steps),
-                            "sdk": sdk_edit(sdk, upload, fields),
-                            "httpx": httpx_edit(raw, upload, fields),
-                        }
-                        timings = measure(runs, arguments.runs, arguments.warmup)
+                        direct = direct_edit(adapter, upload, size, n, arguments.steps)
+                        clients = {"sdk": sdk_edit(sdk, upload, fields), "httpx": httpx_edit(raw, upload, fields)}
+                        timings = measure(direct, clients, arguments.runs, arguments.warmup)
                         medians = {name: median(values) for name, values in timings.items()}
                         rows.append(
                             (
