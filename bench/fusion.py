@@ -5,7 +5,7 @@ batching off and on, interleaved, and reports the median throughput of each
 and their ratio. Tiny models on a CPU by default; pass ``--model`` to measure a
 real one where it runs.
 
-    python -m bench.fusion --sizes 64 256 --requests 16 --batches 1 4 --repeats 5
+    python -m bench.fusion --sizes 64 256 --requests 16 --batches 1 4 8 --repeats 5
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ async def main() -> None:
     parser.add_argument("--model", default="tiny:instruct-pix2pix")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--requests", type=int, default=16)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--write", type=Path, help="put the results into this Markdown file")
