@@ -9,6 +9,7 @@ import platform
 import re
 import statistics
 import sys
+import time
 from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
@@ -63,6 +64,13 @@ def command_line() -> str:
         return " ".join(sys.argv)
     module = script.relative_to(ROOT).with_suffix("")
     return " ".join([".venv/bin/python -m", ".".join(module.parts), *sys.argv[1:]])
+
+
+def seconds(run: Callable[[], object]) -> float:
+    """Wall-clock seconds ``run()`` takes."""
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
 
 
 def percentile(values: Sequence[float], share: float) -> float:

@@ -38,6 +38,7 @@ from bench.common import (
     png_bytes,
     report,
     reset_peak_rss,
+    seconds,
     table,
 )
 from tests.server import start_server, stop
@@ -86,16 +87,6 @@ async def run_round(url: str, clients: int, requests: int, fields: dict[str, str
     return outcome
 
 
-def time_direct(run: object, repeats: int) -> list[float]:
-    assert callable(run)
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        timings.append(time.perf_counter() - started)
-    return timings
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny:instruct-pix2pix")
@@ -111,7 +102,7 @@ def main() -> None:
     fields = edit_form(arguments.size, 1, "png", arguments.steps)
     direct = direct_edit(load_adapter(arguments.model, arguments.steps), upload, arguments.size, 1, arguments.steps)
     direct()  # warm-up
-    direct_times = time_direct(direct, arguments.direct_runs)
+    direct_times = [seconds(direct) for _ in range(arguments.direct_runs)]
     rounds = []
     with tempfile.TemporaryDirectory(prefix="imgedit-bench-") as tmp:
         server = start_server(Path(tmp), IMGEDIT_MODEL=arguments.model)
@@ -125,7 +116,7 @@ def main() -> None:
                 print(rounds[-1].clients, rounds[-1].seconds, dict(rounds[-1].statuses), flush=True)
         finally:
             stop(server.process)
-    direct_times += time_direct(direct, arguments.direct_runs)
+    direct_times += [seconds(direct) for _ in range(arguments.direct_runs)]
 
     ceiling = 1 / median(direct_times)
     rows = []

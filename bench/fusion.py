@@ -18,13 +18,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from bench.common import report, table
-from imgedit.config import Settings
+from bench.common import load_adapter, report, table
 from imgedit.engine import Engine
-from imgedit.families import adapter_class_for
-from imgedit.families.base import Defaults, FamilyAdapter
+from imgedit.families.base import FamilyAdapter
 from imgedit.images import InputImage
-from imgedit.loader import load_model
 from imgedit.request import EditRequest, ImageSource
 from imgedit.sizing import Size
 
@@ -56,8 +53,7 @@ async def main() -> None:
     parser.add_argument("--write", type=Path, help="put the results into this Markdown file")
     arguments = parser.parse_args()
 
-    loaded = load_model(Settings(model=arguments.model))
-    adapter = adapter_class_for(loaded.pipeline)(loaded.pipeline, defaults=Defaults())
+    adapter = load_adapter(arguments.model, arguments.steps)
     engines = {batch: Engine(max_queue=arguments.requests, max_batch=batch) for batch in arguments.batches}
     rows = []
     for size in arguments.sizes:

@@ -148,14 +148,13 @@ def build_pipeline(configs: dict[str, dict[str, Any]], device: torch.device, dty
             text_encoder = Qwen2_5_VLForConditionalGeneration._from_config(text_config, dtype=dtype)
     finally:
         torch.set_default_dtype(default_dtype)
-    processor_config = {key: value for key, value in configs["processor"].items()}
     return QwenImageEditPlusPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**configs["scheduler"]),
         vae=vae.eval(),
         text_encoder=text_encoder.eval(),
         tokenizer=tokenizer,
         processor=ImageOnlyQwen2VLProcessor(
-            image_processor=Qwen2VLImageProcessorPil(**processor_config), tokenizer=tokenizer
+            image_processor=Qwen2VLImageProcessorPil(**configs["processor"]), tokenizer=tokenizer
         ),
         transformer=transformer.eval(),
     )

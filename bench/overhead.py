@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import base64
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import httpx
 import openai
 import torch
 
-from bench.common import direct_edit, edit_form, load_adapter, median, photo_like, png_bytes, report, table
+from bench.common import direct_edit, edit_form, load_adapter, median, photo_like, png_bytes, report, seconds, table
 from tests.server import start_server, stop
 
 
@@ -81,9 +80,7 @@ def measure(
         for name, client in clients.items():
             pair = [("direct", direct), (name, client)]
             for label, run in pair if index % 2 == 0 else reversed(pair):
-                started = time.perf_counter()
-                run()
-                elapsed = time.perf_counter() - started
+                elapsed = seconds(run)
                 if index >= warmup:
                     timings[label].append(elapsed)
     return timings

@@ -19,10 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 from bench.common import median, report, table
-from tests.server import ROOT, free_port, serve_command, server_environment, stop
+from tests.server import ROOT, server_environment, start_server, stop
 
 BARE = """
 import sys
@@ -40,37 +38,16 @@ for plan in adapter.warmup_plans():
 print("warm", flush=True)
 """
 POLL_SECONDS = 0.02
-LIMIT_SECONDS = 300
 
 
 def time_server(model: str) -> float:
     """Seconds from starting ``bentoml serve`` to the first 200 from ``/readyz``."""
     with tempfile.TemporaryDirectory(prefix="imgedit-bench-") as tmp:
-        port = free_port()
-        env = server_environment(Path(tmp), IMGEDIT_MODEL=model)
         started = time.perf_counter()
-        process = subprocess.Popen(
-            serve_command(port),
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            with httpx.Client(timeout=1) as http:
-                while time.perf_counter() - started < LIMIT_SECONDS:
-                    if process.poll() is not None:
-                        raise RuntimeError(f"bentoml serve exited with {process.returncode}")
-                    try:
-                        if http.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                            return time.perf_counter() - started
-                    except httpx.HTTPError:
-                        pass
-                    time.sleep(POLL_SECONDS)
-            raise RuntimeError(f"bentoml serve was not ready after {LIMIT_SECONDS} s")
-        finally:
-            stop(process)
+        server = start_server(Path(tmp), poll_seconds=POLL_SECONDS, IMGEDIT_MODEL=model)
+        elapsed = time.perf_counter() - started
+        stop(server.process)
+        return elapsed
 
 
 def time_bare(model: str) -> float:

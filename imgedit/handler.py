@@ -208,13 +208,8 @@ class EditHandler:
         job = self._submit(prepared)
         async with _stop_on_disconnect(connection, job):
             outputs = await self._run(job, deadline)
-
-        def finish_all() -> list[bytes]:
-            return [prepared.finish(output) for output in outputs]
-
-        encoded = await anyio.to_thread.run_sync(finish_all)
         return images_response(
-            encoded,
+            await _encode(prepared, outputs),
             created=int(time.time()),
             output_format=prepared.request.output_format,
             size=prepared.plan.size,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import struct
 import uuid
+import zlib
 
 from PIL import Image
 
@@ -69,3 +71,27 @@ def decode(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
     return image
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny, valid-looking PNG whose header declares ``width`` x ``height``."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    )
+
+
+def edits_request_head(netloc: str, content_type: str, content_length: int, **headers: str) -> bytes:
+    """The raw HTTP/1.1 head of a ``POST /v1/images/edits``, for tests that send the body by hand."""
+    lines = [
+        "POST /v1/images/edits HTTP/1.1",
+        f"Host: {netloc}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {content_length}",
+        *(f"{name.replace('_', '-')}: {value}" for name, value in headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()

@@ -87,7 +87,11 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def start_server(tmp: Path, **overrides: str) -> Server:
+def start_server(tmp: Path, poll_seconds: float = 0.3, **overrides: str) -> Server:
+    """Start ``bentoml serve`` with the settings in ``overrides`` and wait until ``/readyz`` answers 200.
+
+    ``poll_seconds`` is how often readiness is asked; the start-up benchmark asks often.
+    """
     port = free_port()
     log_path = tmp / "server.log"
     env = server_environment(tmp, **overrides)
@@ -96,11 +100,11 @@ def start_server(tmp: Path, **overrides: str) -> Server:
             serve_command(port), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     server = Server(f"http://127.0.0.1:{port}", log_path, Path(env["TMPDIR"]), process)
-    wait_until_ready(server)
+    wait_until_ready(server, poll_seconds)
     return server
 
 
-def wait_until_ready(server: Server) -> None:
+def wait_until_ready(server: Server, poll_seconds: float = 0.3) -> None:
     """Wait for ``/readyz`` to answer 200; stop the server and fail when it dies or takes too long."""
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
@@ -111,6 +115,6 @@ def wait_until_ready(server: Server) -> None:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.3)
+        time.sleep(poll_seconds)
     stop(server.process)
     raise RuntimeError(f"bentoml serve was not ready after {STARTUP_SECONDS} s:\n{server.log()}")

@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import io
 import random
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +10,7 @@ from PIL import Image
 
 from imgedit.errors import ApiError
 from imgedit.images import decode_image
-from tests.helpers import image_bytes
+from tests.helpers import image_bytes, png_declaring
 
 MAX_PIXELS = 10_000_000
 
@@ -27,18 +25,6 @@ def error_of(data: bytes, max_pixels: int = MAX_PIXELS) -> ApiError:
     assert caught.value.status == 400
     assert caught.value.param == "image[2]"
     return caught.value
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A tiny, valid-looking PNG whose header declares ``width`` x ``height``."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
-    )
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF"])

@@ -11,10 +11,8 @@ from __future__ import annotations
 import base64
 import io
 import socket
-import struct
 import threading
 import time
-import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,7 +22,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.helpers import gradient_png, image_bytes, multipart_body
+from tests.helpers import edits_request_head, gradient_png, image_bytes, multipart_body, png_declaring
 from tests.server import start_server, stop
 
 pytestmark = pytest.mark.integration
@@ -53,16 +51,6 @@ class Case:
     code: str | None = None
     parts: list[tuple[str, bytes | str]] = field(default_factory=list)
     raw: tuple[bytes, str] | None = None
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
-    )
 
 
 def mask(size=(64, 64), hole=(0, 0, 32, 64), mode="RGBA") -> bytes:
@@ -318,10 +306,7 @@ def test_declared_and_streamed_bodies_over_the_limit_are_413(guarded):
 def test_a_client_that_stalls_gets_408_and_others_are_served(guarded):
     address = urlsplit(guarded.url)
     body, content_type = multipart_body([("image", PNG, "a.png"), ("prompt", b"p", None)])
-    head = (
-        f"POST /v1/images/edits HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
+    head = edits_request_head(address.netloc, content_type, len(body))
     with socket.create_connection((address.hostname, address.port)) as connection:
         connection.sendall(head + body[: len(body) // 2])
         connection.settimeout(30)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.helpers import gradient_png, image_bytes, multipart_body
+from tests.helpers import edits_request_head, gradient_png, image_bytes, multipart_body
 
 pytestmark = pytest.mark.integration
 
@@ -149,10 +149,7 @@ def test_a_client_that_hangs_up_mid_upload_leaves_no_traceback(server, http):
 
     address = urlsplit(server.url)
     body, content_type = multipart_body([("image", RED * 50, "a.png"), ("prompt", b"p", None)])
-    head = (
-        f"POST /v1/images/edits HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\nx-request-id: hang-up-1\r\n\r\n"
-    ).encode()
+    head = edits_request_head(address.netloc, content_type, len(body), x_request_id="hang-up-1")
     with socket.create_connection((address.hostname, address.port)) as connection:
         connection.sendall(head + body[: len(body) // 3])
     assert server.wait_for_log("[hang-up-1] POST /v1/images/edits status=")
