@@ -1,7 +1,9 @@
 """imgedit as a BentoML service: ``bentoml serve service:ImageEdit``.
 
 Glue only: settings come from ``IMGEDIT_*`` variables, the request path lives
-in :mod:`imgedit.handler`, start-up in :mod:`imgedit.runtime`.
+in :mod:`imgedit.serving.handler`, start-up in :mod:`imgedit.serving.startup`,
+and what this file needs of BentoML beyond its decorators in
+:mod:`imgedit.serving.bentoml_seam`.
 """
 
 from __future__ import annotations
@@ -12,18 +14,17 @@ import bentoml
 from starlette.requests import Request
 from starlette.responses import Response
 
-from imgedit.api_io import ImagesResponse, edits_input
-from imgedit.auth import ApiKeyMiddleware, parse_keys
+from imgedit.api.access_log import AccessLogMiddleware
+from imgedit.api.auth import ApiKeyMiddleware, parse_keys
+from imgedit.api.fields import openapi_form
+from imgedit.api.routes import ModelCard, create_v1_app
 from imgedit.config import ConfigError, load_settings, unknown_variables
-from imgedit.errors import ApiError
-from imgedit.loader import BENTOML_PREFIX
 from imgedit.logs import configure_logging
-from imgedit.multipart import Form
+from imgedit.model.loader import BENTOML_PREFIX
 from imgedit.playground import MOUNT_PATH as PLAYGROUND_PATH
 from imgedit.playground import create_playground_app
-from imgedit.request_context import RequestContextMiddleware
-from imgedit.runtime import StartupError, drain_on_signals, preflight, start_or_stop_server, worker_count
-from imgedit.v1_routes import ModelCard, create_v1_app
+from imgedit.serving.bentoml_seam import ImagesResponse, raw_request_input, worker_index
+from imgedit.serving.startup import StartupError, drain_on_signals, preflight, start_or_stop_server, worker_count
 
 try:
     settings = load_settings()
@@ -69,8 +70,7 @@ class ImageEdit:
             sys.exit(f"imgedit: {error}")
 
     def __init__(self) -> None:
-        worker = (bentoml.server_context.worker_index or 1) - 1
-        self.handler, self.card = start_or_stop_server(settings, worker)
+        self.handler, self.card = start_or_stop_server(settings, worker_index())
         drain_on_signals(self.handler.engine, settings.shutdown_grace)
 
     def __is_ready__(self) -> bool:
@@ -79,17 +79,21 @@ class ImageEdit:
     def model_cards(self) -> list[ModelCard]:
         return [self.card]
 
-    @bentoml.api(route="/v1/images/edits", input_spec=edits_input(settings), output_spec=ImagesResponse)
-    async def edits(self, form: Form | None, form_error: ApiError | None, connection: Request | None) -> Response:
+    @bentoml.api(
+        route="/v1/images/edits",
+        input_spec=raw_request_input("multipart/form-data", openapi_form()),
+        output_spec=ImagesResponse,
+    )
+    async def edits(self, connection: Request) -> Response:
         """Edit images as OpenAI's ``images.edit`` does."""
-        return await self.handler.handle(form, form_error, connection)
+        return await self.handler.handle(connection)
 
     @bentoml.on_shutdown
     def close(self) -> None:
         self.handler.engine.close()
 
 
-ImageEdit.add_asgi_middleware(RequestContextMiddleware)
+ImageEdit.add_asgi_middleware(AccessLogMiddleware)
 if settings.api_key is not None:
-    # Inside the request-context middleware, so a 401 still carries its request id and access line.
+    # Inside the access-log middleware, so a 401 still carries its request id and access line.
     ImageEdit.add_asgi_middleware(ApiKeyMiddleware, keys=parse_keys(settings.api_key.get_secret_value()))

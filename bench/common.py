@@ -18,12 +18,13 @@ import numpy as np
 from PIL import Image
 
 from imgedit.config import Settings
-from imgedit.families import adapter_class_for
-from imgedit.families.base import Defaults, FamilyAdapter
-from imgedit.images import decode_image
-from imgedit.loader import load_model
-from imgedit.request import EditRequest, ImageSource
-from imgedit.sizing import Size
+from imgedit.edit import EditOptions
+from imgedit.media.images import decode_image
+from imgedit.media.sizing import Size
+from imgedit.model.families import adapter_class_for
+from imgedit.model.families.base import FamilyAdapter
+from imgedit.model.loader import load_model
+from imgedit.model.spec import Defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "benchmarks.md"
@@ -128,7 +129,7 @@ def report(name: str, title: str, body: str, write: Path | None) -> None:
 def load_adapter(model: str, steps: int) -> FamilyAdapter:
     """``model`` loaded in this process as the server loads it, with its family adapter."""
     loaded = load_model(Settings(model=model))
-    return adapter_class_for(loaded.pipeline)(loaded.pipeline, defaults=Defaults(steps=steps))
+    return adapter_class_for(loaded.pipeline)(loaded.pipeline, overrides=Defaults(steps=steps))
 
 
 def direct_edit(adapter: FamilyAdapter, upload: bytes, size: int, n: int, steps: int) -> Callable[[], object]:
@@ -141,8 +142,8 @@ def direct_edit(adapter: FamilyAdapter, upload: bytes, size: int, n: int, steps:
     images come back as PIL images, as a script calling diffusers gets them.
     """
     image = decode_image(upload, "image", 10**9)
-    request = EditRequest(prompt=PROMPT, sources=(ImageSource("image"),), n=n, num_inference_steps=steps, seed=SEED)
-    plan = adapter.plan(request, [image], Size(size, size), [SEED + index for index in range(n)])
+    options = EditOptions(prompt=PROMPT, n=n, num_inference_steps=steps, seed=SEED)
+    plan = adapter.plan(adapter.resolve(options, [image], Size(size, size)))
 
     def run() -> object:
         return [call.invoke() for call in plan.calls]

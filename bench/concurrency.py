@@ -41,7 +41,7 @@ from bench.common import (
     seconds,
     table,
 )
-from tests.server import start_server, stop
+from devtools.server import start_server, stop
 
 MiB = 2**20
 

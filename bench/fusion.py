@@ -19,11 +19,11 @@ from pathlib import Path
 from PIL import Image
 
 from bench.common import load_adapter, report, table
-from imgedit.engine import Engine
-from imgedit.families.base import FamilyAdapter
-from imgedit.images import InputImage
-from imgedit.request import EditRequest, ImageSource
-from imgedit.sizing import Size
+from imgedit.edit import EditOptions
+from imgedit.media.images import InputImage
+from imgedit.media.sizing import Size
+from imgedit.model.families.base import FamilyAdapter
+from imgedit.serving.engine import Engine
 
 
 async def burst(engine: Engine, adapter: FamilyAdapter, size: int, requests: int, steps: int) -> float:
@@ -31,12 +31,10 @@ async def burst(engine: Engine, adapter: FamilyAdapter, size: int, requests: int
     jobs = []
     started = time.perf_counter()
     for index in range(requests):
-        request = EditRequest(
-            prompt=f"edit number {index}", sources=(ImageSource("image[0]"),), num_inference_steps=steps
-        )
+        options = EditOptions(prompt=f"edit number {index}", num_inference_steps=steps, seed=index)
         image = InputImage(rgb=Image.new("RGB", (size, size), (index * 13 % 256, 90, 30)), alpha=None)
-        (call,) = adapter.plan(request, [image], Size(size, size), [index]).calls
-        jobs.append(engine.submit([call], fusion_key=adapter.fusion_key(call), fuser=adapter.fuse))
+        (call,) = adapter.plan(adapter.resolve(options, [image], Size(size, size))).calls
+        jobs.append(engine.submit([call]))
     for job in jobs:
         await engine.result(job, time.monotonic() + 3600)
     return time.perf_counter() - started
@@ -54,7 +52,10 @@ async def main() -> None:
     arguments = parser.parse_args()
 
     adapter = load_adapter(arguments.model, arguments.steps)
-    engines = {batch: Engine(max_queue=arguments.requests, max_batch=batch) for batch in arguments.batches}
+    engines = {
+        batch: Engine(max_queue=arguments.requests, max_batch=batch, fusable=adapter.fusable)
+        for batch in arguments.batches
+    }
     rows = []
     for size in arguments.sizes:
         timings: dict[int, list[float]] = {batch: [] for batch in arguments.batches}

@@ -15,7 +15,7 @@ because compilation cannot be undone:
 * ``eager``: the pipeline as diffusers builds it, PyTorch's default SDPA
   attention: what the peers run;
 * ``fast``: imgedit's configured fast path, applied by the server's own code
-  (:func:`imgedit.acceleration.apply_options`): the fastest attention backend
+  (:func:`imgedit.model.acceleration.apply_options`): the fastest attention backend
   that works here, picked by timing each candidate at this model's attention
   shape, and regional compilation of the transformer blocks.
 
@@ -57,8 +57,8 @@ from typing import Any
 import torch
 
 from bench.common import photo_like, report, table
-from imgedit.acceleration import CUDA_ATTENTION_BACKENDS, apply_options
 from imgedit.config import Settings
+from imgedit.model.acceleration import CUDA_ATTENTION_BACKENDS, apply_options
 
 CONFIGS = Path(__file__).resolve().parent / "configs" / "qwen-image-edit-2511"
 PROMPT = "Replace the sky with a sunset and add a red kite flying above the house"
@@ -125,8 +125,8 @@ def build_pipeline(configs: dict[str, dict[str, Any]], device: torch.device, dty
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from imgedit.tiny.qwen import ImageOnlyQwen2VLProcessor
-    from imgedit.tiny.tokenizers import qwen_tokenizer
+    from imgedit.model.tiny.qwen import ImageOnlyQwen2VLProcessor
+    from imgedit.model.tiny.tokenizers import qwen_tokenizer
 
     tokenizer = qwen_tokenizer()
     token_id = tokenizer.convert_tokens_to_ids

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import edit_form, median, peak_rss, photo_like, png_bytes, report, reset_peak_rss, rss, table
-from tests.server import start_server, stop
+from devtools.server import start_server, stop
 
 MiB = 2**20
 #: The 5472x3648 sensor of a typical 20-megapixel camera.

@@ -32,7 +32,7 @@ import openai
 import torch
 
 from bench.common import direct_edit, edit_form, load_adapter, median, photo_like, png_bytes, report, seconds, table
-from tests.server import start_server, stop
+from devtools.server import start_server, stop
 
 
 def sdk_edit(client: openai.OpenAI, upload: bytes, fields: dict[str, str]) -> Callable[[], object]:

@@ -1,4 +1,4 @@
-"""PNG encoding of one output image: Pillow at level 1, Pillow at level 1 with zlib's RLE, and ``imgedit.png``.
+"""PNG encoding of one output image: Pillow at level 1, Pillow at level 1 with zlib's RLE, and ``imgedit.media.png``.
 
 Each encoder writes the same photo-like image in turn, rotating the order each
 round; the table gives the median time and the file size, and checks every
@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from bench.common import median, photo_like, report, table
-from imgedit.png import encode_png
+from imgedit.media.png import encode_png
 
 
 def pillow(image: Image.Image, **options: int) -> Callable[[], bytes]:
@@ -44,7 +44,7 @@ def main() -> None:
         encoders = {
             "Pillow, level 1": pillow(image, compress_level=1),
             "Pillow, level 1, RLE": pillow(image, compress_level=1, compress_type=zlib.Z_RLE),
-            "imgedit.png": lambda image=image: encode_png(image, 1),
+            "imgedit.media.png": lambda image=image: encode_png(image, 1),
         }
         names = list(encoders)
         timings: dict[str, list[float]] = {name: [] for name in names}

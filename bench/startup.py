@@ -20,14 +20,14 @@ import time
 from pathlib import Path
 
 from bench.common import median, report, table
-from tests.server import ROOT, server_environment, start_server, stop
+from devtools.server import ROOT, server_environment, start_server, stop
 
 BARE = """
 import sys
 import torch
 from imgedit.config import Settings
-from imgedit.families import adapter_class_for
-from imgedit.loader import load_model
+from imgedit.model.families import adapter_class_for
+from imgedit.model.loader import load_model
 
 torch.set_grad_enabled(False)
 loaded = load_model(Settings(model=sys.argv[1]))

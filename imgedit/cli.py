@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from imgedit.model_store import ModelImportError, import_model
+from imgedit.model.store import ModelImportError, import_model
 
 
 def main(argv: list[str] | None = None) -> int:

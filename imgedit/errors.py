@@ -1,16 +1,17 @@
-"""The one error type of the request path, and its OpenAI-shaped wire form.
+"""The one error type of the request path, and the body it is sent as.
 
-Every failure a client can see is an :class:`ApiError`. Its body is what the
-``openai`` SDK reads (``{"error": {"message", "type", "param", "code"}}``) plus
-the API spec's top-level ``detail``, which repeats the message.
+Every failure a client can see is an :class:`ApiError`, raised from whichever
+layer finds it (a bad field, an undecodable image, a prompt the model cannot
+take). Its body is what the ``openai`` SDK reads (``{"error": {"message",
+"type", "param", "code"}}``) plus the API spec's top-level ``detail``, which
+repeats the message. Turning it into an HTTP response is the API layer's job
+(:func:`imgedit.api.responses.error_response`), so that no layer below it
+depends on a web framework.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-
-from starlette.responses import Response
 
 
 @dataclass(eq=False)
@@ -50,14 +51,6 @@ class ApiError(Exception):
             "error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code},
             "detail": self.message,
         }
-
-    def to_response(self) -> Response:
-        return Response(
-            json.dumps(self.body()).encode(),
-            status_code=self.status,
-            headers=self.headers,
-            media_type="application/json",
-        )
 
 
 def invalid(param: str | None, message: str, code: str = "invalid_value") -> ApiError:

@@ -1,20 +1,47 @@
 """Logging for the ``imgedit`` logger: one format, the request id on every line.
 
-Prompts and other user text are logged only at debug level
-(``IMGEDIT_LOG_LEVEL=debug``); info level carries ids, sizes and timings.
+The request being handled lives in a context variable (:data:`current_request`),
+set by the API layer's access-log middleware; every line logged while handling
+it carries its id (worker threads copy the context), and :func:`note` adds
+details to its access line. Prompts and other user text are logged only at
+debug level (``IMGEDIT_LOG_LEVEL=debug``); info level carries ids, sizes and timings.
 """
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import logging
 import os
 import sys
-
-from imgedit.request_context import current_request_id
+from dataclasses import dataclass, field
 
 LOGGER_NAME = "imgedit"
 _FORMAT = "%(asctime)s [%(levelname)s] [imgedit] [%(request_id)s] %(message)s"
+
+
+@dataclass
+class RequestContext:
+    """What is known about the request being handled."""
+
+    id: str
+    #: Extra ``key=value`` pairs for the access line, added by the handler.
+    details: dict[str, object] = field(default_factory=dict)
+
+
+current_request: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("imgedit_request", default=None)
+
+
+def current_request_id() -> str:
+    context = current_request.get()
+    return context.id if context is not None else "-"
+
+
+def note(**details: object) -> None:
+    """Add ``details`` to the current request's access line (no-op outside a request)."""
+    context = current_request.get()
+    if context is not None:
+        context.details.update(details)
 
 
 class _RequestIdFilter(logging.Filter):

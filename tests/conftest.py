@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from hypothesis import settings
 
 # Nothing in the tests may reach the Hugging Face hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -11,12 +12,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Tiny models run fastest on one thread; with more, the threads mostly wait for each
 # other and for the servers the integration tests start.
 torch.set_num_threads(1)
+# Property tests explore the same examples on every run (derandomize: a fixed seed per test, no example
+# database) and never fail on a slow machine (no deadline): a test must not pass or fail by chance.
+settings.register_profile("imgedit", derandomize=True, database=None, deadline=None)
+settings.load_profile("imgedit")
 
 
 @pytest.fixture(scope="session")
 def tiny_model():
     """The built-in tiny Qwen edit pipeline, built once per test session."""
-    from imgedit.tiny import build_tiny
+    from imgedit.model.tiny import build_tiny
 
     return build_tiny("tiny:qwen-image-edit-plus")
 

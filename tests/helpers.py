@@ -7,9 +7,12 @@ import struct
 import uuid
 import zlib
 
+import anyio
 from PIL import Image
+from starlette.requests import Request
+from starlette.types import Message
 
-from imgedit.multipart import Form, Part
+from imgedit.api.multipart import Form, Part
 
 
 def image_bytes(
@@ -95,3 +98,37 @@ def edits_request_head(netloc: str, content_type: str, content_length: int, **he
         *(f"{name.replace('_', '-')}: {value}" for name, value in headers.items()),
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def http_request(body: bytes, content_type: str, chunk_bytes: int = 65536) -> Request:
+    """A Starlette request for ``POST /v1/images/edits`` whose body arrives in chunks.
+
+    Once the body is read, the client stays connected: the next receive waits forever.
+    """
+    chunks = [body[start : start + chunk_bytes] for start in range(0, len(body), chunk_bytes)] or [b""]
+    messages: list[Message] = [
+        {"type": "http.request", "body": chunk, "more_body": index < len(chunks) - 1}
+        for index, chunk in enumerate(chunks)
+    ]
+
+    async def receive() -> Message:
+        if messages:
+            return messages.pop(0)
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/images/edits",
+        "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())],
+    }
+    return Request(scope, receive)
+
+
+def form_request(*parts: tuple[str, str | bytes]) -> Request:
+    """:func:`http_request` carrying the multipart form of ``(name, value)`` pairs (bytes values are files)."""
+    encoded = [
+        (name, value, "upload") if isinstance(value, bytes) else (name, value.encode(), None) for name, value in parts
+    ]
+    return http_request(*multipart_body(encoded))

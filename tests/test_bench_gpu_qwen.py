@@ -11,7 +11,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench import gpu_qwen
-from tests.server import ROOT
+from devtools.server import ROOT
 
 REDUCED_RUN = ["--scale", "reduced", "--size", "64", "--steps", "2", "--no-compile", "--matmul-side", "256"]
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from imgedit.api.responses import error_response
 from imgedit.errors import ApiError, internal_error, invalid
 
 
@@ -21,7 +22,7 @@ from imgedit.errors import ApiError, internal_error, invalid
     ],
 )
 def test_body_is_the_openai_shape_plus_detail(status, kind):
-    response = ApiError(status, "Something is wrong.", param="size", code="invalid_value").to_response()
+    response = error_response(ApiError(status, "Something is wrong.", param="size", code="invalid_value"))
     assert response.status_code == status
     assert response.media_type == "application/json"
     assert json.loads(response.body) == {
@@ -36,7 +37,7 @@ def test_invalid_is_a_400_for_the_field():
 
 
 def test_internal_error_hides_details_and_stops_sdk_retries():
-    response = internal_error().to_response()
+    response = error_response(internal_error())
     body = json.loads(response.body)
     assert response.status_code == 500
     assert response.headers["x-should-retry"] == "false"

@@ -35,14 +35,6 @@ def test_installed_bentoml_is_in_the_tested_range():
     assert version("bentoml") in SpecifierSet(str(bentoml.specifier))
 
 
-def test_edits_input_overrides_bentomls_request_hook():
-    from _bentoml_sdk.io_models import IOMixin
-
-    from imgedit.api_io import EditsInput
-
-    assert EditsInput.from_http_request.__func__ is not IOMixin.from_http_request.__func__
-
-
 def test_the_wheel_carries_the_playground_files(tmp_path):
     source = tmp_path / "source"  # a copy, so that building leaves nothing in the tree
     source.mkdir()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.server import start_server, stop
+from devtools.server import start_server, stop
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,8 @@ import httpx
 import openai
 import pytest
 
+from devtools.server import start_server, stop
 from tests.helpers import gradient_png
-from tests.server import start_server, stop
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,6 @@ import base64
 import io
 import socket
 import threading
-import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,8 +21,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from devtools.server import start_server, stop
 from tests.helpers import edits_request_head, gradient_png, image_bytes, multipart_body, png_declaring
-from tests.server import start_server, stop
 
 pytestmark = pytest.mark.integration
 
@@ -35,9 +34,13 @@ LIMITS = {
     "IMGEDIT_MAX_INPUT_PIXELS": str(4_000_000),
     "IMGEDIT_MAX_PARTS": "32",
     "IMGEDIT_MAX_PROMPT_CHARS": "8000",
-    "IMGEDIT_BODY_IDLE_TIMEOUT": "1",
-    "IMGEDIT_URL_TIMEOUT": "1",
+    # Short enough for the stall and slow-origin cases to be quick, long enough that nothing on loopback
+    # (an upload, a fetch from the local origin) comes near them, however busy the machine.
+    "IMGEDIT_BODY_IDLE_TIMEOUT": "2",
+    "IMGEDIT_URL_TIMEOUT": "3",
 }
+#: Released when the tests are done: until then the origin's slow path never answers.
+NEVER = threading.Event()
 PNG = gradient_png(64, 64)
 
 
@@ -336,7 +339,7 @@ class _Origin(BaseHTTPRequestHandler):
             except OSError:
                 return
         elif self.path == "/slow.png":
-            time.sleep(3)
+            NEVER.wait()  # past any URL timeout
             self.send_response(200)
             self.end_headers()
         elif self.path == "/page.html":
@@ -363,6 +366,7 @@ def origin():
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
+    NEVER.set()
     server.shutdown()
 
 

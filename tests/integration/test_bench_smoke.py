@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.server import ROOT
+from devtools.server import ROOT
 
 SMALLEST = {
     "overhead": ["--sizes", "64", "--n", "1", "--formats", "png", "--runs", "1", "--warmup", "0", "--steps", "1"],

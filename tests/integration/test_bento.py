@@ -17,8 +17,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from devtools.server import ROOT, free_port, server_environment, stop
 from tests.integration.test_readme_examples import readme_example, wait_for_image
-from tests.server import ROOT, free_port, server_environment, stop
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def offline_prefix() -> list[str]:
 
 @pytest.fixture(scope="module")
 def bento(tmp_path_factory):
-    from imgedit.tiny import build_tiny
+    from imgedit.model.tiny import build_tiny
 
     home = tmp_path_factory.mktemp("bento-home")
     saved = tmp_path_factory.mktemp("saved") / "ip2p"
@@ -99,7 +99,7 @@ def test_serving_the_tag_answers_the_spec_curl_example(bento, tmp_path):
             start_new_session=True,
         )
     try:
-        from tests.server import Server, wait_until_ready
+        from devtools.server import Server, wait_until_ready
 
         server = Server(f"http://127.0.0.1:{port}", log, tmp_path, process)
         wait_until_ready(server)

@@ -7,7 +7,6 @@ The server runs the tiny model with a test-only delay per denoising step (see
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import re
 import signal
@@ -23,8 +22,8 @@ import numpy as np
 import openai
 import pytest
 
+from devtools.server import start_server, stop
 from tests.helpers import decode, gradient_png, multipart_body
-from tests.server import start_server, stop
 
 pytestmark = pytest.mark.integration
 
@@ -64,6 +63,14 @@ def edit(url: str, steps: int = 2, prompt: str = "p", **headers: str) -> httpx.R
         headers=headers,
         timeout=120,
     )
+
+
+def ready_status(url: str) -> int | None:
+    """The status of ``/readyz``, or None when the server gives no answer."""
+    try:
+        return httpx.get(f"{url}/readyz", timeout=1).status_code
+    except httpx.HTTPError:
+        return None
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
@@ -179,6 +186,9 @@ def test_out_of_memory_mid_stream_is_an_error_event(slow_server):
 
 
 def test_metrics_after_traffic(slow_server):
+    # Its own traffic, so that the counts do not depend on which tests ran before.
+    assert [edit(slow_server.url).status_code for _ in range(5)] == [200] * 5
+    assert edit(slow_server.url, prompt=OOM_PROMPT).status_code == 503
     text = httpx.get(f"{slow_server.url}/metrics").text
     for name in ("imgedit_queue_depth", "imgedit_runs_in_flight", "imgedit_images_total"):
         assert metric(text, name) >= 0
@@ -203,9 +213,8 @@ def test_sigterm_lets_the_run_in_flight_finish(tmp_path):
             assert server.wait_for_log("[last-one] step ")
             os.kill(server.process.pid, signal.SIGTERM)
             assert server.wait_for_log("shutting down: admitting no new requests")
-            # 503 while draining, until the server stops taking connections altogether.
-            with contextlib.suppress(httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
-                assert httpx.get(f"{server.url}/readyz", timeout=5).status_code == 503
+            # 503 while draining, until the server stops answering altogether (no answer: None).
+            assert ready_status(server.url) in (503, None)
             response = running.result(timeout=60)
         assert response.status_code == 200 and len(response.json()["data"]) == 1
         assert server.process.wait(timeout=60) == 0
@@ -227,30 +236,48 @@ def test_queued_requests_are_fused_into_one_batch_with_the_same_pictures(tmp_pat
         TEST_STEP_GATE_AT="0",
     )
 
-    def request(prompt: str, seed: int) -> httpx.Response:
+    def request(prompt: str, seed: int | None = None) -> httpx.Response:
+        seeded = {} if seed is None else {"seed": str(seed)}
         return httpx.post(
             f"{server.url}/v1/images/edits",
             files=[("image", gradient_png(64, 64))],
-            data={"prompt": prompt, "seed": str(seed), "num_inference_steps": "3"},
+            data={"prompt": prompt, "num_inference_steps": "3", **seeded},
             timeout=120,
         )
 
-    try:
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            holder = pool.submit(request, "gated", 0)  # holds the engine at its first step
+    def while_the_engine_is_held(*prompts: str, seeded: bool) -> list[httpx.Response]:
+        """Answers to ``prompts``, all queued while a gated request holds the engine at its first step."""
+        gate.unlink(missing_ok=True)
+        Path(f"{gate}.reached").unlink(missing_ok=True)
+        with ThreadPoolExecutor(max_workers=len(prompts) + 1) as pool:
+            holder = pool.submit(request, "gated", 0)
             while not Path(f"{gate}.reached").exists():
                 time.sleep(0.02)
-            queued = [pool.submit(request, f"edit {index}", 10 + index) for index in range(3)]
-            while metric(httpx.get(f"{server.url}/metrics").text, "imgedit_queue_depth") < 3:
+            queued = [
+                pool.submit(request, prompt, 10 + index if seeded else None) for index, prompt in enumerate(prompts)
+            ]
+            while metric(httpx.get(f"{server.url}/metrics").text, "imgedit_queue_depth") < len(prompts):
                 time.sleep(0.05)
             gate.touch()
-            fused = [future.result(timeout=120) for future in queued]
+            answers = [future.result(timeout=120) for future in queued]
             assert holder.result(timeout=120).status_code == 200
+        return answers
+
+    try:
+        prompts = [f"edit {index}" for index in range(3)]
+        fused = while_the_engine_is_held(*prompts, seeded=False)
         assert server.wait_for_log("running 3 requests as one batch")
-        alone = [request(f"edit {index}", 10 + index) for index in range(3)]  # one at a time: no batch
+        seeds = [int(answer.headers["x-imgedit-seeds"]) for answer in fused]
+        alone = [request(prompt, seed) for prompt, seed in zip(prompts, seeds, strict=True)]  # one at a time
         for batched, single in zip(fused, alone, strict=True):
             difference = np.abs(pixels(batched).astype(int) - pixels(single).astype(int)).max()
             assert difference <= 1  # batched arithmetic may round a level differently
         assert server.log().count("as one batch") == 1
+        # A request that names its seed never joins a batch: the same seed gives the same bytes.
+        seeded = while_the_engine_is_held(*prompts, seeded=True)
+        assert server.log().count("as one batch") == 1
+        replayed = [request(prompt, 10 + index) for index, prompt in enumerate(prompts)]
+        for first, again in zip(seeded, replayed, strict=True):
+            assert first.json()["data"][0]["b64_json"] == again.json()["data"][0]["b64_json"]
     finally:
         stop(server.process)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from devtools.server import start_server, stop
 from tests.helpers import gradient_png
-from tests.server import start_server, stop
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +83,7 @@ def test_family_serves_edits_and_masks(tiny, tmp_path):
             masked = http.post(
                 "/v1/images/edits",
                 files=[("image", green_png()), ("mask", left_half_mask())],
-                data={"prompt": "a red ball", "output_format": "webp", "output_compression": "100"},
+                data={"prompt": "a red ball", "output_format": "webp", "output_compression": "100", "seed": "1"},
             )
             (output,) = images_of(masked)
             assert (output.format, output.size) == ("WEBP", (96, 64))
@@ -98,7 +98,7 @@ def test_family_serves_edits_and_masks(tiny, tmp_path):
 
 def test_a_model_imported_into_the_store_is_served_from_it(tmp_path):
     """``imgedit import-model`` of a saved tiny pipeline, then ``IMGEDIT_MODEL=bentoml:NAME``."""
-    from imgedit.tiny import build_tiny
+    from imgedit.model.tiny import build_tiny
 
     saved = tmp_path / "saved"
     build_tiny("tiny:instruct-pix2pix").pipeline.save_pretrained(saved)

@@ -19,8 +19,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from devtools.server import start_server, stop
 from tests.helpers import gradient_png
-from tests.server import start_server, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

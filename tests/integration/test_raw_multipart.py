@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import httpx
 import pytest
 
@@ -139,7 +141,7 @@ def test_uploads_and_prompts_stay_off_disk_and_out_of_info_logs(server, http):
     assert response.status_code == 200
     assert marker.decode() not in server.log()
     for path in server.tmp_dir.rglob("*"):
-        if path.is_file():
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):  # a file another part removed meanwhile
             assert marker not in path.read_bytes(), path
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server import ROOT, free_port, serve_command, server_environment, stop
+from devtools.server import ROOT, free_port, serve_command, server_environment, stop
 
 pytestmark = pytest.mark.integration
 

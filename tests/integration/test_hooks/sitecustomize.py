@@ -30,8 +30,8 @@ def _wait_for(path):
 if _gate or _delay or _oom_prompt or _step_gate or _concurrency_file:
     import torch
 
-    from imgedit.engine import Engine
-    from imgedit.families.base import PipelineCall
+    from imgedit.model.call import PipelineCall
+    from imgedit.serving.engine import Engine
 
     if _gate:
         _run_now = Engine.run_now

@@ -1,0 +1,131 @@
+"""Starting and stopping a real ``bentoml serve`` process, for the integration tests and the benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+BENTOML = Path(sys.executable).with_name("bentoml")
+STARTUP_SECONDS = 180
+#: Servers started before giving up on finding a port nobody takes first.
+PORT_ATTEMPTS = 3
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    log_path: Path
+    tmp_dir: Path
+    process: subprocess.Popen
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def worker(self) -> psutil.Process:
+        """The worker process: the one that holds the model and runs the edits."""
+        workers = [
+            child
+            for child in psutil.Process(self.process.pid).children(recursive=True)
+            if "worker" in " ".join(child.cmdline())
+        ]
+        if len(workers) != 1:
+            raise RuntimeError(f"expected one worker process, found {workers}")
+        return workers[0]
+
+    def wait_for_log(self, text: str, seconds: float = 10) -> bool:
+        """Whether ``text`` shows up in the log; access lines are written just after the response."""
+        deadline = time.monotonic() + seconds
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+
+def server_environment(tmp: Path, **overrides: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("IMGEDIT_")}
+    tmp_dir = tmp / "tmp"
+    tmp_dir.mkdir(exist_ok=True)
+    env.update(
+        IMGEDIT_MODEL="tiny:qwen-image-edit-plus",
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp / "hf"),
+        BENTOML_HOME=str(tmp / "bentoml"),
+        BENTOML_DO_NOT_TRACK="true",
+        TMPDIR=str(tmp_dir),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(overrides)
+    return env
+
+
+def serve_command(port: int) -> list[str]:
+    return [str(BENTOML), "serve", "service:ImageEdit", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def start_server(tmp: Path, poll_seconds: float = 0.3, **overrides: str) -> Server:
+    """Start ``bentoml serve`` with the settings in ``overrides`` and wait until ``/readyz`` answers 200.
+
+    ``poll_seconds`` is how often readiness is asked; the start-up benchmark asks often. The
+    port is free when chosen, but another process may take it before the server binds it:
+    then the server is started again on another port.
+    """
+    for attempt in range(PORT_ATTEMPTS):
+        port = free_port()
+        log_path = tmp / "server.log"
+        env = server_environment(tmp, **overrides)
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                serve_command(port), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        server = Server(f"http://127.0.0.1:{port}", log_path, Path(env["TMPDIR"]), process)
+        try:
+            wait_until_ready(server, poll_seconds)
+        except RuntimeError:
+            if "Address already in use" not in server.log() or attempt == PORT_ATTEMPTS - 1:
+                raise
+            continue
+        return server
+    raise AssertionError("unreachable")
+
+
+def wait_until_ready(server: Server, poll_seconds: float = 0.3) -> None:
+    """Wait for ``/readyz`` to answer 200; stop the server and fail when it dies or takes too long."""
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with {server.process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(poll_seconds)
+    stop(server.process)
+    raise RuntimeError(f"bentoml serve was not ready after {STARTUP_SECONDS} s:\n{server.log()}")

@@ -1,0 +1,322 @@
+"""The fields of ``POST /v1/images/edits``, declared once: the API's contract.
+
+Each :class:`Field` says its name, type, bounds, default, description and the
+model families that use it. Everything else is made from this table: the body
+parser (:mod:`imgedit.api.parse`), the OpenAPI form published at ``/docs.json``
+(:func:`openapi_form`) and the parameter table of the README
+(:func:`readme_table`; ``python -m imgedit.api.fields`` prints it, and a test
+keeps the README equal to it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from imgedit.edit import MAX_SEED, EditOptions
+
+#: How a field travels: files, lists of strings, or one scalar of a JSON-like type.
+Kind = Literal["images", "urls", "file", "text", "integer", "number", "boolean", "choice", "size"]
+
+#: The model families (``IMGEDIT_FAMILY`` names) that take negative prompts.
+_NEGATIVE_PROMPT_FAMILIES = (
+    "qwen-image-edit-plus",
+    "qwen-image-edit",
+    "flux-kontext",
+    "flux2-klein",
+    "instruct-pix2pix",
+    "stable-diffusion",
+)
+#: Longest text of a scalar field that is not free text (a number, a choice, a flag).
+SCALAR_MAX_CHARS = 100
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of the edit request.
+
+    Attributes:
+        name: the multipart part name (and JSON key).
+        kind: its type on the wire.
+        description: what it does, in one or two sentences.
+        default: the value when absent; None means unset (a family's or the server's default applies).
+        shown_default: the default as documented when it is not a literal value.
+        low: the smallest number accepted.
+        high: the largest number accepted.
+        choices: the values accepted, for ``choice`` fields.
+        aliases: other spellings accepted for a choice, and the value each means.
+        max_chars: the longest text accepted; None for prompts (``IMGEDIT_MAX_PROMPT_CHARS``).
+        also: other part names accepted for the same field (``image[]``).
+        families: the families whose edits the field changes; None for every family,
+            or for a field that is not the model's (output encoding, streaming...).
+        required: whether a request must carry it.
+    """
+
+    name: str
+    kind: Kind
+    description: str
+    default: Any = None
+    shown_default: str | None = None
+    low: int | float | None = None
+    high: int | float | None = None
+    choices: tuple[str, ...] = ()
+    aliases: tuple[tuple[str, str], ...] = ()
+    max_chars: int | None = SCALAR_MAX_CHARS
+    also: tuple[str, ...] = ()
+    families: tuple[str, ...] | None = None
+    required: bool = False
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every part name that carries this field."""
+        return (self.name, *self.also)
+
+    @property
+    def spellings(self) -> tuple[str, ...]:
+        """Every accepted value of a choice, aliases included, in documented order."""
+        return self.choices + tuple(alias for alias, _ in self.aliases)
+
+
+FIELDS: tuple[Field, ...] = (
+    Field(
+        "image",
+        "images",
+        "Image(s) to edit: PNG, JPEG, WebP, BMP, TIFF or GIF (first frame), detected from the bytes; filename "
+        "and part type are ignored, EXIF rotation is applied. Any mix of `image` and `image[]`, in arrival order.",
+        also=("image[]",),
+    ),
+    Field(
+        "url",
+        "urls",
+        "Image URLs, `http(s)://` or `data:image/...;base64,...`, used after the uploads.",
+        also=("url[]",),
+        max_chars=None,
+    ),
+    Field(
+        "prompt",
+        "text",
+        "What to change, kept verbatim. At most `IMGEDIT_MAX_PROMPT_CHARS` characters, and no more tokens than "
+        "the model takes (about 4,000 for Qwen, the vision tokens of the images included).",
+        required=True,
+        max_chars=None,
+    ),
+    Field("model", "text", "The served name or the full model id.", shown_default="served model", max_chars=256),
+    Field("n", "integer", "Images to make; image *i* uses seed + *i*.", default=1, low=1, high=10),
+    Field(
+        "size",
+        "size",
+        "`auto` (the first image's size) or `WxH` (`x` or `X`), each side 64 to `IMGEDIT_MAX_SIDE`, area at "
+        "most `IMGEDIT_MAX_OUTPUT_PIXELS`. Rounded to the model's multiple (16 for Qwen); the response "
+        "reports the size produced.",
+        default="auto",
+        max_chars=64,
+    ),
+    Field("response_format", "choice", "Images come back as base64 only.", default="b64_json", choices=("b64_json",)),
+    Field(
+        "output_format",
+        "choice",
+        "The encoding of the output images.",
+        default="png",
+        choices=("png", "jpeg", "webp"),
+        aliases=(("jpg", "jpeg"),),
+    ),
+    Field(
+        "output_compression",
+        "integer",
+        "JPEG and WebP quality; PNG is always lossless.",
+        default=100,
+        low=0,
+        high=100,
+    ),
+    Field(
+        "background",
+        "choice",
+        "`transparent` copies the first image's alpha into the output (not with JPEG, which has no alpha); "
+        "`opaque` writes no alpha; `auto` keeps alpha when the first image had transparency.",
+        default="auto",
+        choices=("auto", "transparent", "opaque"),
+    ),
+    Field(
+        "quality",
+        "choice",
+        "`low`, `medium` and `high` run 1/4, 1/2 and all of the model's default steps; `auto` runs the default.",
+        default="auto",
+        choices=("auto", "low", "medium", "high"),
+    ),
+    Field("user", "text", "Accepted; logged at debug level only.", max_chars=512),
+    Field(
+        "mask",
+        "file",
+        "OpenAI's mask: an image the size of the first one whose fully transparent pixels (alpha 0) mark where "
+        "to edit. Works on every family (see Models).",
+    ),
+    Field(
+        "negative_prompt",
+        "text",
+        'What to steer away from. With Qwen and `true_cfg_scale` > 1, `" "` is used when none is given '
+        "(the model card's advice).",
+        max_chars=None,
+        families=_NEGATIVE_PROMPT_FAMILIES,
+    ),
+    Field(
+        "num_inference_steps",
+        "integer",
+        "Denoising steps; wins over `quality`.",
+        shown_default="family default (see Models)",
+        low=1,
+        high=200,
+    ),
+    Field(
+        "guidance_scale",
+        "number",
+        "Guidance strength (for Qwen, only guidance-distilled checkpoints use it).",
+        shown_default="family default",
+        low=0,
+        high=20,
+    ),
+    Field(
+        "true_cfg_scale",
+        "number",
+        "True classifier-free guidance: above 1 it runs the negative prompt too (twice the work per step).",
+        shown_default="family default",
+        low=0,
+        high=20,
+        families=("qwen-image-edit-plus", "qwen-image-edit", "flux-kontext"),
+    ),
+    Field(
+        "image_guidance_scale",
+        "number",
+        "How closely to follow the input image.",
+        shown_default="1.5",
+        low=0,
+        high=20,
+        families=("instruct-pix2pix",),
+    ),
+    Field(
+        "strength",
+        "number",
+        "How much of the image is re-noised: img2img always, the others when they inpaint a mask.",
+        shown_default="family default",
+        low=0,
+        high=1,
+        families=("qwen-image-edit", "flux-kontext", "flux2-klein", "stable-diffusion"),
+    ),
+    Field("seed", "integer", "The first image's seed.", shown_default="random", low=0, high=MAX_SEED),
+    Field("stream", "boolean", "Answer with server-sent events (see Streaming).", default=False),
+    Field("partial_images", "integer", "Previews per output image while streaming.", default=0, low=0, high=3),
+)
+
+FIELDS_BY_NAME: dict[str, Field] = {field.name: field for field in FIELDS}
+#: The fields that change what the model makes: its inputs and :class:`~imgedit.edit.EditOptions`.
+#: The others only change how the server answers (encoding, streaming, logs).
+MODEL_FIELDS = frozenset({"image", "url", "mask", "size", *(option.name for option in dataclasses.fields(EditOptions))})
+
+
+# -- the OpenAPI form -------------------------------------------------------------------------
+
+
+def openapi_form() -> dict[str, Any]:
+    """The documented multipart form of ``POST /v1/images/edits``: every field, with its bounds."""
+    return {
+        "type": "object",
+        "title": "ImageEditForm",
+        "required": [field.name for field in FIELDS if field.required],
+        "properties": {field.name: _openapi_property(field) for field in FIELDS},
+    }
+
+
+def _openapi_property(field: Field) -> dict[str, Any]:
+    schema: dict[str, Any]
+    if field.kind == "images":
+        schema = {"type": "array", "items": {"type": "string", "format": "binary"}}
+    elif field.kind == "urls":
+        schema = {"type": "array", "items": {"type": "string"}}
+    elif field.kind == "file":
+        schema = {"type": "string", "format": "binary"}
+    elif field.kind == "choice":
+        schema = {"type": "string", "enum": list(field.spellings)}
+    elif field.kind == "size":
+        schema = {"type": "string", "pattern": "^(auto|[0-9]+[xX][0-9]+)$"}
+    elif field.kind == "text":
+        schema = {"type": "string"} if field.max_chars is None else {"type": "string", "maxLength": field.max_chars}
+    else:
+        schema = {"type": field.kind}
+    if field.low is not None:
+        schema["minimum"] = field.low
+    if field.high is not None:
+        schema["maximum"] = field.high
+    if field.default is not None:
+        schema["default"] = field.default
+    also = f" Also accepted as '{field.also[0]}'." if field.also else ""
+    schema["description"] = _plain(field.description) + also
+    return schema
+
+
+def _plain(markdown: str) -> str:
+    return markdown.replace("`", "'").replace("*", "")
+
+
+# -- the README table ------------------------------------------------------------------------
+
+_TYPES = {
+    "images": "file(s)",
+    "urls": "string(s)",
+    "file": "file",
+    "text": "string",
+    "integer": "integer",
+    "number": "number",
+    "boolean": "boolean",
+    "choice": "string",
+    "size": "string",
+}
+
+
+def readme_table() -> str:
+    """The README's parameter table of ``POST /v1/images/edits``, in Markdown."""
+    rows = ["| Field | Type | Default | Values | Used by | Notes |", "|---|---|---|---|---|---|"]
+    rows += [
+        f"| {_names(field)} | {_TYPES[field.kind]} | {_default(field)} | {_values(field)} "
+        f"| {_families(field)} | {field.description} |"
+        for field in FIELDS
+    ]
+    return "\n".join(rows) + "\n"
+
+
+def _names(field: Field) -> str:
+    return " / ".join(f"`{name}`" for name in field.names)
+
+
+def _default(field: Field) -> str:
+    if field.required:
+        return "required"
+    if field.shown_default is not None:
+        return field.shown_default
+    if field.default is None:
+        return ""
+    if isinstance(field.default, bool):
+        return f"`{str(field.default).lower()}`"
+    return f"`{field.default}`" if isinstance(field.default, str) else str(field.default)
+
+
+def _values(field: Field) -> str:
+    if field.kind == "choice":
+        aliases = dict(field.aliases)
+        named = [f"`{choice}`" for choice in field.choices]
+        return ", ".join(named) + "".join(f" (`{alias}` = `{meaning}`)" for alias, meaning in aliases.items())
+    if field.low is not None and field.high is not None:
+        high = "2^64-1" if field.high == MAX_SEED else f"{field.high:g}"
+        return f"{field.low:g} to {high}"
+    if field.kind == "text" and field.max_chars is not None:
+        return f"at most {field.max_chars} characters"
+    return ""
+
+
+def _families(field: Field) -> str:
+    if field.families is not None:
+        return ", ".join(f"`{family}`" for family in field.families)
+    return "all" if field.name in MODEL_FIELDS else ""
+
+
+if __name__ == "__main__":
+    print(readme_table(), end="")

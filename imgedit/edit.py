@@ -1,0 +1,53 @@
+"""The edit a request asks of the model, as the model layer sees it: no HTTP, no pixels.
+
+The API layer fills one :class:`EditOptions` from the wire (whichever body
+format it came in); the model layer resolves it against the family's defaults
+into a call specification (:class:`imgedit.model.spec.EditSpec`). Fields left
+None keep the family's default.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Literal
+
+#: Seeds are unsigned 64-bit integers, as ``torch.Generator.manual_seed`` takes them.
+MAX_SEED = 2**64 - 1
+
+Quality = Literal["auto", "low", "medium", "high"]
+
+
+@dataclass(frozen=True)
+class EditOptions:
+    """What the caller asked of the model; None leaves the family's default.
+
+    Attributes:
+        prompt: what to change, verbatim.
+        negative_prompt: what to steer away from (families with guidance).
+        n: output images; image i uses seed + i.
+        seed: the first image's seed; None picks one at random.
+        quality: a share of the default steps, unless ``num_inference_steps`` is set.
+        num_inference_steps: denoising steps.
+        guidance_scale: (embedded or classifier-free) guidance, by family.
+        true_cfg_scale: true classifier-free guidance (Qwen, FLUX.1 Kontext).
+        image_guidance_scale: how closely to follow the input (InstructPix2Pix).
+        strength: how much of the image is re-noised (img2img and inpainting).
+    """
+
+    prompt: str
+    negative_prompt: str | None = None
+    n: int = 1
+    seed: int | None = None
+    quality: Quality = "auto"
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    true_cfg_scale: float | None = None
+    image_guidance_scale: float | None = None
+    strength: float | None = None
+
+
+def seeds_for(seed: int | None, n: int) -> tuple[int, ...]:
+    """Image i uses seed + i (wrapping past :data:`MAX_SEED`); a random base seed when ``seed`` is None."""
+    base = seed if seed is not None else secrets.randbelow(MAX_SEED + 1)
+    return tuple((base + index) % (MAX_SEED + 1) for index in range(n))

@@ -1,0 +1,123 @@
+"""What runs on the device: one pipeline call, and the plan of calls that serves one edit.
+
+A :class:`PipelineCall` is a diffusers pipeline with its keyword arguments,
+ready to run; an :class:`EditPlan` is the calls that make one request's images.
+Adapters make them (:mod:`imgedit.model.families`), the engine runs them.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from PIL import Image
+
+from imgedit.media.sizing import Size
+
+#: Called after every denoising step with the step index (from 0), the number
+#: of steps the call runs, and the current latents; raising from it stops the run.
+StepHook = Callable[[int, int, torch.Tensor], None]
+#: ``native`` when the pipeline inpaints the mask itself, ``composite`` when
+#: the edit is composited back onto the original outside the mask afterwards,
+#: ``none`` without a mask.
+MaskMode = Literal["none", "native", "composite"]
+
+
+@dataclass(frozen=True)
+class PipelineCall:
+    """One ``pipeline(**kwargs)`` call, returning ``num_images`` images of ``generated_size``.
+
+    ``generated_size`` is what the pipeline really makes; it differs from the
+    request's size only for pipelines that choose their own size (the output is
+    then resized to the requested one).
+    """
+
+    pipeline: Any
+    kwargs: dict[str, Any]
+    num_images: int
+    generated_size: Size
+
+    def invoke(self, on_step: StepHook | None = None) -> list[Image.Image]:
+        """Run the call, wiring ``on_step`` into whichever step callback the pipeline has."""
+        kwargs = dict(self.kwargs)
+        if on_step is not None:
+            parameters = call_parameters(type(self.pipeline))
+            if "callback_on_step_end" in parameters:
+
+                def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+                    on_step(step, self._total_steps(), tensors["latents"])
+                    return tensors
+
+                kwargs["callback_on_step_end"] = on_step_end
+            elif "callback" in parameters and "callback_steps" in parameters:  # the pre-0.22 callback style
+
+                def legacy(step: int, timestep: Any, latents: torch.Tensor) -> None:
+                    on_step(step, self._total_steps(), latents)
+
+                kwargs["callback"] = legacy
+                kwargs["callback_steps"] = 1
+        with torch.inference_mode():
+            return list(self.pipeline(**kwargs).images)
+
+    def _total_steps(self) -> int:
+        """Steps this call runs: the pipeline's own count once it started (strength shortens it)."""
+        counted = getattr(self.pipeline, "_num_timesteps", None)
+        return int(counted) if counted else int(self.kwargs.get("num_inference_steps", 1))
+
+
+@dataclass(frozen=True)
+class EditPlan:
+    """How an adapter serves one request.
+
+    Attributes:
+        calls: pipeline calls that together make one image per seed, in order.
+        size: the output size.
+        steps: denoising steps per call.
+        mask_mode: how the mask is honoured (see :data:`MaskMode`).
+    """
+
+    calls: list[PipelineCall]
+    size: Size
+    steps: int
+    mask_mode: MaskMode = "none"
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens behind one output image, as OpenAI's ``usage`` reports them."""
+
+    text_tokens: int
+    image_tokens: int
+    output_tokens: int
+
+    def as_openai(self) -> dict[str, Any]:
+        inputs = self.text_tokens + self.image_tokens
+        return {
+            "input_tokens": inputs,
+            "input_tokens_details": {"text_tokens": self.text_tokens, "image_tokens": self.image_tokens},
+            "output_tokens": self.output_tokens,
+            "total_tokens": inputs + self.output_tokens,
+        }
+
+
+@functools.cache
+def call_parameters(pipeline_class: type) -> frozenset[str]:
+    """The keyword arguments ``pipeline_class.__call__`` takes."""
+    return frozenset(inspect.signature(pipeline_class.__call__).parameters)
+
+
+def generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per output image, so image i depends only on seed i.
+
+    CPU generators make the initial noise identical on every device.
+    """
+    return [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+
+
+def postprocess(pipeline: Any, decoded: torch.Tensor) -> list[Image.Image]:
+    """Pictures from a VAE decode in [-1, 1], with the pipeline's own image processor."""
+    return pipeline.image_processor.postprocess(decoded.float(), output_type="pil")

@@ -1,0 +1,237 @@
+"""What every model-family adapter provides.
+
+An adapter owns all model-specific knowledge: which diffusers pipeline classes
+it serves, how many input images they take, the size multiple and what the
+requested size means to them, default steps and guidance, how a resolved edit
+(:class:`~imgedit.model.spec.EditSpec`) becomes pipeline arguments, whether a
+mask is inpainted natively, whether its calls may be fused into one batch, and
+how to turn intermediate latents into a preview picture. The request path asks
+the adapter and never branches on a model name itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+
+from imgedit.edit import EditOptions
+from imgedit.errors import invalid
+from imgedit.logs import get_logger
+from imgedit.media.images import InputImage
+from imgedit.media.sizing import Size
+from imgedit.model.call import EditPlan, PipelineCall, Usage, call_parameters
+from imgedit.model.spec import Defaults, EditSpec, resolve
+
+log = get_logger(__name__)
+
+#: Size of the synthetic image and output of the warm-up call.
+WARMUP_SIDE = 64
+
+
+def _from_pipe(class_name: str, pipeline: Any) -> Any:
+    built = getattr(importlib.import_module("diffusers"), class_name).from_pipe(pipeline)
+    built.set_progress_bar_config(disable=True)
+    return built
+
+
+class FamilyAdapter(ABC):
+    """Maps resolved edits onto one family of diffusers pipelines.
+
+    Args:
+        pipeline: the loaded pipeline (an instance of one of ``pipeline_classes``).
+        overrides: the operator's overrides of the family's defaults (``IMGEDIT_DEFAULT_*``).
+        max_images: overrides ``default_max_images``, up to ``max_images_supported``.
+
+    Raises:
+        ValueError: ``max_images`` is more than the pipeline takes.
+    """
+
+    #: Family name: chosen with ``IMGEDIT_FAMILY``, shown in logs.
+    name: ClassVar[str]
+    #: Input images accepted per request unless the operator says otherwise.
+    default_max_images: ClassVar[int] = 1
+    #: The most input images the pipeline can take at all.
+    max_images_supported: ClassVar[int] = 1
+    #: The family's defaults (``steps`` is required); :meth:`family_defaults` may refine them per pipeline.
+    defaults: ClassVar[Defaults]
+    #: Make all ``n`` images in one call (True) or one call per image (False).
+    #: Separate calls make image i byte-identical to an ``n=1`` request with
+    #: seed + i; batching changes the numerics slightly.
+    batches_images: ClassVar[bool] = False
+    #: Whether queued single-image calls with equal parameters may run as one
+    #: batched call (lists of prompts, images and generators): the engine fuses them.
+    fusable: ClassVar[bool] = False
+    #: The pipeline classes served, by diffusers class name: each edit pipeline
+    #: with its inpainting counterpart (None when there is none). Whichever of
+    #: a pair is loaded, the other is built from the same weights with
+    #: ``from_pipe``; families without one composite the edit back outside the mask.
+    pipeline_pairs: ClassVar[tuple[tuple[str, str | None], ...]]
+
+    def __init__(self, pipeline: Any, *, overrides: Defaults | None = None, max_images: int | None = None) -> None:
+        self.max_images = max_images or self.default_max_images
+        if self.max_images > self.max_images_supported:
+            raise ValueError(f"{self.name} takes at most {self.max_images_supported} input images")
+        self.loaded = pipeline
+        #: Runs requests without a mask.
+        self.pipeline: Any
+        #: Runs requests with a mask, when the family inpaints natively.
+        self.inpaint_pipeline: Any | None
+        self.pipeline, self.inpaint_pipeline = self.build_pipelines(pipeline)
+        #: What an edit leaves unset becomes: the operator's overrides over the family's defaults.
+        self.resolved_defaults = self.family_defaults().overridden_by(overrides or Defaults())
+
+    @classmethod
+    def pipeline_classes(cls) -> tuple[str, ...]:
+        """Every diffusers pipeline class name this adapter can be given."""
+        return tuple(name for pair in cls.pipeline_pairs for name in pair if name is not None)
+
+    def build_pipelines(self, loaded: Any) -> tuple[Any, Any | None]:
+        """The edit pipeline and the inpainting one (or None), one of them ``loaded``.
+
+        The other is built with ``from_pipe``: it shares every component, so it costs no memory.
+        """
+        names = [cls.__name__ for cls in type(loaded).__mro__]
+        for edit, inpaint in self.pipeline_pairs:
+            if edit in names:
+                return loaded, _from_pipe(inpaint, loaded) if inpaint else None
+            if inpaint in names:
+                return _from_pipe(edit, loaded), loaded
+        # A pipeline of another class whose family was forced: use it as it is.
+        return loaded, None
+
+    # -- what a family must say -------------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def size_multiple(self) -> int:
+        """Output width and height must be multiples of this."""
+
+    @abstractmethod
+    def arguments(self, pipeline: Any, spec: EditSpec) -> dict[str, Any]:
+        """The family's arguments for ``pipeline(...)``, before filtering by its signature.
+
+        Args:
+            pipeline: the pipeline that will run them (the loaded one, or its
+                inpainting variant when ``spec.mask`` is set).
+            spec: the resolved edit; ``spec.seeds`` holds the seeds of this call only.
+        """
+
+    @abstractmethod
+    def preview(self, call: PipelineCall, latents: torch.Tensor) -> list[Image.Image]:
+        """Decode the latents seen by a step hook of ``call`` into one picture per image."""
+
+    # -- what a family may refine -----------------------------------------------------------
+
+    def family_defaults(self) -> Defaults:
+        """The defaults for the loaded pipeline (by default :attr:`defaults`; some depend on the checkpoint)."""
+        return self.defaults
+
+    def check(self, spec: EditSpec) -> None:
+        """Refuse, with an :class:`~imgedit.errors.ApiError`, an edit this family cannot run.
+
+        The default accepts everything; families override it for limits of their model.
+        """
+        return None
+
+    def generated_size(self, pipeline: Any, spec: EditSpec) -> Size:
+        """The size ``pipeline`` will really generate for ``spec`` (by default, ``spec.size``)."""
+        return spec.size
+
+    @property
+    def native_mask(self) -> bool:
+        """Whether a mask is inpainted by a pipeline (rather than composited afterwards)."""
+        return self.inpaint_pipeline is not None
+
+    # -- shared machinery -------------------------------------------------------------------
+
+    def resolve(
+        self, options: EditOptions, images: Sequence[InputImage], size: Size, mask_region: Image.Image | None = None
+    ) -> EditSpec:
+        """``options`` with every default resolved for this family.
+
+        Args:
+            mask_region: the request's mask at the first image's size, white
+                where to edit; None without one.
+        """
+        return resolve(options, self.resolved_defaults, images, size, mask_region, native_mask=self.native_mask)
+
+    def plan(self, spec: EditSpec) -> EditPlan:
+        """How to serve ``spec``: its pipeline calls, one per image unless the family batches them.
+
+        Raises:
+            ApiError: 400 when the family cannot run the edit (see :meth:`check`).
+        """
+        self.check(spec)
+        pipeline = self.inpaint_pipeline if spec.mask is not None else self.pipeline
+        groups = [spec.seeds] if self.batches_images else [(seed,) for seed in spec.seeds]
+        generated = self.generated_size(pipeline, spec)
+        calls = []
+        for seeds in groups:
+            arguments = self.arguments(pipeline, _with_seeds(spec, seeds))
+            calls.append(PipelineCall(pipeline, _accepted_only(pipeline, arguments), len(seeds), generated))
+        return EditPlan(calls, spec.size, spec.steps, spec.mask_mode)
+
+    def usage(self, spec: EditSpec) -> Usage:
+        """Token counts for one output image, as OpenAI's ``usage`` reports them.
+
+        Text tokens are the prompt's tokens by the pipeline's tokenizer; image
+        tokens are latent patches, one per ``size_multiple`` square: what the
+        denoiser attends over, input references and the output alike.
+        """
+        tokenizer = getattr(self.pipeline, "tokenizer", None)
+        try:
+            text = len(tokenizer(spec.prompt).input_ids) if tokenizer is not None else len(spec.prompt.split())
+        except Exception:  # a processor-style tokenizer with another call shape
+            text = len(spec.prompt.split())
+        patch = self.size_multiple
+        image = sum((each.size.width // patch) * (each.size.height // patch) for each in spec.images)
+        output = (spec.size.width // patch) * (spec.size.height // patch)
+        return Usage(text_tokens=text, image_tokens=image, output_tokens=output)
+
+    def warmup_plans(self) -> list[EditPlan]:
+        """One-step plans on a small blank image, run before serving: the edit, and the inpainting variant."""
+        images = [InputImage(rgb=Image.new("RGB", (WARMUP_SIDE, WARMUP_SIDE), (127, 127, 127)), alpha=None)]
+        options = EditOptions(prompt="warm-up", num_inference_steps=1, seed=0)
+        side = max(WARMUP_SIDE, self.size_multiple)
+        plans = [self.plan(self.resolve(options, images, Size(side, side)))]
+        if self.inpaint_pipeline is not None and self.inpaint_pipeline is not self.pipeline:
+            region = Image.new("L", (WARMUP_SIDE, WARMUP_SIDE), 0)
+            region.paste(255, (0, 0, WARMUP_SIDE // 2, WARMUP_SIDE))
+            plans.append(self.plan(self.resolve(options, images, Size(side, side), region)))
+        return plans
+
+
+def _with_seeds(spec: EditSpec, seeds: tuple[int, ...]) -> EditSpec:
+    return spec if seeds == spec.seeds else dataclasses.replace(spec, seeds=seeds)
+
+
+def _accepted_only(pipeline: Any, arguments: dict[str, Any]) -> dict[str, Any]:
+    """``arguments`` that ``pipeline`` takes and that are set; the others are logged at debug level."""
+    accepted = call_parameters(type(pipeline))
+    dropped = sorted(name for name, value in arguments.items() if name not in accepted and value is not None)
+    if dropped:
+        log.debug("%s ignores %s", type(pipeline).__name__, ", ".join(dropped))
+    return {name: value for name, value in arguments.items() if name in accepted and value is not None}
+
+
+def require_a_denoising_step(steps: int, strength: float) -> None:
+    """Refuse a ``strength`` that leaves a flow-matching img2img or inpainting pipeline no step to run.
+
+    Those pipelines skip the first ``int(steps - steps * strength)`` steps of the
+    schedule (their ``get_timesteps``) and fail when none is left.
+
+    Raises:
+        ApiError: 400 naming ``strength``.
+    """
+    skipped = int(max(steps - min(steps * strength, steps), 0))
+    if steps - skipped < 1:
+        raise invalid(
+            "strength",
+            f"strength={strength:g} with {steps} steps leaves no denoising step; raise strength or the steps.",
+        )

@@ -1,0 +1,128 @@
+"""Everything imgedit asks of BentoML beyond its documented decorators, in one place.
+
+* :func:`raw_request_input`: an input descriptor that hands the API function
+  the HTTP request with its body unread, so that :mod:`imgedit.api.body`
+  reads it (BentoML's typed multipart inputs mishandle what real clients send).
+  It overrides ``from_http_request``, which BentoML 1.4 calls on every input
+  descriptor but does not document, and ``model_json_schema``, which feeds
+  the OpenAPI document.
+* :func:`worker_index`: which of the service's workers this process is (from 0).
+* :func:`arrange_exit_status` and :func:`stop_server`: a worker that cannot
+  start stops the whole ``bentoml serve`` (its parent process), which then
+  exits with status 1; BentoML's process manager would otherwise restart the
+  worker forever, or leave a server with no worker inside a container.
+
+BentoML is pinned to the 1.4 line; ``tests/serving/test_bentoml_seam.py``
+fails when an upgrade changes any of this behaviour.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar, Literal, NoReturn
+
+import bentoml
+from pydantic import ConfigDict
+from starlette.requests import Request
+
+#: Set by :func:`arrange_exit_status` for the workers: where a worker records a fatal start-up failure.
+#: (Not ``IMGEDIT_``-prefixed: it is no setting.)
+FAILURE_FILE_VARIABLE = "_IMGEDIT_STARTUP_FAILURE_FILE"
+
+
+class RawRequestInput(bentoml.IODescriptor):
+    """The HTTP request, its body unread; the API reads and answers it itself."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    media_type: ClassVar[str | None] = None
+    #: The request body as the OpenAPI document shows it.
+    body_schema: ClassVar[dict[str, Any]] = {}
+
+    connection: Request | None = None
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return cls.body_schema
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> RawRequestInput:
+        return cls.model_construct(connection=request)
+
+
+def raw_request_input(media_type: str, body_schema: dict[str, Any]) -> type[RawRequestInput]:
+    """A :class:`RawRequestInput` documented as a ``media_type`` body of ``body_schema``."""
+    bound = type("EditsInput", (RawRequestInput,), {"media_type": media_type, "body_schema": body_schema})
+    # Keeps BentoML from documenting the descriptor's own field as a form part.
+    bound.multipart_fields = list(RawRequestInput.model_fields)
+    return bound
+
+
+class ImageItem(bentoml.IODescriptor):
+    b64_json: str
+    url: None = None
+    revised_prompt: None = None
+
+
+class ImagesResponse(bentoml.IODescriptor):
+    """The documented success body; the handler writes it itself (see :mod:`imgedit.api.responses`)."""
+
+    created: int
+    data: list[ImageItem]
+    output_format: Literal["png", "jpeg", "webp"]
+    size: str
+    background: Literal["transparent", "opaque"]
+
+
+def worker_index() -> int:
+    """This worker's index among the service's workers, from 0 (0 outside ``bentoml serve``)."""
+    return (bentoml.server_context.worker_index or 1) - 1
+
+
+def arrange_exit_status() -> None:
+    """In the ``bentoml serve`` process: exit with status 1 if a worker later calls :func:`stop_server`.
+
+    The workers inherit the path of a file they write their failure to; this
+    process reads it when it exits.
+    """
+    descriptor, path = tempfile.mkstemp(prefix="imgedit-startup-")
+    os.close(descriptor)
+    os.environ[FAILURE_FILE_VARIABLE] = path
+
+    def exit_with_failure_status() -> None:
+        try:
+            failed = os.path.getsize(path) > 0
+            os.unlink(path)
+        except OSError:
+            failed = False
+        if failed:
+            os._exit(1)
+
+    atexit.register(exit_with_failure_status)
+
+
+def stop_server(message: str) -> NoReturn:
+    """Print ``message`` and stop the whole ``bentoml serve`` process, not just this worker.
+
+    The worker records the failure for :func:`arrange_exit_status`'s exit
+    handler (so ``bentoml serve`` exits with status 1), asks its parent to shut
+    down, and exits.
+    """
+    print(message, file=sys.stderr, flush=True)
+    failure_file = os.environ.get(FAILURE_FILE_VARIABLE)
+    if failure_file:
+        with contextlib.suppress(OSError):
+            Path(failure_file).write_text(message)
+    parent = os.getppid()
+    try:
+        parent_command = Path(f"/proc/{parent}/cmdline").read_bytes()
+    except OSError:
+        parent_command = b""
+    if b"bentoml" in parent_command:
+        os.kill(parent, signal.SIGTERM)
+    os._exit(1)

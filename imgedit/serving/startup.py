@@ -1,0 +1,170 @@
+"""Start-up: check, load the model, pick its adapter, warm it up, build the request handler.
+
+``bentoml serve`` runs :func:`preflight` once in its own process before any
+worker starts, and each worker then runs :func:`start`. A worker that fails
+there stops the whole server with one line (:func:`start_or_stop_server`).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import traceback
+from typing import Any
+
+import torch
+
+from imgedit import metrics
+from imgedit.api.routes import ModelCard
+from imgedit.config import Settings
+from imgedit.errors import one_line
+from imgedit.logs import get_logger
+from imgedit.media.fetch import Fetcher, FetchPolicy
+from imgedit.model.acceleration import OptionError, apply_options
+from imgedit.model.families import UnsupportedPipeline, adapter_class_for
+from imgedit.model.loader import ModelLoadError, check_model_source, load_model
+from imgedit.model.spec import Defaults
+from imgedit.serving.bentoml_seam import arrange_exit_status, stop_server
+from imgedit.serving.engine import Engine
+from imgedit.serving.handler import EditHandler
+
+log = get_logger(__name__)
+
+
+class StartupError(Exception):
+    """Serving cannot start; the message is one line for the operator."""
+
+
+def preflight(settings: Settings) -> None:
+    """Checks run once in the ``bentoml serve`` process before workers start.
+
+    Also arranges for that process to exit with status 1 if a worker later
+    fails to start.
+
+    Raises:
+        StartupError: the device or the model source is not available.
+    """
+    try:
+        check_model_source(settings)
+    except ModelLoadError as error:
+        raise StartupError(str(error)) from None
+    arrange_exit_status()
+
+
+def worker_count(settings: Settings) -> int:
+    """``IMGEDIT_WORKERS``, by default one worker per visible GPU (one on a machine without).
+
+    A model spread over the GPUs with ``IMGEDIT_DEVICE_MAP`` is served by one worker.
+    """
+    if settings.workers is not None:
+        return settings.workers
+    if settings.device == "cpu" or settings.device_map != "none" or not torch.cuda.is_available():
+        return 1
+    return max(1, torch.cuda.device_count())
+
+
+def start(settings: Settings, worker: int = 0) -> tuple[EditHandler, ModelCard]:
+    """Load and warm up the configured model on worker ``worker``'s device; return its handler and model card.
+
+    Raises:
+        StartupError: the model cannot be loaded or served as configured.
+        Exception: anything unexpected (a failed warm-up, for instance).
+    """
+    started = time.monotonic()
+    try:
+        loaded = load_model(settings, worker)
+        adapter_class = adapter_class_for(loaded.pipeline, settings.family)
+        options = apply_options(loaded.pipeline, settings, loaded.device)
+    except (ModelLoadError, UnsupportedPipeline, OptionError) as error:
+        raise StartupError(str(error)) from None
+    overrides = Defaults(
+        steps=settings.default_steps or loaded.default_steps,
+        guidance_scale=settings.default_guidance_scale,
+        true_cfg_scale=settings.default_true_cfg_scale,
+    )
+    try:
+        adapter = adapter_class(loaded.pipeline, overrides=overrides, max_images=settings.max_images)
+    except ValueError as error:  # the only setting an adapter can refuse
+        raise StartupError(f"IMGEDIT_MAX_IMAGES: {error}") from None
+    engine = Engine(
+        max_queue=settings.max_queue,
+        max_batch=settings.max_batch,
+        progress_interval=settings.progress_log_seconds,
+        previewer=adapter.preview,
+        fusable=adapter.fusable,
+    )
+    try:
+        for plan in adapter.warmup_plans():
+            engine.run_now(plan.calls)
+    except Exception as error:
+        if settings.family is None:
+            raise
+        # A forced family that does not fit the pipeline fails here, on its first call.
+        raise StartupError(
+            f"IMGEDIT_FAMILY: {settings.family!r} cannot run {type(loaded.pipeline).__name__}: {one_line(error)}"
+        ) from None
+    log.info(
+        "serving %s as %r (%s, family %s, %s on %s%s) after %.1f s",
+        loaded.model_id,
+        settings.served_name,
+        type(loaded.pipeline).__name__,
+        adapter.name,
+        str(loaded.dtype).removeprefix("torch."),
+        loaded.device,
+        "".join(f", {option}" for option in options),
+        time.monotonic() - started,
+    )
+    fetcher = Fetcher(
+        FetchPolicy(
+            enabled=settings.url_fetch,
+            allow_private=settings.url_allow_private,
+            timeout=settings.url_timeout,
+            max_bytes=settings.url_max_bytes,
+            max_redirects=settings.url_max_redirects,
+            allowed_hosts=settings.allowed_hosts,
+        )
+    )
+    metrics.model_info.labels(
+        model=loaded.model_id,
+        served_name=settings.served_name,
+        family=adapter.name,
+        pipeline=type(loaded.pipeline).__name__,
+        device=str(loaded.device),
+        dtype=str(loaded.dtype).removeprefix("torch."),
+        options=",".join(options) or "none",
+    ).set(1)
+    card = ModelCard(id=settings.served_name, created=int(time.time()))
+    return EditHandler(settings, loaded.model_id, adapter, engine, fetcher), card
+
+
+def drain_on_signals(engine: Engine, grace: float) -> None:
+    """On SIGTERM or SIGINT, stop admitting and give running edits ``grace`` seconds, then stop them.
+
+    The server's own handler still runs afterwards: it stops accepting
+    connections and waits for the requests in progress.
+    """
+
+    def chain(signum: int) -> None:
+        previous = signal.getsignal(signum)
+
+        def on_signal(number: int, frame: Any) -> None:
+            if not engine.draining:
+                engine.drain(grace)
+            if callable(previous):
+                previous(number, frame)
+
+        signal.signal(signum, on_signal)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        chain(signum)
+
+
+def start_or_stop_server(settings: Settings, worker: int = 0) -> tuple[EditHandler, ModelCard]:
+    """:func:`start`, or stop the whole server with a one-line message when it fails."""
+    try:
+        return start(settings, worker)
+    except StartupError as error:
+        stop_server(f"imgedit: {error}")
+    except Exception as error:
+        traceback.print_exc()
+        stop_server(f"imgedit: start-up failed: {type(error).__name__}: {one_line(error)}")

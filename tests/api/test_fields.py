@@ -1,0 +1,91 @@
+"""The field table drives the parser, the OpenAPI form and the README."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from imgedit.api.fields import FIELDS, MODEL_FIELDS, openapi_form, readme_table
+from imgedit.api.parse import EditRequest, RequestLimits, parse_edit_request
+from imgedit.edit import EditOptions
+from imgedit.errors import ApiError
+from imgedit.media.sizing import SizeLimits
+from tests.helpers import form
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+LIMITS = RequestLimits(
+    max_images=4, max_prompt_chars=100, size=SizeLimits(max_side=2048, max_pixels=1024 * 1024), model_names=("m",)
+)
+NUMBERS = [field for field in FIELDS if field.kind in ("integer", "number")]
+
+
+def test_the_readme_shows_the_table():
+    text = README.read_text()
+    section = re.search(r"<!-- fields -->\n(.*?)<!-- /fields -->", text, re.DOTALL)
+    assert section, "README.md lacks the <!-- fields --> section"
+    assert section.group(1) == readme_table(), "run `python -m imgedit.api.fields` and paste its output"
+
+
+def test_the_openapi_form_documents_every_field_with_its_bounds():
+    schema = openapi_form()
+    assert list(schema["properties"]) == [field.name for field in FIELDS]
+    assert schema["required"] == ["prompt"]
+    for field in FIELDS:
+        documented = schema["properties"][field.name]
+        assert documented["description"]
+        if field.low is not None:
+            assert (documented["minimum"], documented["maximum"]) == (field.low, field.high)
+        if field.kind == "choice":
+            assert documented["enum"] == list(field.spellings)
+        if field.default is not None:
+            assert documented["default"] == field.default
+    assert {"mask", "strength", "image_guidance_scale"} <= set(schema["properties"])
+
+
+def test_every_field_lands_in_the_request_or_is_only_checked():
+    stored = {option.name for option in dataclasses.fields(EditOptions)}
+    stored |= {request_field.name for request_field in dataclasses.fields(EditRequest)} - {"options", "sources"}
+    names = {field.name for field in FIELDS} - {"image", "url", "response_format"}
+    assert names == stored
+    assert {option.name for option in dataclasses.fields(EditOptions)} <= MODEL_FIELDS
+
+
+@pytest.mark.parametrize("field", NUMBERS, ids=lambda field: field.name)
+def test_the_parser_takes_exactly_the_declared_range(field):
+    def parsed(value: float) -> object:
+        request = parse_edit_request(form(("image", b"x"), ("prompt", "p"), (field.name, f"{value}")), LIMITS)
+        holder = request.options if field.name in {f.name for f in dataclasses.fields(EditOptions)} else request
+        return getattr(holder, field.name)
+
+    assert parsed(field.low) == field.low and parsed(field.high) == field.high
+    step = 1 if field.kind == "integer" else 0.001
+    for outside in (field.low - step, field.high + step):
+        with pytest.raises(ApiError) as caught:
+            parsed(outside)
+        assert (caught.value.status, caught.value.param) == (400, field.name)
+
+
+@pytest.mark.parametrize("field", [field for field in FIELDS if field.kind == "choice"], ids=lambda field: field.name)
+def test_the_parser_takes_exactly_the_declared_choices(field):
+    for spelling in field.spellings:
+        request = parse_edit_request(form(("image", b"x"), ("prompt", "p"), (field.name, spelling.upper())), LIMITS)
+        holder = request.options if field.name == "quality" else request
+        expected = dict(field.aliases).get(spelling, spelling)
+        assert field.name == "response_format" or getattr(holder, field.name) == expected
+    with pytest.raises(ApiError) as caught:
+        parse_edit_request(form(("image", b"x"), ("prompt", "p"), (field.name, "surely-not")), LIMITS)
+    assert caught.value.param == field.name
+    assert ", ".join(field.spellings) in caught.value.message
+
+
+def test_defaults_come_from_the_table():
+    request = parse_edit_request(form(("image", b"x"), ("prompt", "p")), LIMITS)
+    for field in FIELDS:
+        if field.default is None or field.name in ("size", "response_format"):
+            continue
+        holder = request.options if field.name in {f.name for f in dataclasses.fields(EditOptions)} else request
+        assert getattr(holder, field.name) == field.default, field.name
+    assert request.size is None  # size=auto

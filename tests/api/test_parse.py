@@ -1,0 +1,206 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from imgedit.api.parse import RequestLimits, parse_edit_request
+from imgedit.edit import MAX_SEED
+from imgedit.errors import ApiError
+from imgedit.media.sizing import Size, SizeLimits
+from tests.helpers import form
+
+LIMITS = RequestLimits(
+    max_images=4,
+    max_prompt_chars=100,
+    size=SizeLimits(max_side=2048, max_pixels=1024 * 1024),
+    model_names=("qwen-edit", "Org/qwen-edit"),
+)
+PNG = b"\x89PNG-bytes"
+
+
+def parse(*parts):
+    return parse_edit_request(form(*parts), LIMITS)
+
+
+def error_of(*parts) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        parse(*parts)
+    return caught.value
+
+
+def test_minimal_request_takes_the_defaults():
+    request = parse(("image", PNG), ("prompt", "make it blue"))
+    options = request.options
+    assert options.prompt == "make it blue"
+    assert [source.param for source in request.sources] == ["image[0]"]
+    assert (options.n, request.size, request.output_format, request.output_compression) == (1, None, "png", 100)
+    assert (request.background, options.quality, options.seed, options.num_inference_steps) == (
+        "auto",
+        "auto",
+        None,
+        None,
+    )
+
+
+@pytest.mark.parametrize("prompt", ["123", "null", '"quoted"', '{"a": 1}', "  padded  ", "true"])
+def test_prompt_is_kept_verbatim(prompt):
+    assert parse(("image", PNG), ("prompt", prompt)).options.prompt == prompt
+
+
+def test_image_and_image_brackets_merge_in_arrival_order_then_urls():
+    limits = RequestLimits(max_images=16, max_prompt_chars=10, size=LIMITS.size, model_names=LIMITS.model_names)
+    request = parse_edit_request(
+        form(
+            ("url[]", "data:image/png;base64,AAAA"),
+            ("image[]", b"first"),
+            ("prompt", "p"),
+            ("image", b"second"),
+            ("url", "https://example.com/x.png"),
+            ("image[]", b"third"),
+        ),
+        limits,
+    )
+    assert [source.data for source in request.sources[:3]] == [b"first", b"second", b"third"]
+    assert [source.param for source in request.sources] == ["image[0]", "image[1]", "image[2]", "url[0]", "url[1]"]
+    assert [source.url for source in request.sources[3:]] == ["data:image/png;base64,AAAA", "https://example.com/x.png"]
+
+
+def test_every_field_is_parsed():
+    request = parse(
+        ("image", PNG),
+        ("prompt", "p"),
+        ("model", "Org/qwen-edit"),
+        ("n", "3"),
+        ("size", "512X256"),
+        ("response_format", "b64_json"),
+        ("output_format", "JPG"),
+        ("output_compression", "40"),
+        ("background", "opaque"),
+        ("quality", "low"),
+        ("user", "someone"),
+        ("negative_prompt", "blurry"),
+        ("num_inference_steps", "12"),
+        ("guidance_scale", "2.5"),
+        ("true_cfg_scale", "1e0"),
+        ("image_guidance_scale", "1.25"),
+        ("strength", "0.75"),
+        ("mask", PNG),
+        ("seed", str(MAX_SEED)),
+        ("stream", "true"),
+        ("partial_images", "2"),
+        ("input_fidelity", "high"),
+        ("unknown[field]", "ignored"),
+    )
+    options = request.options
+    assert request.model == "Org/qwen-edit"
+    assert (options.n, request.size) == (3, Size(512, 256))
+    assert (request.output_format, request.output_compression, request.background) == ("jpeg", 40, "opaque")
+    assert (options.quality, request.user, options.negative_prompt) == ("low", "someone", "blurry")
+    assert (options.num_inference_steps, options.guidance_scale, options.true_cfg_scale) == (12, 2.5, 1.0)
+    assert (options.image_guidance_scale, options.strength, request.mask) == (1.25, 0.75, PNG)
+    assert options.seed == MAX_SEED
+    assert request.partial_images == 2
+    assert request.stream is True
+
+
+def test_no_image_and_no_url_is_422_with_the_spec_wording():
+    error = error_of(("prompt", "p"))
+    assert (error.status, error.message, error.param) == (422, "Field 'image' or 'url' is required", "image")
+
+
+def test_too_many_images_is_400_before_any_fetch():
+    error = error_of(("prompt", "p"), *[("image", PNG)] * 3, ("url", "http://10.0.0.1/a.png"), ("url", "x"))
+    assert (error.status, error.param, error.code) == (400, "image", "too_many_images")
+    assert "5 input images" in error.message and "at most 4" in error.message
+
+
+@pytest.mark.parametrize(
+    ("parts", "param"),
+    [
+        ([], "prompt"),
+        ([("prompt", "")], "prompt"),
+        ([("prompt", "   ")], "prompt"),
+        ([("prompt", "x" * 101)], "prompt"),
+        ([("prompt", "p"), ("prompt", "q")], "prompt"),
+        ([("prompt", "p"), ("model", "other")], "model"),
+        ([("prompt", "p"), ("n", "0")], "n"),
+        ([("prompt", "p"), ("n", "11")], "n"),
+        ([("prompt", "p"), ("n", "2.0")], "n"),
+        ([("prompt", "p"), ("n", "two")], "n"),
+        ([("prompt", "p"), ("n", "1_0")], "n"),
+        ([("prompt", "p"), ("size", "1024x")], "size"),
+        ([("prompt", "p"), ("size", "32x32")], "size"),
+        ([("prompt", "p"), ("size", "4096x64")], "size"),
+        ([("prompt", "p"), ("size", "2048x2048")], "size"),
+        ([("prompt", "p"), ("response_format", "url")], "response_format"),
+        ([("prompt", "p"), ("output_format", "gif")], "output_format"),
+        ([("prompt", "p"), ("output_compression", "101")], "output_compression"),
+        ([("prompt", "p"), ("output_compression", "-1")], "output_compression"),
+        ([("prompt", "p"), ("background", "green")], "background"),
+        ([("prompt", "p"), ("background", "transparent"), ("output_format", "jpeg")], "background"),
+        ([("prompt", "p"), ("background", "transparent"), ("output_format", "jpg")], "background"),
+        ([("prompt", "p"), ("quality", "ultra")], "quality"),
+        ([("prompt", "p"), ("num_inference_steps", "0")], "num_inference_steps"),
+        ([("prompt", "p"), ("num_inference_steps", "201")], "num_inference_steps"),
+        ([("prompt", "p"), ("guidance_scale", "nan")], "guidance_scale"),
+        ([("prompt", "p"), ("guidance_scale", "inf")], "guidance_scale"),
+        ([("prompt", "p"), ("guidance_scale", "20.5")], "guidance_scale"),
+        ([("prompt", "p"), ("true_cfg_scale", "-0.1")], "true_cfg_scale"),
+        ([("prompt", "p"), ("true_cfg_scale", "4,0")], "true_cfg_scale"),
+        ([("prompt", "p"), ("seed", "-1")], "seed"),
+        ([("prompt", "p"), ("seed", str(MAX_SEED + 1))], "seed"),
+        ([("prompt", "p"), ("stream", "maybe")], "stream"),
+        ([("prompt", "p"), ("partial_images", "4")], "partial_images"),
+        ([("prompt", "p"), ("mask", PNG), ("mask", PNG)], "mask"),
+        ([("prompt", "p"), ("strength", "1.5")], "strength"),
+        ([("prompt", "p"), ("image_guidance_scale", "-1")], "image_guidance_scale"),
+        ([("prompt", b"\xff\xfe")], "prompt"),
+        ([("prompt", "p"), ("url", "  ")], "url[0]"),
+    ],
+)
+def test_bad_values_are_400_naming_the_field(parts, param):
+    error = error_of(("image", PNG), *parts)
+    assert error.status == 400
+    assert error.param == param
+    assert error.message
+
+
+def test_empty_optional_text_counts_as_absent():
+    request = parse(("image", PNG), ("prompt", "p"), ("negative_prompt", ""), ("model", ""), ("size", ""))
+    assert (request.options.negative_prompt, request.model, request.size) == (None, None, None)
+
+
+def test_served_name_and_full_model_id_are_both_accepted():
+    assert parse(("image", PNG), ("prompt", "p"), ("model", "qwen-edit")).model == "qwen-edit"
+    error = error_of(("image", PNG), ("prompt", "p"), ("model", "gpt-image-1"))
+    assert "'qwen-edit'" in error.message and "'Org/qwen-edit'" in error.message and "'gpt-image-1'" in error.message
+
+
+# -- properties -------------------------------------------------------------------------------
+
+PROPERTY_LIMITS = RequestLimits(
+    max_images=4, max_prompt_chars=1000, size=SizeLimits(max_side=4096, max_pixels=2048 * 2048), model_names=("m",)
+)
+
+
+@given(value=st.integers(min_value=-(2**70), max_value=2**70), padding=st.sampled_from(["", " ", "+"]))
+def test_seed_parses_exactly_the_64_bit_unsigned_integers(value, padding):
+    text = f"{padding}{value}" if value >= 0 or padding != "+" else str(value)
+    try:
+        request = parse_edit_request(form(("image", b"x"), ("prompt", "p"), ("seed", text)), PROPERTY_LIMITS)
+    except ApiError as error:
+        assert not 0 <= value <= MAX_SEED and error.param == "seed"
+    else:
+        assert 0 <= value <= MAX_SEED and request.options.seed == value
+
+
+@given(value=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12)))
+def test_guidance_is_a_finite_number_from_0_to_20_or_a_400(value):
+    text = repr(value) if isinstance(value, float) else value
+    try:
+        request = parse_edit_request(form(("image", b"x"), ("prompt", "p"), ("guidance_scale", text)), PROPERTY_LIMITS)
+    except ApiError as error:
+        assert error.status == 400 and error.param == "guidance_scale"
+    else:
+        assert request.options.guidance_scale is None or 0 <= request.options.guidance_scale <= 20

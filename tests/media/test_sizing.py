@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from imgedit.errors import ApiError
+from imgedit.media.sizing import MIN_SIDE, Size, SizeLimits, output_size, parse_size
+
+LIMITS = SizeLimits(max_side=4096, max_pixels=2048 * 2048)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("auto", None),
+        ("AUTO", None),
+        ("1024x1024", Size(1024, 1024)),
+        ("512X768", Size(512, 768)),
+        (" 64 x 64 ", Size(64, 64)),
+    ],
+)
+def test_parse_size(text, expected):
+    assert parse_size(text, LIMITS) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["1024x", "x1024", "1024*1024", "big", "-64x64", "63x64", "64x4097", "4096x4096", "1e3x64"]
+)
+def test_parse_size_rejects(text):
+    with pytest.raises(ApiError) as caught:
+        parse_size(text, LIMITS)
+    assert (caught.value.status, caught.value.param) == (400, "size")
+
+
+@pytest.mark.parametrize(
+    ("requested", "first_input", "multiple", "expected"),
+    [
+        (Size(1024, 1024), Size(10, 10), 16, Size(1024, 1024)),
+        (Size(1000, 750), Size(10, 10), 16, Size(1008, 752)),
+        (Size(100, 70), Size(10, 10), 16, Size(96, 64)),
+        (None, Size(1000, 750), 16, Size(1008, 752)),
+        (None, Size(80, 60), 8, Size(80, 64)),
+        (None, Size(10, 10), 16, Size(64, 64)),
+        (None, Size(4000, 3000), 16, Size(2352, 1760)),
+        (None, Size(8000, 100), 16, Size(4096, 64)),
+    ],
+)
+def test_output_size_rounds_to_the_multiple_within_limits(requested, first_input, multiple, expected):
+    size = output_size(requested, first_input, multiple, LIMITS)
+    assert size == expected
+    assert size.width % multiple == 0 and size.height % multiple == 0
+    assert size.pixels <= LIMITS.max_pixels and max(size.width, size.height) <= LIMITS.max_side
+
+
+def test_rounding_never_crosses_the_pixel_cap():
+    limits = SizeLimits(max_side=4096, max_pixels=1000 * 1000)
+    size = output_size(Size(1000, 1000), Size(1, 1), 16, limits)
+    assert size == Size(992, 992)
+
+
+# -- properties -------------------------------------------------------------------------------
+
+PROPERTY_LIMITS = SizeLimits(max_side=4096, max_pixels=2048 * 2048)
+sides = st.integers(min_value=1, max_value=20_000)
+multiples = st.sampled_from([8, 16, 32, 64])
+
+
+@given(width=sides, height=sides, separator=st.sampled_from(["x", "X", " x ", "X "]))
+def test_parse_size_accepts_exactly_the_sizes_within_limits(width, height, separator):
+    text = f"{width}{separator}{height}"
+    fits = (
+        MIN_SIDE <= width <= PROPERTY_LIMITS.max_side
+        and MIN_SIDE <= height <= PROPERTY_LIMITS.max_side
+        and width * height <= PROPERTY_LIMITS.max_pixels
+    )
+    try:
+        parsed = parse_size(text, PROPERTY_LIMITS)
+    except ApiError as error:
+        assert not fits and error.status == 400 and error.param == "size"
+    else:
+        assert fits and parsed == Size(width, height)
+
+
+@given(text=st.text(max_size=30))
+def test_parse_size_never_crashes(text):
+    try:
+        parse_size(text, PROPERTY_LIMITS)
+    except ApiError as error:
+        assert error.param == "size"
+
+
+@given(width=sides, height=sides, multiple=multiples, auto=st.booleans())
+def test_output_sizes_are_multiples_within_limits(width, height, multiple, auto):
+    requested = None if auto else Size(min(max(width, MIN_SIDE), 2048), min(max(height, MIN_SIDE), 2048))
+    size = output_size(requested, Size(width, height), multiple, PROPERTY_LIMITS)
+    assert size.width % multiple == 0 and size.height % multiple == 0
+    assert size.width >= MIN_SIDE and size.height >= MIN_SIDE
+    assert max(size.width, size.height) <= PROPERTY_LIMITS.max_side and size.pixels <= PROPERTY_LIMITS.max_pixels
+    if requested is not None:  # rounding moves each side by less than one multiple
+        assert abs(size.width - requested.width) < multiple and abs(size.height - requested.height) < multiple

@@ -1,0 +1,230 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from imgedit.errors import ApiError
+from imgedit.media.images import InputImage
+from imgedit.media.sizing import Size
+from imgedit.model.families import UnsupportedPipeline, adapter_class_for
+from imgedit.model.families.base import _accepted_only
+from imgedit.model.families.qwen_image_edit import QwenImageEditAdapter, QwenImageEditPlusAdapter
+from imgedit.model.spec import Defaults
+from tests.model.families.conftest import assert_repaints_where_the_mask_is_white, plan, spec
+
+IMAGE = InputImage(rgb=Image.new("RGB", (64, 64), (9, 9, 9)), alpha=None)
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_model):
+    return QwenImageEditPlusAdapter(tiny_model.pipeline, overrides=Defaults(steps=40))
+
+
+def test_adapter_is_chosen_from_the_pipeline_class(tiny_model):
+    assert adapter_class_for(tiny_model.pipeline) is QwenImageEditPlusAdapter
+    with pytest.raises(UnsupportedPipeline, match="QwenImageEditPlusPipeline"):
+        adapter_class_for(object())
+    assert adapter_class_for(object(), family="qwen-image-edit") is QwenImageEditAdapter
+    with pytest.raises(UnsupportedPipeline, match="IMGEDIT_FAMILY"):
+        adapter_class_for(tiny_model.pipeline, family="nope")
+
+
+def test_size_multiple_follows_the_vae(adapter):
+    assert adapter.size_multiple == adapter.pipeline.vae_scale_factor * 2
+
+
+def test_max_images_defaults_to_four_and_may_be_raised_to_sixteen(tiny_model):
+    assert QwenImageEditPlusAdapter(tiny_model.pipeline).max_images == 4
+    assert QwenImageEditPlusAdapter(tiny_model.pipeline, max_images=2).max_images == 2
+    assert QwenImageEditPlusAdapter(tiny_model.pipeline, max_images=16).max_images == 16
+    with pytest.raises(ValueError, match="at most 16"):
+        QwenImageEditPlusAdapter(tiny_model.pipeline, max_images=17)
+
+
+@pytest.mark.parametrize(
+    ("fields", "steps"),
+    [
+        ({}, 40),
+        ({"quality": "high"}, 40),
+        ({"quality": "medium"}, 20),
+        ({"quality": "low"}, 10),
+        ({"quality": "low", "num_inference_steps": 7}, 7),
+    ],
+)
+def test_steps_follow_quality_unless_explicit(adapter, fields, steps):
+    assert spec(adapter, [IMAGE], Size(64, 64), **fields).steps == steps
+
+
+def test_true_cfg_gets_a_blank_negative_prompt_by_default(adapter):
+    (call,) = plan(adapter, [IMAGE], Size(64, 48), [7]).calls
+    assert call.kwargs["true_cfg_scale"] == 4.0
+    assert call.kwargs["negative_prompt"] == " "
+    assert (call.kwargs["width"], call.kwargs["height"], call.kwargs["num_inference_steps"]) == (64, 48, 40)
+    assert call.kwargs["prompt"] == "turn it red"
+    assert "guidance_scale" not in call.kwargs  # not a guidance-distilled transformer
+
+
+def test_explicit_values_pass_through(adapter):
+    (call,) = plan(
+        adapter, [IMAGE], Size(64, 64), [1], negative_prompt="blurry", true_cfg_scale=2.5, guidance_scale=1.5
+    ).calls
+    assert (call.kwargs["negative_prompt"], call.kwargs["true_cfg_scale"], call.kwargs["guidance_scale"]) == (
+        "blurry",
+        2.5,
+        1.5,
+    )
+
+
+def test_no_cfg_means_no_negative_prompt(adapter):
+    (call,) = plan(adapter, [IMAGE], Size(64, 64), [1], true_cfg_scale=1.0).calls
+    assert "negative_prompt" not in call.kwargs
+
+
+def test_one_call_per_image_with_its_own_seed(adapter):
+    calls = plan(adapter, [IMAGE, IMAGE], Size(64, 64), [5, 6, 7]).calls
+    assert [call.num_images for call in calls] == [1, 1, 1]
+    first_noise = [torch.randn(4, generator=call.kwargs["generator"][0]) for call in calls]
+    assert torch.equal(first_noise[1], torch.randn(4, generator=torch.Generator().manual_seed(6)))
+    assert all(len(call.kwargs["image"]) == 2 for call in calls)
+
+
+def test_arguments_the_pipeline_does_not_take_are_dropped(adapter, monkeypatch):
+    original = QwenImageEditPlusAdapter.arguments
+
+    def with_extra(self, *args):
+        return {**original(self, *args), "image_guidance_scale": 1.5}
+
+    monkeypatch.setattr(QwenImageEditPlusAdapter, "arguments", with_extra)
+    (call,) = plan(adapter, [IMAGE], Size(64, 64), [1]).calls
+    assert "image_guidance_scale" not in call.kwargs
+
+
+def _budget_error(adapter, images, size, **fields) -> str | None:
+    try:
+        adapter.check(spec(adapter, images, size, **fields))
+    except ApiError as error:
+        return error.param
+    return None
+
+
+def _pipeline_runs(adapter, images, size, **fields) -> bool:
+    edit = spec(adapter, images, size, num_inference_steps=1, **fields)
+    kwargs = _accepted_only(adapter.pipeline, adapter.arguments(adapter.pipeline, edit))
+    try:
+        with torch.inference_mode():
+            adapter.pipeline(**kwargs)
+    except (RuntimeError, ValueError, IndexError):
+        return False
+    return True
+
+
+def test_the_prompt_limit_is_exactly_where_the_pipeline_breaks(adapter):
+    size = Size(64, 64)
+    low, high = 1, 8000
+    while low < high:  # the longest prompt the check accepts
+        middle = (low + high + 1) // 2
+        if _budget_error(adapter, [IMAGE], size, prompt="p" * middle) is None:
+            low = middle
+        else:
+            high = middle - 1
+    longest, too_long = "p" * low, "p" * (low + 1)
+    assert 3000 < low < 4096
+    assert _budget_error(adapter, [IMAGE], size, prompt=too_long) == "prompt"
+    assert _pipeline_runs(adapter, [IMAGE], size, prompt=longest)
+    assert not _pipeline_runs(adapter, [IMAGE], size, prompt=too_long)
+
+
+def test_a_long_negative_prompt_is_named(adapter):
+    assert _budget_error(adapter, [IMAGE], Size(64, 64), negative_prompt="n" * 5000) == "negative_prompt"
+    assert _budget_error(adapter, [IMAGE], Size(64, 64), negative_prompt="n" * 5000, true_cfg_scale=1.0) is None
+
+
+def test_too_elongated_references_are_refused_where_the_pipeline_breaks(adapter):
+    thin = InputImage(rgb=Image.new("RGB", (2000, 40)), alpha=None)
+    assert _budget_error(adapter, [IMAGE, thin], Size(64, 64)) == "image[1]"
+    assert not _pipeline_runs(adapter, [IMAGE, thin], Size(64, 64))
+    wide = InputImage(rgb=Image.new("RGB", (400, 40)), alpha=None)
+    assert _budget_error(adapter, [wide], Size(64, 64)) is None
+
+
+@pytest.fixture(scope="module")
+def single():
+    from imgedit.model.tiny import build_tiny
+
+    return QwenImageEditAdapter(build_tiny("tiny:qwen-image-edit").pipeline, overrides=Defaults(steps=2))
+
+
+def _mask(size=(64, 64)) -> Image.Image:
+    region = Image.new("L", size, 0)
+    region.paste(255, (0, 0, size[0] // 2, size[1]))
+    return region
+
+
+def _run(made) -> list[Image.Image]:
+    images = []
+    for call in made.calls:
+        images.extend(call.invoke())
+    return images
+
+
+def test_single_image_pipelines_pair_with_their_inpainting_twin(single):
+    from imgedit.model.tiny import build_tiny
+
+    assert type(single.pipeline).__name__ == "QwenImageEditPipeline"
+    assert type(single.inpaint_pipeline).__name__ == "QwenImageEditInpaintPipeline"
+    assert single.inpaint_pipeline.transformer is single.pipeline.transformer  # shared, not copied
+    assert single.max_images == 1
+    loaded_inpaint = QwenImageEditAdapter(build_tiny("tiny:qwen-image-edit-inpaint").pipeline)
+    assert type(loaded_inpaint.pipeline).__name__ == "QwenImageEditPipeline"
+    assert loaded_inpaint.native_mask
+
+
+def test_a_mask_is_inpainted_natively_by_the_single_image_family(single):
+    image = InputImage(rgb=Image.new("RGB", (96, 64), (9, 90, 9)), alpha=None)
+    made = plan(single, [image], Size(64, 64), [3], mask=_mask((96, 64)))
+    (call,) = made.calls
+    assert made.mask_mode == "native"
+    assert call.pipeline is single.inpaint_pipeline
+    assert call.kwargs["mask_image"].size == (64, 64) and call.kwargs["strength"] == 1.0
+    (output,) = _run(made)
+    assert output.size == (call.generated_size.width, call.generated_size.height)
+
+
+def test_request_strength_reaches_the_inpainting_pipeline(single):
+    image = InputImage(rgb=Image.new("RGB", (64, 64)), alpha=None)
+    (call,) = plan(single, [image], Size(64, 64), [3], mask=_mask(), strength=0.5).calls
+    assert call.kwargs["strength"] == 0.5
+
+
+def test_the_plus_family_composites_masks(adapter):
+    made = plan(adapter, [IMAGE], Size(64, 64), [3], mask=_mask())
+    assert made.mask_mode == "composite"
+    assert "mask_image" not in made.calls[0].kwargs
+    assert made.calls[0].pipeline is adapter.pipeline
+
+
+@pytest.mark.parametrize("family", ["plus", "single"])
+def test_previews_decode_intermediate_latents(adapter, single, family):
+    chosen = adapter if family == "plus" else single
+    (call,) = plan(chosen, [IMAGE], Size(64, 48), [1], num_inference_steps=2).calls
+    seen = []
+    call.invoke(on_step=lambda step, total, latents: seen.append(chosen.preview(call, latents)))
+    assert len(seen) == 2
+    assert [image.size for image in seen[-1]] == [(64, 48)]
+
+
+@pytest.mark.parametrize("strength", [0.0, 1e-20])
+def test_a_stepless_inpainting_strength_is_refused_where_the_pipeline_fails(single, strength):
+    image = InputImage(rgb=Image.new("RGB", (64, 64)), alpha=None)
+    edit = spec(single, [image], Size(64, 64), [1], mask=_mask(), strength=strength)
+    with pytest.raises(ApiError) as caught:
+        single.plan(edit)
+    assert caught.value.param == "strength"
+    kwargs = _accepted_only(single.inpaint_pipeline, single.arguments(single.inpaint_pipeline, edit))
+    with pytest.raises(ValueError), torch.inference_mode():
+        single.inpaint_pipeline(**kwargs)
+
+
+def test_inpainting_repaints_inside_the_mask_not_outside(single):
+    assert_repaints_where_the_mask_is_white(single)
