@@ -16,7 +16,8 @@ from starlette.responses import Response
 
 from imgedit.api.access_log import AccessLogMiddleware
 from imgedit.api.auth import ApiKeyMiddleware, parse_keys
-from imgedit.api.fields import openapi_form
+from imgedit.api.body import JSON, MULTIPART
+from imgedit.api.fields import openapi_form, openapi_json
 from imgedit.api.routes import ModelCard, create_v1_app
 from imgedit.config import ConfigError, load_settings, unknown_variables
 from imgedit.logs import configure_logging
@@ -81,7 +82,7 @@ class ImageEdit:
 
     @bentoml.api(
         route="/v1/images/edits",
-        input_spec=raw_request_input("multipart/form-data", openapi_form()),
+        input_spec=raw_request_input({MULTIPART: openapi_form(), JSON: openapi_json()}),
         output_spec=ImagesResponse,
     )
     async def edits(self, connection: Request) -> Response:

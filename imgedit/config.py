@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     body_idle_timeout: float = Field(30.0, gt=0, le=3600)
     body_timeout: float = Field(300.0, gt=0, le=24 * 3600)
     request_timeout: float = Field(600.0, gt=0, le=24 * 3600)
+    auto_size: Literal["native", "input"] = "native"
 
     # Scheduling.
     workers: int | None = Field(None, ge=1, le=64)
@@ -112,7 +113,7 @@ class Settings(BaseSettings):
     png_compress_level: int = Field(1, ge=0, le=9)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("log_level", "device", "device_map", "offload", "cache", mode="before")
+    @field_validator("log_level", "device", "device_map", "offload", "cache", "auto_size", mode="before")
     @classmethod
     def _lowercase(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value

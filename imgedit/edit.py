@@ -14,8 +14,13 @@ from typing import Literal
 
 #: Seeds are unsigned 64-bit integers, as ``torch.Generator.manual_seed`` takes them.
 MAX_SEED = 2**64 - 1
+#: The most denoising steps a request may ask for, directly or through ``quality``.
+MAX_STEPS = 200
 
-Quality = Literal["auto", "low", "medium", "high"]
+#: A share of the model's default steps (see :data:`imgedit.model.spec.QUALITY_STEP_SHARE`).
+Quality = Literal["auto", "low", "medium", "high", "xhigh", "max"]
+#: How closely the output keeps the input, where the family has a knob for it.
+InputFidelity = Literal["high", "low"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,8 @@ class EditOptions:
         n: output images; image i uses seed + i.
         seed: the first image's seed; None picks one at random.
         quality: a share of the default steps, unless ``num_inference_steps`` is set.
+        input_fidelity: moves the family's knob for keeping the input (img2img strength,
+            InstructPix2Pix image guidance); None keeps the family's default.
         num_inference_steps: denoising steps.
         guidance_scale: (embedded or classifier-free) guidance, by family.
         true_cfg_scale: true classifier-free guidance (Qwen, FLUX.1 Kontext).
@@ -40,6 +47,7 @@ class EditOptions:
     n: int = 1
     seed: int | None = None
     quality: Quality = "auto"
+    input_fidelity: InputFidelity | None = None
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     true_cfg_scale: float | None = None

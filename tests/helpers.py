@@ -100,10 +100,11 @@ def edits_request_head(netloc: str, content_type: str, content_length: int, **he
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def http_request(body: bytes, content_type: str, chunk_bytes: int = 65536) -> Request:
+def http_request(body: bytes, content_type: str, chunk_bytes: int = 65536, declare_length: bool = True) -> Request:
     """A Starlette request for ``POST /v1/images/edits`` whose body arrives in chunks.
 
-    Once the body is read, the client stays connected: the next receive waits forever.
+    ``declare_length=False`` sends no Content-Length (a chunked upload). Once the
+    body is read, the client stays connected: the next receive waits forever.
     """
     chunks = [body[start : start + chunk_bytes] for start in range(0, len(body), chunk_bytes)] or [b""]
     messages: list[Message] = [
@@ -121,7 +122,8 @@ def http_request(body: bytes, content_type: str, chunk_bytes: int = 65536) -> Re
         "type": "http",
         "method": "POST",
         "path": "/v1/images/edits",
-        "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())],
+        "headers": [(b"content-type", content_type.encode())]
+        + ([(b"content-length", str(len(body)).encode())] if declare_length else []),
     }
     return Request(scope, receive)
 

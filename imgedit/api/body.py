@@ -1,25 +1,34 @@
 """Reading the body of ``POST /v1/images/edits`` from the connection, within the server's limits.
 
-The form is read here rather than by BentoML: its typed multipart inputs
-answer 500 to the ``image[]`` parts the ``openai`` SDK sends, JSON-decode text
-fields (a prompt of ``123`` becomes a number, ``null`` fails) and spool uploads
-to disk. Every failure, a client that hangs up included, is an
+Two encodings are accepted on the same route: ``multipart/form-data`` (what
+every SDK sends) and ``application/json`` (what OpenAI also takes, and what
+gateways and agents send). Either is read here rather than by BentoML: its
+typed multipart inputs answer 500 to the ``image[]`` parts the ``openai`` SDK
+sends, JSON-decode text fields (a prompt of ``123`` becomes a number) and spool
+uploads to disk. The body's size and pace are limited as it streams in, and
+every failure, a client that hangs up included, is an
 :class:`~imgedit.errors.ApiError`.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
 
+from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from imgedit.api.multipart import Form, MultipartLimits, read_multipart
+from imgedit.api.multipart import Form, MultipartLimits, paced, read_multipart, too_large
 from imgedit.api.parse import IMAGE_FIELDS, MASK_FIELD, URL_FIELDS
 from imgedit.config import Settings
-from imgedit.errors import ApiError
+from imgedit.errors import ApiError, invalid
 
 #: Room for ``data:image/...;base64,`` around a base64 payload.
 _DATA_URL_OVERHEAD = 1024
+MULTIPART = "multipart/form-data"
+JSON = "application/json"
 
 
 def multipart_limits(settings: Settings) -> MultipartLimits:
@@ -42,17 +51,60 @@ def multipart_limits(settings: Settings) -> MultipartLimits:
     )
 
 
-async def read_form(request: Request, limits: MultipartLimits) -> Form:
-    """The multipart form of ``request``, read as it streams in.
+async def read_body(request: Request, limits: MultipartLimits) -> Form | dict[str, Any]:
+    """The request's form, or its JSON object, read as it streams in.
 
     Raises:
-        ApiError: the body is not an acceptable form (see :func:`~imgedit.api.multipart.read_multipart`),
-            or the client disconnected while sending it.
+        ApiError: 400 for another content type, a malformed body or JSON that
+            is not an object; 413 past ``limits.max_body_bytes``; 408 when the
+            body comes too slowly; 400 when the client disconnects meanwhile.
     """
+    content_type = request.headers.get("content-type")
+    content_length = request.headers.get("content-length")
+    mime = parse_options_header(content_type or "")[0].decode("latin-1").lower()
     try:
-        return await read_multipart(
-            request.headers.get("content-type"), request.headers.get("content-length"), request.stream(), limits
-        )
+        if mime == MULTIPART:
+            return await read_multipart(content_type, content_length, request.stream(), limits)
+        if mime == JSON:
+            return await read_json(content_length, request.stream(), limits)
     except ClientDisconnect:
         # Nobody will read the answer; this keeps a traceback out of the log.
         raise ApiError(400, "The client disconnected while sending the request.", code="client_disconnected") from None
+    raise ApiError(
+        400, f"The request body must be {MULTIPART} or {JSON}; got {mime or 'none'}.", code="invalid_content_type"
+    )
+
+
+async def read_json(content_length: str | None, body: AsyncIterator[bytes], limits: MultipartLimits) -> dict[str, Any]:
+    """A JSON object body, within the body size and pace of ``limits``.
+
+    Raises:
+        ApiError: 400 for malformed JSON, JSON that is not an object (or nests
+            too deep, or writes ``NaN``), 413 past the size limit, 408 when too slow.
+    """
+    if content_length is not None and content_length.isdigit() and int(content_length) > limits.max_body_bytes:
+        raise too_large("The request body", limits.max_body_bytes)
+    data = bytearray()
+    async for chunk in paced(body, limits.idle_seconds, limits.total_seconds):
+        data += chunk
+        if len(data) > limits.max_body_bytes:
+            raise too_large("The request body", limits.max_body_bytes)
+    try:
+        parsed = json.loads(data, parse_constant=_not_json)
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, bad UTF-8, a 5,000-digit number, deep nesting
+        raise invalid(None, f"The request body is not valid JSON: {_reason(error)}.", code="invalid_json") from None
+    if not isinstance(parsed, dict):
+        raise invalid(None, "The JSON body must be an object of fields.", code="invalid_json")
+    return parsed
+
+
+def _not_json(constant: str) -> NoReturn:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, RecursionError):
+        return "it nests too deeply"
+    if isinstance(error, json.JSONDecodeError):
+        return f"{error.msg} at line {error.lineno}, column {error.colno}"
+    return str(error).split("\n")[0][:200]

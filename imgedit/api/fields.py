@@ -48,6 +48,7 @@ class Field:
         aliases: other spellings accepted for a choice, and the value each means.
         max_chars: the longest text accepted; None for prompts (``IMGEDIT_MAX_PROMPT_CHARS``).
         also: other part names accepted for the same field (``image[]``).
+        json_name: its key in a JSON body, when not ``name``.
         families: the families whose edits the field changes; None for every family,
             or for a field that is not the model's (output encoding, streaming...).
         required: whether a request must carry it.
@@ -64,6 +65,7 @@ class Field:
     aliases: tuple[tuple[str, str], ...] = ()
     max_chars: int | None = SCALAR_MAX_CHARS
     also: tuple[str, ...] = ()
+    json_name: str | None = None
     families: tuple[str, ...] | None = None
     required: bool = False
 
@@ -71,6 +73,11 @@ class Field:
     def names(self) -> tuple[str, ...]:
         """Every part name that carries this field."""
         return (self.name, *self.also)
+
+    @property
+    def key(self) -> str:
+        """Its key in a JSON body."""
+        return self.json_name or self.name
 
     @property
     def spellings(self) -> tuple[str, ...]:
@@ -83,13 +90,16 @@ FIELDS: tuple[Field, ...] = (
         "image",
         "images",
         "Image(s) to edit: PNG, JPEG, WebP, BMP, TIFF or GIF (first frame), detected from the bytes; filename "
-        "and part type are ignored, EXIF rotation is applied. Any mix of `image` and `image[]`, in arrival order.",
+        "and part type are ignored, EXIF rotation is applied. Any mix of `image` and `image[]`, in arrival order. "
+        'In JSON: `images`, a list of `{"image_url": URL}`.',
         also=("image[]",),
+        json_name="images",
     ),
     Field(
         "url",
         "urls",
-        "Image URLs, `http(s)://` or `data:image/...;base64,...`, used after the uploads.",
+        "Image URLs, `http(s)://` or `data:image/...;base64,...`, used after the uploads (in JSON: a string or "
+        "a list).",
         also=("url[]",),
         max_chars=None,
     ),
@@ -140,11 +150,36 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "quality",
         "choice",
-        "`low`, `medium` and `high` run 1/4, 1/2 and all of the model's default steps; `auto` runs the default.",
+        "`low`, `medium`, `high`, `xhigh` and `max` run 1/4, 1/2, 1, 1.5 and 2 times the model's default steps "
+        "(at most 200); `auto` and `standard` run the default (see Models). The response reports what ran.",
         default="auto",
-        choices=("auto", "low", "medium", "high"),
+        choices=("auto", "low", "medium", "high", "xhigh", "max"),
+        aliases=(("standard", "auto"),),
+    ),
+    Field(
+        "input_fidelity",
+        "choice",
+        "How closely the output keeps the input: InstructPix2Pix's `image_guidance_scale` (`high` 2, `low` 1.2), "
+        "Stable Diffusion's img2img `strength` (`high` 0.5, `low` 0.9); an explicit value of either wins. The "
+        "other families have no such knob: it changes nothing there.",
+        shown_default="family default",
+        choices=("high", "low"),
+        families=("instruct-pix2pix", "stable-diffusion"),
+    ),
+    Field(
+        "moderation",
+        "choice",
+        "Accepted and checked for OpenAI compatibility; this server does no content moderation.",
+        default="auto",
+        choices=("auto", "low"),
     ),
     Field("user", "text", "Accepted; logged at debug level only.", max_chars=512),
+    Field(
+        "safety_identifier",
+        "text",
+        "OpenAI's successor of `user`: accepted, logged at debug level only.",
+        max_chars=512,
+    ),
     Field(
         "mask",
         "file",
@@ -213,7 +248,14 @@ FIELDS_BY_NAME: dict[str, Field] = {field.name: field for field in FIELDS}
 MODEL_FIELDS = frozenset({"image", "url", "mask", "size", *(option.name for option in dataclasses.fields(EditOptions))})
 
 
-# -- the OpenAPI form -------------------------------------------------------------------------
+# -- the OpenAPI bodies -----------------------------------------------------------------------
+
+#: An image in a JSON body: a data: or http(s) URL, or an OpenAI file id (which this server refuses).
+_JSON_IMAGE = {
+    "type": "object",
+    "properties": {"image_url": {"type": "string"}, "file_id": {"type": "string"}},
+    "description": "An image: 'image_url' is a data: URL or an http(s) URL.",
+}
 
 
 def openapi_form() -> dict[str, Any]:
@@ -222,18 +264,29 @@ def openapi_form() -> dict[str, Any]:
         "type": "object",
         "title": "ImageEditForm",
         "required": [field.name for field in FIELDS if field.required],
-        "properties": {field.name: _openapi_property(field) for field in FIELDS},
+        "properties": {field.name: _openapi_property(field, "form") for field in FIELDS},
     }
 
 
-def _openapi_property(field: Field) -> dict[str, Any]:
+def openapi_json() -> dict[str, Any]:
+    """The documented JSON body of ``POST /v1/images/edits``: the same fields, with JSON types."""
+    return {
+        "type": "object",
+        "title": "ImageEditJson",
+        "required": [field.key for field in FIELDS if field.required],
+        "properties": {field.key: _openapi_property(field, "json") for field in FIELDS},
+    }
+
+
+def _openapi_property(field: Field, encoding: Literal["form", "json"]) -> dict[str, Any]:
     schema: dict[str, Any]
     if field.kind == "images":
-        schema = {"type": "array", "items": {"type": "string", "format": "binary"}}
+        files = {"type": "string", "format": "binary"}
+        schema = {"type": "array", "items": files if encoding == "form" else _JSON_IMAGE}
     elif field.kind == "urls":
         schema = {"type": "array", "items": {"type": "string"}}
     elif field.kind == "file":
-        schema = {"type": "string", "format": "binary"}
+        schema = {"type": "string", "format": "binary"} if encoding == "form" else dict(_JSON_IMAGE)
     elif field.kind == "choice":
         schema = {"type": "string", "enum": list(field.spellings)}
     elif field.kind == "size":
@@ -248,7 +301,7 @@ def _openapi_property(field: Field) -> dict[str, Any]:
         schema["maximum"] = field.high
     if field.default is not None:
         schema["default"] = field.default
-    also = f" Also accepted as '{field.also[0]}'." if field.also else ""
+    also = f" Also accepted as '{field.also[0]}'." if field.also and encoding == "form" else ""
     schema["description"] = _plain(field.description) + also
     return schema
 

@@ -61,7 +61,7 @@ class MultipartLimits:
     total_seconds: float = 300.0
 
 
-def _too_large(what: str, limit: int, param: str | None = None) -> ApiError:
+def too_large(what: str, limit: int, param: str | None = None) -> ApiError:
     return ApiError(413, f"{what} exceeds the limit of {limit} bytes.", param=param, code="payload_too_large")
 
 
@@ -122,7 +122,7 @@ class _PartsCollector:
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if len(self._data) + (end - start) > self._limit:
-            raise _too_large(f"Field '{self._name}'", self._limit, param=self._name)
+            raise too_large(f"Field '{self._name}'", self._limit, param=self._name)
         self._data += data[start:end]
 
     def on_part_end(self) -> None:
@@ -157,16 +157,16 @@ async def read_multipart(
     if not boundary:
         raise invalid(None, "The multipart Content-Type has no boundary.", code="invalid_multipart")
     if content_length is not None and content_length.isdigit() and int(content_length) > limits.max_body_bytes:
-        raise _too_large("The request body", limits.max_body_bytes)
+        raise too_large("The request body", limits.max_body_bytes)
 
     collector = _PartsCollector(limits)
     parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
     received = 0
     try:
-        async for chunk in _paced(body, limits.idle_seconds, limits.total_seconds):
+        async for chunk in paced(body, limits.idle_seconds, limits.total_seconds):
             received += len(chunk)
             if received > limits.max_body_bytes:
-                raise _too_large("The request body", limits.max_body_bytes)
+                raise too_large("The request body", limits.max_body_bytes)
             parser.write(chunk)
         parser.finalize()
     except FormParserError:
@@ -176,7 +176,7 @@ async def read_multipart(
     return Form(tuple(collector.parts))
 
 
-async def _paced(body: AsyncIterator[bytes], idle_seconds: float, total_seconds: float) -> AsyncIterator[bytes]:
+async def paced(body: AsyncIterator[bytes], idle_seconds: float, total_seconds: float) -> AsyncIterator[bytes]:
     """``body``'s chunks, as long as each comes within ``idle_seconds`` and all within ``total_seconds``.
 
     A client that trickles its body would otherwise hold a connection, and

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from starlette.responses import Response
 
+from imgedit.edit import Quality
 from imgedit.errors import ApiError
 from imgedit.media.encode import OutputFormat, ResolvedBackground
 from imgedit.media.sizing import Size
@@ -32,6 +33,11 @@ def error_response(error: ApiError) -> Response:
     )
 
 
+def reported_quality(quality: Quality) -> str:
+    """The ``quality`` that ran, as OpenAI reports it: ``auto`` runs the model's default steps, which is ``high``."""
+    return "high" if quality == "auto" else quality
+
+
 def images_response(
     encoded: Sequence[bytes],
     *,
@@ -39,9 +45,11 @@ def images_response(
     output_format: OutputFormat,
     size: Size,
     background: ResolvedBackground,
+    quality: str,
+    usage: dict[str, object],
     seeds: Sequence[int],
 ) -> Response:
-    """A 200 JSON response with one ``b64_json`` item per encoded image.
+    """A 200 JSON response with one ``b64_json`` item per encoded image, the quality that ran, and the tokens.
 
     The seed of each image is listed, in order, in the ``x-imgedit-seeds`` header.
     """
@@ -51,6 +59,8 @@ def images_response(
         "output_format": output_format,
         "size": str(size),
         "background": background,
+        "quality": quality,
+        "usage": usage,
     }
     return Response(
         json.dumps(body, separators=(",", ":")).encode(),

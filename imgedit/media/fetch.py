@@ -12,7 +12,9 @@ against server-side request forgery:
 * the whole fetch has a time limit and the body a byte limit, enforced while
   it streams in.
 
-Operators of internal deployments can allow private addresses.
+Operators of internal deployments can allow private addresses. Link-local
+addresses (169.254.0.0/16, fe80::/10), where cloud metadata services answer,
+stay refused even then, unless the allow-list names the host itself.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ AddressCheck = Callable[[Address], str | None]
 
 _REDIRECTS = (301, 302, 303, 307, 308)
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
 #: An ASCII host name, IPv4 address or IPv6 address (as httpx gives it, without brackets).
 _HOST = re.compile(rb"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
 
@@ -71,6 +74,10 @@ class FetchPolicy:
             for allowed in self.allowed_hosts
         )
 
+    def names(self, host: str) -> bool:
+        """Whether the allow-list names ``host`` itself (not through a ``*.`` pattern)."""
+        return host.lower().strip("[]").rstrip(".") in self.allowed_hosts
+
 
 async def system_resolver(host: str, port: int) -> list[str]:
     """Resolve with the system resolver (``getaddrinfo``)."""
@@ -95,6 +102,14 @@ def forbidden_reason(address: Address) -> str | None:
     return next((name for name, hit in checks if hit), None)
 
 
+def link_local_reason(address: Address) -> str | None:
+    """``link-local`` when ``address`` is one (cloud metadata services answer there), else None."""
+    embedded = _embedded_ipv4(address)
+    if embedded is not None:
+        return link_local_reason(embedded)
+    return "link-local" if address.is_link_local else None
+
+
 def _embedded_ipv4(address: Address) -> ipaddress.IPv4Address | None:
     if not isinstance(address, ipaddress.IPv6Address):
         return None
@@ -115,11 +130,14 @@ class _RefusedAddress(Exception):
 
 
 class _GuardedBackend(httpcore.AsyncNetworkBackend):
-    """Resolves each host once, checks every address, connects only to checked ones."""
+    """Resolves each host once, checks every address, connects only to checked ones.
 
-    def __init__(self, resolver: Resolver, check: AddressCheck | None) -> None:
+    ``check_for`` gives the check for a host (None: every address may be contacted).
+    """
+
+    def __init__(self, resolver: Resolver, check_for: Callable[[str], AddressCheck | None]) -> None:
         self._resolver = resolver
-        self._check = check
+        self._check_for = check_for
         self._inner = httpcore.AnyIOBackend()
 
     async def connect_tcp(
@@ -141,7 +159,8 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
 
     async def _checked_addresses(self, host: str, port: int) -> list[Address]:
         name = host.lower().rstrip(".")
-        if self._check is not None and (name == "localhost" or name.endswith(".localhost")):
+        check = self._check_for(host)
+        if check is not None and check(_LOOPBACK) and (name == "localhost" or name.endswith(".localhost")):
             # Always loopback (RFC 6761), whatever a resolver answers or fails to.
             raise _RefusedAddress(host, "loopback")
         try:
@@ -154,10 +173,10 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
             addresses = [ipaddress.ip_address(answer.split("%", 1)[0]) for answer in answers]
         if not addresses:
             raise httpcore.ConnectError(f"cannot resolve {host!r}")
-        if self._check is not None:
+        if check is not None:
             # One bad answer refuses the host: an attacker may control the order.
             for address in addresses:
-                if reason := self._check(address):
+                if reason := check(address):
                     raise _RefusedAddress(host, reason)
         return addresses
 
@@ -198,7 +217,8 @@ class Fetcher:
         policy: the limits.
         resolver: host name resolution (the system's by default).
         check: which addresses are refused; :func:`forbidden_reason` by
-            default, nothing when the policy allows private addresses.
+            default. When the policy allows private addresses, only link-local
+            ones are refused, and not for a host the allow-list names itself.
     """
 
     def __init__(
@@ -206,8 +226,14 @@ class Fetcher:
     ) -> None:
         self.policy = policy
         self._resolver = resolver
-        self._check: AddressCheck | None = None if policy.allow_private else check
+        self._check = check
         self._ssl_context: ssl.SSLContext = httpx.create_ssl_context()
+
+    def _check_for(self, host: str) -> AddressCheck | None:
+        """The address check for ``host`` (None: any address)."""
+        if not self.policy.allow_private:
+            return self._check
+        return None if self.policy.names(host) else link_local_reason
 
     async def read(self, url: str, param: str) -> bytes:
         """The bytes behind ``url``.
@@ -266,7 +292,7 @@ class Fetcher:
         return data
 
     async def _fetch(self, url: httpx.URL, param: str) -> bytes:
-        backend = _GuardedBackend(self._resolver, self._check)
+        backend = _GuardedBackend(self._resolver, self._check_for)
         headers = [(b"User-Agent", f"imgedit/{__version__}".encode()), (b"Accept", b"image/*")]
         async with httpcore.AsyncConnectionPool(ssl_context=self._ssl_context, network_backend=backend) as pool:
             for _hop in range(self.policy.max_redirects + 1):

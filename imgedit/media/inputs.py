@@ -50,19 +50,23 @@ class Inputs:
         return self.images[0]
 
 
-async def load_inputs(sources: Sequence[ImageSource], mask: bytes | None, fetcher: Fetcher, max_pixels: int) -> Inputs:
+async def load_inputs(
+    sources: Sequence[ImageSource], mask: ImageSource | None, fetcher: Fetcher, max_pixels: int
+) -> Inputs:
     """Fetch and decode the images of ``sources`` (at least one) and the ``mask``, if any.
 
     Raises:
         ApiError: 400 naming the first source that cannot be fetched or decoded, or the mask.
     """
-    payloads = await _fetch_all(sources, fetcher)
+    payloads = await _fetch_all([*sources, *([mask] if mask is not None else [])], fetcher)
+    image_payloads, mask_payload = payloads[: len(sources)], payloads[len(sources) :]
 
     def decode_all() -> Inputs:
         images = [
-            decode_image(payload, source.param, max_pixels) for payload, source in zip(payloads, sources, strict=True)
+            decode_image(payload, source.param, max_pixels)
+            for payload, source in zip(image_payloads, sources, strict=True)
         ]
-        region = decode_mask(mask, images[0].size, max_pixels) if mask is not None else None
+        region = decode_mask(mask_payload[0], images[0].size, max_pixels) if mask_payload else None
         return Inputs(images, region)
 
     return await anyio.to_thread.run_sync(decode_all)

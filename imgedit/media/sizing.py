@@ -67,28 +67,32 @@ def parse_size(value: str, limits: SizeLimits) -> Size | None:
     return size
 
 
-def output_size(requested: Size | None, first_input: Size, multiple: int, limits: SizeLimits) -> Size:
+def output_size(
+    requested: Size | None, first_input: Size, multiple: int, limits: SizeLimits, auto_pixels: int | None = None
+) -> Size:
     """The size to generate.
 
     Args:
-        requested: the parsed ``size`` field; None means ``auto``, which takes
-            the first input image's size, scaled down (aspect kept) when it is
-            beyond the limits.
+        requested: the parsed ``size`` field; None means ``auto``: an area of
+            ``auto_pixels`` at the first input image's aspect ratio, or the first
+            input's own size when ``auto_pixels`` is None; either is scaled down
+            (aspect kept) when it is beyond the limits.
         first_input: size of the first input image.
         multiple: the model's size multiple; both sides are rounded to it.
         limits: the same limits :func:`parse_size` enforced.
+        auto_pixels: the area ``auto`` aims at (the model's native area).
 
     Returns:
         A size whose sides are multiples of ``multiple``, at least ``MIN_SIDE``
         (rounded up to the multiple) and within ``limits``.
     """
     if requested is None:
-        scale = min(
-            1.0,
-            limits.max_side / max(first_input.width, first_input.height),
-            math.sqrt(limits.max_pixels / first_input.pixels),
-        )
-        width, height = first_input.width * scale, first_input.height * scale
+        width, height = float(first_input.width), float(first_input.height)
+        if auto_pixels is not None:
+            to_area = math.sqrt(auto_pixels / first_input.pixels)
+            width, height = width * to_area, height * to_area
+        scale = min(1.0, limits.max_side / max(width, height), math.sqrt(limits.max_pixels / (width * height)))
+        width, height = width * scale, height * scale
     else:
         width, height = float(requested.width), float(requested.height)
     smallest = math.ceil(MIN_SIDE / multiple) * multiple

@@ -94,6 +94,10 @@ class Usage:
     image_tokens: int
     output_tokens: int
 
+    def times(self, count: int) -> Usage:
+        """The usage of ``count`` such images (each is made by its own pass over the inputs)."""
+        return Usage(self.text_tokens * count, self.image_tokens * count, self.output_tokens * count)
+
     def as_openai(self) -> dict[str, Any]:
         inputs = self.text_tokens + self.image_tokens
         return {

@@ -60,6 +60,8 @@ class LoadedModel:
     dtype: torch.dtype
     #: Step count the source recommends over the family default (tiny models).
     default_steps: int | None = None
+    #: Output area ``size=auto`` should aim at instead of the family's (tiny models).
+    native_pixels: int | None = None
 
 
 def parse_source(settings: Settings) -> ModelSource:
@@ -190,13 +192,13 @@ def load_model(settings: Settings, worker: int = 0) -> LoadedModel:
     device = pick_device(settings.device, worker)
     dtype = pick_dtype(settings.dtype, device)
     source = parse_source(settings)
-    default_steps = None
+    default_steps = native_pixels = None
     if source.kind == "tiny":
         try:
             tiny = build_tiny(source.location)
         except KeyError as exc:
             raise ModelLoadError(f"IMGEDIT_MODEL: {exc.args[0]}") from None
-        pipeline, default_steps = tiny.pipeline, tiny.default_steps
+        pipeline, default_steps, native_pixels = tiny.pipeline, tiny.default_steps, tiny.native_pixels
         if dtype != torch.float32:  # tiny models are built in float32
             pipeline = pipeline.to(dtype=dtype)
     else:
@@ -209,7 +211,9 @@ def load_model(settings: Settings, worker: int = 0) -> LoadedModel:
         _place(pipeline, settings, device)
     except torch.OutOfMemoryError:
         raise ModelLoadError(f"cannot load model {settings.model!r}: not enough memory on {device}") from None
-    return LoadedModel(pipeline, settings.model, device, dtype, default_steps=default_steps)
+    return LoadedModel(
+        pipeline, settings.model, device, dtype, default_steps=default_steps, native_pixels=native_pixels
+    )
 
 
 def _from_pretrained(settings: Settings, source: ModelSource, dtype: torch.dtype) -> Any:

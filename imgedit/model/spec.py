@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from imgedit.edit import EditOptions, seeds_for
+from imgedit.edit import MAX_STEPS, EditOptions, seeds_for
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
 from imgedit.model.call import MaskMode
 
-#: Share of the default steps that each ``quality`` runs.
-QUALITY_STEP_SHARE = {"low": 0.25, "medium": 0.5, "high": 1.0, "auto": 1.0}
+#: Share of the default steps that each ``quality`` runs (at most :data:`~imgedit.edit.MAX_STEPS`).
+QUALITY_STEP_SHARE = {"low": 0.25, "medium": 0.5, "high": 1.0, "auto": 1.0, "xhigh": 1.5, "max": 2.0}
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def resolve(
     if options.num_inference_steps is not None:
         steps = options.num_inference_steps
     else:
-        steps = max(1, round(defaults.steps * QUALITY_STEP_SHARE[options.quality]))
+        steps = min(MAX_STEPS, max(1, round(defaults.steps * QUALITY_STEP_SHARE[options.quality])))
     mask_mode: MaskMode = "none" if mask_region is None else "native" if native_mask else "composite"
     mask = None
     if mask_region is not None and mask_mode == "native":

@@ -5,7 +5,9 @@
   reads it (BentoML's typed multipart inputs mishandle what real clients send).
   It overrides ``from_http_request``, which BentoML 1.4 calls on every input
   descriptor but does not document, and ``model_json_schema``, which feeds
-  the OpenAPI document.
+  the OpenAPI document. BentoML documents one body type per API; the API
+  method's ``openapi_request`` is extended so that an API taking several
+  (multipart and JSON) documents each.
 * :func:`worker_index`: which of the service's workers this process is (from 0).
 * :func:`arrange_exit_status` and :func:`stop_server`: a worker that cannot
   start stops the whole ``bentoml serve`` (its parent process), which then
@@ -41,32 +43,73 @@ class RawRequestInput(bentoml.IODescriptor):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
     media_type: ClassVar[str | None] = None
-    #: The request body as the OpenAPI document shows it.
-    body_schema: ClassVar[dict[str, Any]] = {}
+    #: Each body type the API takes, with its schema, as the OpenAPI document shows them.
+    bodies: ClassVar[dict[str, dict[str, Any]]] = {}
 
     connection: Request | None = None
 
     @classmethod
     def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return cls.body_schema
+        return cls.bodies.get(cls.media_type or "", {})
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> RawRequestInput:
         return cls.model_construct(connection=request)
 
 
-def raw_request_input(media_type: str, body_schema: dict[str, Any]) -> type[RawRequestInput]:
-    """A :class:`RawRequestInput` documented as a ``media_type`` body of ``body_schema``."""
-    bound = type("EditsInput", (RawRequestInput,), {"media_type": media_type, "body_schema": body_schema})
+def raw_request_input(bodies: dict[str, dict[str, Any]]) -> type[RawRequestInput]:
+    """A :class:`RawRequestInput` documented as taking each body type of ``bodies`` (media type -> schema)."""
+    media_type = next(iter(bodies))
+    bound = type("EditsInput", (RawRequestInput,), {"media_type": media_type, "bodies": dict(bodies)})
     # Keeps BentoML from documenting the descriptor's own field as a form part.
     bound.multipart_fields = list(RawRequestInput.model_fields)
+    _document_every_body_type()
     return bound
+
+
+def _document_every_body_type() -> None:
+    """Make BentoML's API methods document every body type of a :class:`RawRequestInput` (once per process)."""
+    from _bentoml_sdk.method import APIMethod
+    from bentoml._internal.service.openapi.specification import MediaType, Schema
+
+    original = APIMethod.openapi_request
+    if getattr(original, "documents_every_body_type", False):
+        return
+    known = {attribute.name for attribute in Schema.__attrs_attrs__}
+
+    def openapi_request(method: Any) -> dict[str, Any]:
+        spec = method.input_spec
+        if not (isinstance(spec, type) and issubclass(spec, RawRequestInput)):
+            return original(method)
+        return {
+            "content": {
+                media_type: MediaType(schema=Schema(**{key: value for key, value in schema.items() if key in known}))
+                for media_type, schema in spec.bodies.items()
+            }
+        }
+
+    openapi_request.documents_every_body_type = True  # type: ignore[attr-defined]
+    APIMethod.openapi_request = openapi_request  # type: ignore[method-assign]
 
 
 class ImageItem(bentoml.IODescriptor):
     b64_json: str
     url: None = None
     revised_prompt: None = None
+
+
+class UsageDetails(bentoml.IODescriptor):
+    text_tokens: int
+    image_tokens: int
+
+
+class Usage(bentoml.IODescriptor):
+    """Tokens behind the images: text and image tokens of the inputs, latent tokens of the outputs."""
+
+    input_tokens: int
+    input_tokens_details: UsageDetails
+    output_tokens: int
+    total_tokens: int
 
 
 class ImagesResponse(bentoml.IODescriptor):
@@ -77,6 +120,8 @@ class ImagesResponse(bentoml.IODescriptor):
     output_format: Literal["png", "jpeg", "webp"]
     size: str
     background: Literal["transparent", "opaque"]
+    quality: Literal["low", "medium", "high", "xhigh", "max"]
+    usage: Usage
 
 
 def worker_index() -> int:

@@ -21,7 +21,7 @@ from PIL import Image
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from imgedit.api.body import multipart_limits, read_form
+from imgedit.api.body import multipart_limits, read_body
 from imgedit.api.parse import EditRequest, RequestLimits, parse_edit_request
 from imgedit.api.responses import (
     SEEDS_HEADER,
@@ -31,6 +31,7 @@ from imgedit.api.responses import (
     error_response,
     images_response,
     partial_image_event,
+    reported_quality,
 )
 from imgedit.config import Settings
 from imgedit.errors import ApiError, internal_error
@@ -40,7 +41,7 @@ from imgedit.media.fetch import Fetcher
 from imgedit.media.inputs import Inputs, load_inputs
 from imgedit.media.masking import fit, keep_outside
 from imgedit.media.sizing import SizeLimits, output_size
-from imgedit.model.call import EditPlan
+from imgedit.model.call import EditPlan, Usage
 from imgedit.model.families import FamilyAdapter
 from imgedit.model.spec import EditSpec
 from imgedit.serving.engine import Engine
@@ -63,6 +64,8 @@ class _Prepared:
     spec: EditSpec
     plan: EditPlan
     encoding: EncodeOptions
+    #: The tokens behind one output image.
+    usage: Usage
 
     def finish(self, output: Image.Image) -> bytes:
         """Bring a generated (or preview) image to the output size, keep the original outside the mask, encode."""
@@ -92,6 +95,8 @@ class EditHandler:
         self.engine = engine
         self.fetcher = fetcher
         self.body_limits = multipart_limits(settings)
+        #: The area ``size=auto`` aims at: the model's native one, or None for the first image's own size.
+        self.auto_pixels = adapter.native_pixels if settings.auto_size == "native" else None
         self.limits = RequestLimits(
             max_images=adapter.max_images,
             max_prompt_chars=settings.max_prompt_chars,
@@ -106,9 +111,9 @@ class EditHandler:
         """
         note(model=self.settings.served_name)
         try:
-            form = await read_form(connection, self.body_limits)
+            body = await read_body(connection, self.body_limits)
             deadline = time.monotonic() + self.settings.request_timeout
-            prepared = await self._prepare(parse_edit_request(form, self.limits))
+            prepared = await self._prepare(parse_edit_request(body, self.limits))
             if prepared.request.stream:
                 return self._stream(prepared, deadline)
             return await self._respond(prepared, deadline, connection)
@@ -123,9 +128,17 @@ class EditHandler:
     async def _prepare(self, request: EditRequest) -> _Prepared:
         options = request.options
         note(n=options.n)
-        log.debug("prompt=%r negative_prompt=%r user=%r", options.prompt, options.negative_prompt, request.user)
+        log.debug(
+            "prompt=%r negative_prompt=%r user=%r safety_identifier=%r",
+            options.prompt,
+            options.negative_prompt,
+            request.user,
+            request.safety_identifier,
+        )
         inputs = await load_inputs(request.sources, request.mask, self.fetcher, self.settings.max_input_pixels)
-        size = output_size(request.size, inputs.first.size, self.adapter.size_multiple, self.limits.size)
+        size = output_size(
+            request.size, inputs.first.size, self.adapter.size_multiple, self.limits.size, self.auto_pixels
+        )
         spec = self.adapter.resolve(options, inputs.images, size, inputs.mask_region)
         plan = self.adapter.plan(spec)
         note(size=size, steps=plan.steps, **({"mask": plan.mask_mode} if plan.mask_mode != "none" else {}))
@@ -135,7 +148,7 @@ class EditHandler:
             background=resolve_background(request.background, inputs.first.alpha, request.output_format),
             png_compress_level=self.settings.png_compress_level,
         )
-        return _Prepared(request, inputs, spec, plan, encoding)
+        return _Prepared(request, inputs, spec, plan, encoding, self.adapter.usage(spec))
 
     def _submit(self, prepared: _Prepared, previews: int = 0, sink: PreviewSink | None = None) -> Job:
         try:
@@ -185,6 +198,8 @@ class EditHandler:
             output_format=prepared.request.output_format,
             size=prepared.plan.size,
             background=prepared.encoding.background,
+            quality=reported_quality(prepared.request.options.quality),
+            usage=prepared.usage.times(len(outputs)).as_openai(),
             seeds=prepared.spec.seeds,
         )
 
@@ -196,11 +211,11 @@ class EditHandler:
         info = StreamInfo(
             created_at=int(time.time()),
             size=prepared.plan.size,
-            quality=request.options.quality,
+            quality=reported_quality(request.options.quality),
             background=prepared.encoding.background,
             output_format=request.output_format,
         )
-        usage = self.adapter.usage(prepared.spec).as_openai()
+        usage = prepared.usage.as_openai()
 
         async def events() -> AsyncIterator[bytes]:
             result = asyncio.ensure_future(self._run(job, deadline))

@@ -83,7 +83,9 @@ def start(settings: Settings, worker: int = 0) -> tuple[EditHandler, ModelCard]:
         true_cfg_scale=settings.default_true_cfg_scale,
     )
     try:
-        adapter = adapter_class(loaded.pipeline, overrides=overrides, max_images=settings.max_images)
+        adapter = adapter_class(
+            loaded.pipeline, overrides=overrides, max_images=settings.max_images, native_pixels=loaded.native_pixels
+        )
     except ValueError as error:  # the only setting an adapter can refuse
         raise StartupError(f"IMGEDIT_MAX_IMAGES: {error}") from None
     engine = Engine(

@@ -20,6 +20,7 @@ LIMITS = RequestLimits(
     max_images=4, max_prompt_chars=100, size=SizeLimits(max_side=2048, max_pixels=1024 * 1024), model_names=("m",)
 )
 NUMBERS = [field for field in FIELDS if field.kind in ("integer", "number")]
+OPTIONS = {option.name for option in dataclasses.fields(EditOptions)}
 
 
 def test_the_readme_shows_the_table():
@@ -48,7 +49,7 @@ def test_the_openapi_form_documents_every_field_with_its_bounds():
 def test_every_field_lands_in_the_request_or_is_only_checked():
     stored = {option.name for option in dataclasses.fields(EditOptions)}
     stored |= {request_field.name for request_field in dataclasses.fields(EditRequest)} - {"options", "sources"}
-    names = {field.name for field in FIELDS} - {"image", "url", "response_format"}
+    names = {field.name for field in FIELDS} - {"image", "url", "response_format", "moderation"}
     assert names == stored
     assert {option.name for option in dataclasses.fields(EditOptions)} <= MODEL_FIELDS
 
@@ -57,7 +58,7 @@ def test_every_field_lands_in_the_request_or_is_only_checked():
 def test_the_parser_takes_exactly_the_declared_range(field):
     def parsed(value: float) -> object:
         request = parse_edit_request(form(("image", b"x"), ("prompt", "p"), (field.name, f"{value}")), LIMITS)
-        holder = request.options if field.name in {f.name for f in dataclasses.fields(EditOptions)} else request
+        holder = request.options if field.name in OPTIONS else request
         return getattr(holder, field.name)
 
     assert parsed(field.low) == field.low and parsed(field.high) == field.high
@@ -72,9 +73,9 @@ def test_the_parser_takes_exactly_the_declared_range(field):
 def test_the_parser_takes_exactly_the_declared_choices(field):
     for spelling in field.spellings:
         request = parse_edit_request(form(("image", b"x"), ("prompt", "p"), (field.name, spelling.upper())), LIMITS)
-        holder = request.options if field.name == "quality" else request
+        holder = request.options if field.name in OPTIONS else request
         expected = dict(field.aliases).get(spelling, spelling)
-        assert field.name == "response_format" or getattr(holder, field.name) == expected
+        assert field.name in ("response_format", "moderation") or getattr(holder, field.name) == expected
     with pytest.raises(ApiError) as caught:
         parse_edit_request(form(("image", b"x"), ("prompt", "p"), (field.name, "surely-not")), LIMITS)
     assert caught.value.param == field.name
@@ -84,8 +85,8 @@ def test_the_parser_takes_exactly_the_declared_choices(field):
 def test_defaults_come_from_the_table():
     request = parse_edit_request(form(("image", b"x"), ("prompt", "p")), LIMITS)
     for field in FIELDS:
-        if field.default is None or field.name in ("size", "response_format"):
+        if field.default is None or field.name in ("size", "response_format", "moderation"):
             continue
-        holder = request.options if field.name in {f.name for f in dataclasses.fields(EditOptions)} else request
+        holder = request.options if field.name in OPTIONS else request
         assert getattr(holder, field.name) == field.default, field.name
     assert request.size is None  # size=auto

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from imgedit.api.parse import RequestLimits, parse_edit_request
 from imgedit.edit import MAX_SEED
 from imgedit.errors import ApiError
+from imgedit.media.inputs import ImageSource
 from imgedit.media.sizing import Size, SizeLimits
 from tests.helpers import form
 
@@ -98,7 +99,7 @@ def test_every_field_is_parsed():
     assert (request.output_format, request.output_compression, request.background) == ("jpeg", 40, "opaque")
     assert (options.quality, request.user, options.negative_prompt) == ("low", "someone", "blurry")
     assert (options.num_inference_steps, options.guidance_scale, options.true_cfg_scale) == (12, 2.5, 1.0)
-    assert (options.image_guidance_scale, options.strength, request.mask) == (1.25, 0.75, PNG)
+    assert (options.image_guidance_scale, options.strength, request.mask) == (1.25, 0.75, ImageSource("mask", PNG))
     assert options.seed == MAX_SEED
     assert request.partial_images == 2
     assert request.stream is True
@@ -204,3 +205,133 @@ def test_guidance_is_a_finite_number_from_0_to_20_or_a_400(value):
         assert error.status == 400 and error.param == "guidance_scale"
     else:
         assert request.options.guidance_scale is None or 0 <= request.options.guidance_scale <= 20
+
+
+# -- JSON bodies ------------------------------------------------------------------------------------
+
+DATA_URL = "data:image/png;base64,iVBORw0KGgo="
+
+
+def parse_json(body: dict):
+    return parse_edit_request(body, LIMITS)
+
+
+def json_error(body: dict) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        parse_json(body)
+    return caught.value
+
+
+def test_json_and_multipart_give_the_same_request():
+    scalars = {
+        "prompt": "p",
+        "model": "Org/qwen-edit",
+        "n": 3,
+        "size": "512X256",
+        "output_format": "JPG",
+        "output_compression": 40,
+        "background": "opaque",
+        "quality": "standard",
+        "input_fidelity": "high",
+        "moderation": "low",
+        "user": "someone",
+        "safety_identifier": "hashed-user",
+        "negative_prompt": "blurry",
+        "num_inference_steps": 12,
+        "guidance_scale": 2.5,
+        "true_cfg_scale": 1,
+        "image_guidance_scale": 1.25,
+        "strength": 0.75,
+        "seed": MAX_SEED,
+        "stream": True,
+        "partial_images": 2,
+    }
+    as_json = parse_json({**scalars, "images": [{"image_url": DATA_URL}], "mask": {"image_url": DATA_URL}})
+    as_form = parse(
+        ("url", DATA_URL),
+        ("mask", PNG),
+        *[(name, str(value).lower() if isinstance(value, bool) else str(value)) for name, value in scalars.items()],
+    )
+    assert as_json.options == as_form.options
+    assert as_json.options.quality == "auto" and as_json.options.input_fidelity == "high"
+    same = ("model", "size", "output_format", "output_compression", "background", "user", "stream", "partial_images")
+    assert all(getattr(as_json, name) == getattr(as_form, name) for name in same)
+    assert as_json.safety_identifier == as_form.safety_identifier == "hashed-user"
+    assert [source.url for source in as_json.sources] == [DATA_URL]
+    assert [source.param for source in as_json.sources] == ["images[0]"]
+    assert as_json.mask == ImageSource("mask", url=DATA_URL)
+
+
+def test_json_images_urls_and_chat_style_image_objects():
+    request = parse_json(
+        {
+            "prompt": "p",
+            "images": [{"image_url": DATA_URL}, {"image_url": {"url": "https://example.com/a.png"}}],
+            "url": "https://example.com/b.png",
+        }
+    )
+    assert [(source.param, source.url) for source in request.sources] == [
+        ("images[0]", DATA_URL),
+        ("images[1]", "https://example.com/a.png"),
+        ("url[0]", "https://example.com/b.png"),
+    ]
+    assert [source.param for source in parse_json({"prompt": "p", "url": ["x:1", "x:2"]}).sources] == [
+        "url[0]",
+        "url[1]",
+    ]
+
+
+def test_json_nulls_empty_strings_and_unknown_keys_count_as_absent():
+    request = parse_json(
+        {"prompt": "p", "images": [{"image_url": DATA_URL}], "seed": None, "size": "", "mask": None, "extra": [1, {}]}
+    )
+    assert (request.options.seed, request.size, request.mask) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "status"),
+    [
+        ({"images": [{"image_url": DATA_URL}]}, "prompt", 400),
+        ({"prompt": 3}, "prompt", 400),
+        ({"prompt": "p", "n": "2"}, "n", 400),
+        ({"prompt": "p", "n": 2.0}, "n", 400),
+        ({"prompt": "p", "n": True}, "n", 400),
+        ({"prompt": "p", "seed": -1}, "seed", 400),
+        ({"prompt": "p", "seed": 2**64}, "seed", 400),
+        ({"prompt": "p", "guidance_scale": "high"}, "guidance_scale", 400),
+        ({"prompt": "p", "guidance_scale": float("inf")}, "guidance_scale", 400),
+        ({"prompt": "p", "stream": "true"}, "stream", 400),
+        ({"prompt": "p", "stream": 1}, "stream", 400),
+        ({"prompt": "p", "quality": ["high"]}, "quality", 400),
+        ({"prompt": "p", "output_format": "gif"}, "output_format", 400),
+        ({"prompt": "p", "output_format": "svg"}, "output_format", 400),
+        ({"prompt": "p", "input_fidelity": "medium"}, "input_fidelity", 400),
+        ({"prompt": "p", "moderation": "strict"}, "moderation", 400),
+        ({"prompt": "p", "size": 1024}, "size", 400),
+        ({"prompt": "p", "images": [{"file_id": "file-abc"}]}, "images", 400),
+        ({"prompt": "p", "images": ["data:image/png;base64,AAAA"]}, "images[0]", 400),
+        ({"prompt": "p", "images": [{"image_url": 5}]}, "images[0]", 400),
+        ({"prompt": "p", "images": [{"image_url": "  "}]}, "images[0]", 400),
+        ({"prompt": "p", "images": [{"image_url": DATA_URL}] * 5}, "images", 400),
+        ({"prompt": "p", "url": [7]}, "url[0]", 400),
+        ({"prompt": "p", "mask": {"file_id": "file-abc"}}, "mask", 400),
+        ({"prompt": "p", "mask": "data:image/png;base64,AAAA"}, "mask", 400),
+        ({"prompt": "p"}, "image", 422),
+        ({"prompt": "p", "images": []}, "image", 422),
+    ],
+)
+def test_bad_json_values_name_their_field(body, param, status):
+    body = {"images": [{"image_url": DATA_URL}], **body} if "images" not in body and status == 400 else body
+    error = json_error(body)
+    assert (error.status, error.param) == (status, param)
+    assert error.message
+
+
+def test_json_type_errors_say_what_was_expected():
+    assert json_error({"prompt": "p", "images": [{"image_url": DATA_URL}], "n": "2"}).message == (
+        "Invalid type for 'n': expected an integer, got a string."
+    )
+    error = json_error({"prompt": "p", "images": [{"file_id": "file-abc"}]})
+    assert error.code == "unsupported_file_id" and "Files API" in error.message
+    error = json_error({"prompt": "p", "images": [{"image_url": DATA_URL}], "output_format": "gif"})
+    assert "png, jpeg, webp" in error.message

@@ -309,3 +309,36 @@ async def test_non_image_content_is_fetched_but_fails_to_decode(origin):
     with pytest.raises(ApiError) as caught:
         decode_image(data, "url[0]", 1000)
     assert (caught.value.param, caught.value.code) == ("url[0]", "invalid_image_format")
+
+
+@pytest.mark.parametrize(
+    "address", ["169.254.169.254", "169.254.0.1", "fe80::1", "::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe"]
+)
+async def test_link_local_stays_refused_when_private_hosts_are_allowed(address):
+    calls: list[str] = []
+    fetcher = Fetcher(FetchPolicy(allow_private=True), resolver=fake_resolver({"metadata.test": [address]}, calls))
+    for url in (f"http://{_literal(address)}/latest/meta-data/", "http://metadata.test/latest/meta-data/"):
+        error = await error_of(fetcher, url)
+        assert error.code == "url_not_allowed"
+        assert "link-local" in error.message
+
+
+async def test_link_local_is_reached_only_through_a_host_the_allow_list_names():
+    resolver = fake_resolver({"metadata.internal": ["169.254.169.254"], "x.cloud.internal": ["169.254.169.254"]})
+    named = Fetcher(
+        FetchPolicy(allow_private=True, allowed_hosts=("metadata.internal", "*.cloud.internal")), resolver=resolver
+    )
+    assert named._check_for("metadata.internal") is None  # the operator named this very host
+    assert named._check_for("x.cloud.internal") is not None  # a pattern is not a name
+    error = await error_of(named, "http://x.cloud.internal/")
+    assert error.code == "url_not_allowed" and "link-local" in error.message
+
+
+async def test_private_hosts_still_fetch_when_allowed(origin):
+    fetcher = Fetcher(FetchPolicy(allow_private=True))
+    assert fetcher._check_for("127.0.0.1") is not None  # a check still runs: link-local only
+    assert await fetcher.read(f"http://{origin}/image.png", "url[0]")
+
+
+def _literal(address: str) -> str:
+    return f"[{address}]" if ":" in address else address

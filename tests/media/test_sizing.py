@@ -99,3 +99,31 @@ def test_output_sizes_are_multiples_within_limits(width, height, multiple, auto)
     assert max(size.width, size.height) <= PROPERTY_LIMITS.max_side and size.pixels <= PROPERTY_LIMITS.max_pixels
     if requested is not None:  # rounding moves each side by less than one multiple
         assert abs(size.width - requested.width) < multiple and abs(size.height - requested.height) < multiple
+
+
+@pytest.mark.parametrize(
+    ("first_input", "expected"),
+    [
+        (Size(4032, 3024), Size(1184, 880)),  # a phone photo: about 1 MP, not 4.2 MP
+        (Size(64, 64), Size(1024, 1024)),  # small inputs are scaled up to the native area
+        (Size(1000, 250), Size(2048, 512)),  # 4:1 keeps its shape
+        (Size(1024, 1024), Size(1024, 1024)),
+    ],
+)
+def test_auto_aims_at_the_native_area_at_the_first_images_aspect(first_input, expected):
+    size = output_size(None, first_input, 16, SizeLimits(max_side=4096, max_pixels=2048 * 2048), 1024 * 1024)
+    assert size == expected
+    assert abs(size.pixels - 1024 * 1024) / (1024 * 1024) < 0.05
+
+
+def test_auto_native_area_still_keeps_within_the_limits():
+    size = output_size(None, Size(8000, 1000), 16, SizeLimits(max_side=2048, max_pixels=2048 * 2048), 1024 * 1024)
+    assert size.width == 2048 and size.height == 256
+
+
+@given(width=sides, height=sides, multiple=multiples, area=st.integers(min_value=64 * 64, max_value=2048 * 2048))
+def test_auto_native_sizes_are_multiples_within_limits_near_the_area(width, height, multiple, area):
+    size = output_size(None, Size(width, height), multiple, PROPERTY_LIMITS, area)
+    assert size.width % multiple == 0 and size.height % multiple == 0
+    assert size.width >= MIN_SIDE and size.height >= MIN_SIDE
+    assert max(size.width, size.height) <= PROPERTY_LIMITS.max_side and size.pixels <= PROPERTY_LIMITS.max_pixels

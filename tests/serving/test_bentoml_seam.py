@@ -20,6 +20,7 @@ from imgedit.serving.bentoml_seam import (
 )
 
 SCHEMA = {"type": "object", "title": "SeamForm", "properties": {"word": {"type": "string", "maxLength": 9}}}
+JSON_SCHEMA = {"type": "object", "title": "SeamJson", "properties": {"count": {"type": "integer", "maximum": 3}}}
 
 
 @bentoml.service(name="seam-probe")
@@ -27,7 +28,9 @@ class SeamProbe:
     """Answers with what it received: the body, unread by BentoML, and its content type."""
 
     @bentoml.api(
-        route="/v1/probe", input_spec=raw_request_input("multipart/form-data", SCHEMA), output_spec=ImagesResponse
+        route="/v1/probe",
+        input_spec=raw_request_input({"multipart/form-data": SCHEMA, "application/json": JSON_SCHEMA}),
+        output_spec=ImagesResponse,
     )
     async def probe(self, connection: Request) -> Response:
         body = await connection.body()
@@ -59,14 +62,15 @@ def test_the_api_function_gets_the_request_with_its_body_unread(client):
     assert response.headers["x-type"] == "multipart/form-data; boundary=nope"
 
 
-def test_the_openapi_document_shows_the_declared_body(client):
+def test_the_openapi_document_shows_every_declared_body(client):
     document = client.get("/docs.json").json()
     content = document["paths"]["/v1/probe"]["post"]["requestBody"]["content"]
-    assert list(content) == ["multipart/form-data"]
-    schema = content["multipart/form-data"]["schema"]
-    if "$ref" in schema:  # BentoML may put it among the components
-        schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
-    assert schema["properties"] == SCHEMA["properties"]
+    assert list(content) == ["multipart/form-data", "application/json"]
+    for media_type, declared in (("multipart/form-data", SCHEMA), ("application/json", JSON_SCHEMA)):
+        schema = content[media_type]["schema"]
+        if "$ref" in schema:  # BentoML may put it among the components
+            schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+        assert schema["properties"] == declared["properties"]
     assert "connection" not in str(document)  # the descriptor's own field is never documented
 
 

@@ -34,7 +34,12 @@ def engine(tiny_model):
 
 def make_handler(tiny_model, engine, **settings) -> EditHandler:
     config = Settings(model="tiny:qwen-image-edit-plus", **settings)
-    adapter = QwenImageEditPlusAdapter(tiny_model.pipeline, overrides=Defaults(steps=2), max_images=config.max_images)
+    adapter = QwenImageEditPlusAdapter(
+        tiny_model.pipeline,
+        overrides=Defaults(steps=2),
+        max_images=config.max_images,
+        native_pixels=tiny_model.native_pixels,  # 64x64, as the server serves a tiny model
+    )
     return EditHandler(config, config.model, adapter, engine, Fetcher(FetchPolicy()))
 
 
@@ -53,7 +58,13 @@ async def test_success_body_and_headers(handler):
     assert response.status_code == 200
     assert response.media_type == "application/json"
     assert response.headers[SEEDS_HEADER] == "42"
-    assert set(body) == {"created", "data", "output_format", "size", "background"}
+    assert set(body) == {"created", "data", "output_format", "size", "background", "quality", "usage"}
+    assert body["quality"] == "high"  # auto runs the default steps
+    usage = body["usage"]
+    assert usage["input_tokens"] == sum(usage["input_tokens_details"].values()) > 0
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    patch = handler.adapter.size_multiple
+    assert usage["output_tokens"] == (64 // patch) ** 2  # one 64x64 output in latent patches
     assert isinstance(body["created"], int)
     assert body["data"][0]["url"] is None and body["data"][0]["revised_prompt"] is None
     assert (body["output_format"], body["size"], body["background"]) == ("png", "64x64", "opaque")
@@ -98,7 +109,13 @@ async def test_size_is_rounded_to_the_model_multiple_and_reported(handler):
     assert decode(base64.b64decode(body["data"][0]["b64_json"])).size == (104, 72)
 
 
-async def test_auto_size_follows_the_first_image(handler):
+async def test_auto_size_is_the_native_area_at_the_first_images_aspect(handler):
+    _, body = await call(handler, ("image", gradient_png(96, 64)), ("image", gradient_png(64, 128)), ("prompt", "p"))
+    assert body["size"] == "80x64"  # 4096 px at 3:2 is 78x52: 80 wide, and no side under 64
+
+
+async def test_auto_size_follows_the_first_image_when_the_operator_says_so(tiny_model, engine):
+    handler = make_handler(tiny_model, engine, auto_size="input")
     _, body = await call(handler, ("image", gradient_png(96, 64)), ("image", gradient_png(64, 128)), ("prompt", "p"))
     assert body["size"] == "96x64"
 
@@ -286,5 +303,5 @@ async def test_a_stream_sends_previews_then_one_completed_event_per_image(handle
     assert all(chunk.decode().startswith("event: image_edit.") for chunk in chunks)
     assert [event["type"] for event in events] == ["image_edit.partial_image"] * 4 + ["image_edit.completed"] * 2
     assert [event["partial_image_index"] for event in events[:4]] == [0, 1, 2, 3]
-    assert all(event["size"] == "64x64" and event["quality"] == "auto" for event in events)
+    assert all(event["size"] == "64x64" and event["quality"] == "high" for event in events)
     assert events[-1]["usage"]["total_tokens"] > 0

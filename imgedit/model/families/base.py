@@ -47,6 +47,7 @@ class FamilyAdapter(ABC):
         pipeline: the loaded pipeline (an instance of one of ``pipeline_classes``).
         overrides: the operator's overrides of the family's defaults (``IMGEDIT_DEFAULT_*``).
         max_images: overrides ``default_max_images``, up to ``max_images_supported``.
+        native_pixels: overrides the output area ``size=auto`` aims at (tiny models are built for less).
 
     Raises:
         ValueError: ``max_images`` is more than the pipeline takes.
@@ -60,6 +61,10 @@ class FamilyAdapter(ABC):
     max_images_supported: ClassVar[int] = 1
     #: The family's defaults (``steps`` is required); :meth:`family_defaults` may refine them per pipeline.
     defaults: ClassVar[Defaults]
+    #: What ``input_fidelity`` does: defaults that replace the family's at each level (none: no knob).
+    fidelity: ClassVar[dict[str, Defaults]] = {}
+    #: The side of the square the model was trained at: ``size=auto`` aims at its area.
+    native_side: ClassVar[int] = 1024
     #: Make all ``n`` images in one call (True) or one call per image (False).
     #: Separate calls make image i byte-identical to an ``n=1`` request with
     #: seed + i; batching changes the numerics slightly.
@@ -73,7 +78,14 @@ class FamilyAdapter(ABC):
     #: ``from_pipe``; families without one composite the edit back outside the mask.
     pipeline_pairs: ClassVar[tuple[tuple[str, str | None], ...]]
 
-    def __init__(self, pipeline: Any, *, overrides: Defaults | None = None, max_images: int | None = None) -> None:
+    def __init__(
+        self,
+        pipeline: Any,
+        *,
+        overrides: Defaults | None = None,
+        max_images: int | None = None,
+        native_pixels: int | None = None,
+    ) -> None:
         self.max_images = max_images or self.default_max_images
         if self.max_images > self.max_images_supported:
             raise ValueError(f"{self.name} takes at most {self.max_images_supported} input images")
@@ -85,6 +97,8 @@ class FamilyAdapter(ABC):
         self.pipeline, self.inpaint_pipeline = self.build_pipelines(pipeline)
         #: What an edit leaves unset becomes: the operator's overrides over the family's defaults.
         self.resolved_defaults = self.family_defaults().overridden_by(overrides or Defaults())
+        #: The output area ``size=auto`` aims at, at the first image's aspect ratio.
+        self.native_pixels = native_pixels or self.family_native_pixels()
 
     @classmethod
     def pipeline_classes(cls) -> tuple[str, ...]:
@@ -132,6 +146,14 @@ class FamilyAdapter(ABC):
         """The defaults for the loaded pipeline (by default :attr:`defaults`; some depend on the checkpoint)."""
         return self.defaults
 
+    def family_native_pixels(self) -> int:
+        """The area the loaded checkpoint was trained at (by default ``native_side`` squared)."""
+        return self.native_side**2
+
+    def reference_size(self, image: InputImage, spec: EditSpec) -> Size:
+        """The size the denoiser sees ``image`` at, for ``usage`` (by default the output size: it is resized to it)."""
+        return spec.size
+
     def check(self, spec: EditSpec) -> None:
         """Refuse, with an :class:`~imgedit.errors.ApiError`, an edit this family cannot run.
 
@@ -159,7 +181,10 @@ class FamilyAdapter(ABC):
             mask_region: the request's mask at the first image's size, white
                 where to edit; None without one.
         """
-        return resolve(options, self.resolved_defaults, images, size, mask_region, native_mask=self.native_mask)
+        defaults = self.resolved_defaults
+        if options.input_fidelity is not None:  # the request's choice wins over the operator's defaults
+            defaults = defaults.overridden_by(self.fidelity.get(options.input_fidelity, Defaults()))
+        return resolve(options, defaults, images, size, mask_region, native_mask=self.native_mask)
 
     def plan(self, spec: EditSpec) -> EditPlan:
         """How to serve ``spec``: its pipeline calls, one per image unless the family batches them.
@@ -180,19 +205,22 @@ class FamilyAdapter(ABC):
     def usage(self, spec: EditSpec) -> Usage:
         """Token counts for one output image, as OpenAI's ``usage`` reports them.
 
-        Text tokens are the prompt's tokens by the pipeline's tokenizer; image
-        tokens are latent patches, one per ``size_multiple`` square: what the
-        denoiser attends over, input references and the output alike.
+        Text tokens are the prompt's tokens by the pipeline's tokenizer. Image
+        tokens are latent patches, one per ``size_multiple`` square, of what the
+        denoiser attends over: each input at the size the pipeline resizes it to
+        (:meth:`reference_size`), and the output.
         """
         tokenizer = getattr(self.pipeline, "tokenizer", None)
         try:
             text = len(tokenizer(spec.prompt).input_ids) if tokenizer is not None else len(spec.prompt.split())
         except Exception:  # a processor-style tokenizer with another call shape
             text = len(spec.prompt.split())
-        patch = self.size_multiple
-        image = sum((each.size.width // patch) * (each.size.height // patch) for each in spec.images)
-        output = (spec.size.width // patch) * (spec.size.height // patch)
-        return Usage(text_tokens=text, image_tokens=image, output_tokens=output)
+        image = sum(self.latent_tokens(self.reference_size(each, spec)) for each in spec.images)
+        return Usage(text_tokens=text, image_tokens=image, output_tokens=self.latent_tokens(spec.size))
+
+    def latent_tokens(self, size: Size) -> int:
+        """Latent patches of an image of ``size``: one per ``size_multiple`` square."""
+        return (size.width // self.size_multiple) * (size.height // self.size_multiple)
 
     def warmup_plans(self) -> list[EditPlan]:
         """One-step plans on a small blank image, run before serving: the edit, and the inpainting variant."""

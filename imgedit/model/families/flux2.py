@@ -48,6 +48,7 @@ from PIL import Image
 
 from imgedit.config import HARD_MAX_IMAGES
 from imgedit.errors import invalid
+from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
 from imgedit.model.call import EditPlan, PipelineCall, StepHook, generators, postprocess
 from imgedit.model.families.base import FamilyAdapter, require_a_denoising_step
@@ -56,11 +57,20 @@ from imgedit.model.spec import Defaults, EditSpec
 #: ``Flux2ImageProcessor.check_image_input``'s limits on every reference.
 MIN_REFERENCE_SIDE = 64
 MAX_REFERENCE_ASPECT = 8
-#: The pixel area the Klein inpainting pipeline shrinks its ``image`` to when larger.
-INPAINT_MAX_AREA = 1024 * 1024
+#: The pixel area the pipelines shrink their images to when larger (references, and Klein's inpainting input).
+MAX_IMAGE_AREA = 1024 * 1024
 #: Defaults of the step-distilled Klein models (model cards: 4 steps, guidance 1).
 DISTILLED_STEPS = 4
 DISTILLED_GUIDANCE_SCALE = 1.0
+
+
+def _within_one_megapixel(size: Size, multiple: int) -> Size:
+    """``size`` as the pipelines resize images: shrunk to :data:`MAX_IMAGE_AREA` if larger, floored to ``multiple``."""
+    width, height = size.width, size.height
+    if width * height > MAX_IMAGE_AREA:
+        scale = math.sqrt(MAX_IMAGE_AREA / (width * height))
+        width, height = int(width * scale), int(height * scale)
+    return Size(width // multiple * multiple, height // multiple * multiple)
 
 
 class _Flux2Family(FamilyAdapter):
@@ -103,6 +113,10 @@ class _Flux2Family(FamilyAdapter):
         patched = pipeline._unpatchify_latents(unpacked * std + mean).to(vae.dtype)
         decoded = vae.decode(patched, return_dict=False)[0]
         return postprocess(pipeline, decoded)
+
+    def reference_size(self, image: InputImage, spec: EditSpec) -> Size:
+        """References over 1 MP are shrunk to 1 MP; every side is floored to the size multiple."""
+        return _within_one_megapixel(image.size, self.size_multiple)
 
     def arguments(self, pipeline: Any, spec: EditSpec) -> dict[str, Any]:
         return {
@@ -192,12 +206,7 @@ class Flux2KleinAdapter(_Flux2Family):
         if self.inpaint_pipeline is None or pipeline is not self.inpaint_pipeline:
             return spec.size
         # The image arrives at ``size``; the pipeline shrinks it to 1 MP and floors it to the multiple.
-        width, height = spec.size.width, spec.size.height
-        if width * height > INPAINT_MAX_AREA:
-            scale = math.sqrt(INPAINT_MAX_AREA / (width * height))
-            width, height = int(width * scale), int(height * scale)
-        multiple = self.size_multiple
-        return Size(width // multiple * multiple, height // multiple * multiple)
+        return _within_one_megapixel(spec.size, self.size_multiple)
 
     def check(self, spec: EditSpec) -> None:
         """Also refuse a strength that leaves the inpainting pipeline no step to run."""

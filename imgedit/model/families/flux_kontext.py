@@ -43,12 +43,15 @@ Family quirks handled here:
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
 from PIL import Image
 
 from imgedit.errors import invalid
+from imgedit.media.images import InputImage
+from imgedit.media.sizing import Size
 from imgedit.model.call import PipelineCall, generators, postprocess
 from imgedit.model.families.base import FamilyAdapter, require_a_denoising_step
 from imgedit.model.spec import Defaults, EditSpec
@@ -96,6 +99,16 @@ class FluxKontextAdapter(FamilyAdapter):
             "generator": generators(spec.seeds),
             "output_type": "pil",
         }
+
+    def reference_size(self, image: InputImage, spec: EditSpec) -> Size:
+        """Edits snap the reference to the trained resolution nearest its aspect; inpainting keeps the output's."""
+        if spec.mask is not None:
+            return spec.size
+        preferred = sys.modules[type(self.pipeline).__module__].PREFERRED_KONTEXT_RESOLUTIONS
+        ratio = image.size.width / image.size.height
+        _, width, height = min((abs(ratio - width / height), width, height) for width, height in preferred)
+        multiple = self.size_multiple
+        return Size(width // multiple * multiple, height // multiple * multiple)
 
     def preview(self, call: PipelineCall, latents: torch.Tensor) -> list[Image.Image]:
         """Decode packed latents of shape (images, (height/16)*(width/16), 4*latent channels) as the pipeline does."""

@@ -39,7 +39,7 @@ from imgedit.config import HARD_MAX_IMAGES
 from imgedit.errors import invalid
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
-from imgedit.model.call import PipelineCall, generators, postprocess
+from imgedit.model.call import PipelineCall, Usage, generators, postprocess
 from imgedit.model.families.base import FamilyAdapter, require_a_denoising_step
 from imgedit.model.spec import Defaults, EditSpec
 
@@ -92,24 +92,29 @@ class _QwenImageEdit(FamilyAdapter):
         decoded = vae.decode(unpacked * std + mean, return_dict=False)[0][:, :, 0]
         return postprocess(pipeline, decoded)
 
+    def reference_size(self, image: InputImage, spec: EditSpec) -> Size:
+        return self._reference_sizes(image.size)[1]
+
+    def usage(self, spec: EditSpec) -> Usage:
+        """Also counts the vision tokens each image becomes in the text encoder."""
+        usage = super().usage(spec)
+        vision = sum(self._vision_tokens(image) for image in spec.images)
+        return dataclasses.replace(usage, image_tokens=usage.image_tokens + vision)
+
     def check(self, spec: EditSpec) -> None:
         """Refuse what the pipeline would fail on: elongated references, prompts past the position table."""
-        processor = self.pipeline.processor.image_processor
         latent_sides = [spec.size.width, spec.size.height]
         vision_tokens = 0
         for image in spec.images:
-            vision_size, reference_size = self._reference_sizes(image.size)
             try:
-                if min(vision_size.width, vision_size.height, reference_size.width, reference_size.height) <= 0:
-                    raise ValueError("resized to nothing")
-                patches = processor.get_number_of_image_patches(vision_size.height, vision_size.width)
+                vision_tokens += self._vision_tokens(image)
             except ValueError:
                 raise invalid(
                     image.param,
                     f"The image in '{image.param}' ({image.size}) is too elongated for this model.",
                     code="invalid_image",
                 ) from None
-            vision_tokens += patches // processor.merge_size**2
+            reference_size = self._reference_sizes(image.size)[1]
             latent_sides += [reference_size.width, reference_size.height]
         # Text positions start after the largest half-side of any image's latent grid (scale_rope).
         text_budget = ROPE_POSITIONS - max(side // self.size_multiple for side in latent_sides) // 2
@@ -126,6 +131,19 @@ class _QwenImageEdit(FamilyAdapter):
                     f"{length} text and vision tokens, and at most {text_budget} fit.",
                     code="prompt_too_long",
                 )
+
+    def _vision_tokens(self, image: InputImage) -> int:
+        """The tokens ``image`` becomes in the vision-language text encoder.
+
+        Raises:
+            ValueError: the pipeline would resize the image to nothing (too elongated).
+        """
+        processor = self.pipeline.processor.image_processor
+        vision_size, reference_size = self._reference_sizes(image.size)
+        if min(vision_size.width, vision_size.height, reference_size.width, reference_size.height) <= 0:
+            raise ValueError("resized to nothing")
+        patches = processor.get_number_of_image_patches(vision_size.height, vision_size.width)
+        return patches // processor.merge_size**2
 
     @staticmethod
     def _true_cfg_scale(spec: EditSpec) -> float:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
@@ -109,6 +109,12 @@ class _StableDiffusion(FamilyAdapter):
         guidance_scale = SDXL_GUIDANCE_SCALE if _is_xl(self.pipeline) else SD_GUIDANCE_SCALE
         return dataclasses.replace(self.defaults, guidance_scale=guidance_scale)
 
+    def family_native_pixels(self) -> int:
+        """The checkpoint's default resolution: its UNet's sample size in latents (512 for SD 1.5, 1024 for SDXL)."""
+        sample = self.pipeline.unet.config.sample_size
+        height, width = (sample, sample) if isinstance(sample, int) else sample
+        return height * width * int(self.pipeline.vae_scale_factor) ** 2
+
     def _common(self, spec: EditSpec, steps: int) -> dict[str, Any]:
         return {
             "prompt": spec.prompt,
@@ -157,6 +163,11 @@ class InstructPix2PixAdapter(_StableDiffusion):
         ("StableDiffusionXLInstructPix2PixPipeline", None),
     )
     defaults = Defaults(steps=50, image_guidance_scale=1.5)
+    #: Image guidance is how closely InstructPix2Pix follows the input.
+    fidelity: ClassVar[dict[str, Defaults]] = {
+        "high": Defaults(image_guidance_scale=2.0),
+        "low": Defaults(image_guidance_scale=1.2),
+    }
 
     def arguments(self, pipeline: Any, spec: EditSpec) -> dict[str, Any]:
         return {
@@ -176,6 +187,8 @@ class StableDiffusionAdapter(_StableDiffusion):
         ("StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"),
     )
     defaults = Defaults(steps=50, strength=IMG2IMG_STRENGTH, inpaint_strength=INPAINT_STRENGTH)
+    #: Less img2img strength re-noises less of the input, so more of it stays.
+    fidelity: ClassVar[dict[str, Defaults]] = {"high": Defaults(strength=0.5), "low": Defaults(strength=0.9)}
 
     @classmethod
     def pipeline_classes(cls) -> tuple[str, ...]:

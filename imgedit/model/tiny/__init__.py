@@ -18,15 +18,18 @@ from typing import Any, TypeVar
 PREFIX = "tiny:"
 #: Steps every tiny model defaults to: enough to exercise the scheduler, few enough to be quick.
 TINY_STEPS = 4
+#: The square side ``size=auto`` aims at with a tiny model: what its tests use, quick on any CPU.
+TINY_SIDE = 64
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class TinyModel:
-    """A built tiny pipeline and the step count it defaults to."""
+    """A built tiny pipeline, the step count it defaults to, and the area ``size=auto`` aims at."""
 
     pipeline: Any
     default_steps: int
+    native_pixels: int = TINY_SIDE * TINY_SIDE
 
 
 def seeded(build: Callable[[], T]) -> T:

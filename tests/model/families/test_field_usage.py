@@ -33,6 +33,7 @@ CHANGED = {
     "n": 2,
     "seed": 5,
     "quality": "low",
+    "input_fidelity": "high",
     "num_inference_steps": 3,
     "guidance_scale": 3.0,
     "true_cfg_scale": 3.0,

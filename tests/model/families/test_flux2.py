@@ -420,3 +420,12 @@ def test_a_tiny_stepless_strength_is_refused_too(klein):
 
 def test_klein_repaints_where_the_mask_is_white(klein):
     assert_repaints_where_the_mask_is_white(klein)
+
+
+def test_references_count_at_the_size_the_pipeline_shrinks_them_to(flux2):
+    large = picture(2048, 1024)
+    edit = spec(flux2, [large, picture()], Size(64, 64))
+    assert flux2.reference_size(large, edit) == Size(1440, 720)  # 1 MP, floored to 16
+    assert flux2.reference_size(picture(), edit) == Size(64, 64)
+    usage = flux2.usage(edit)
+    assert usage.image_tokens == flux2.latent_tokens(Size(1440, 720)) + flux2.latent_tokens(Size(64, 64))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from PIL import Image
@@ -49,6 +51,8 @@ def test_max_images_defaults_to_four_and_may_be_raised_to_sixteen(tiny_model):
         ({"quality": "high"}, 40),
         ({"quality": "medium"}, 20),
         ({"quality": "low"}, 10),
+        ({"quality": "xhigh"}, 60),
+        ({"quality": "max"}, 80),
         ({"quality": "low", "num_inference_steps": 7}, 7),
     ],
 )
@@ -228,3 +232,25 @@ def test_a_stepless_inpainting_strength_is_refused_where_the_pipeline_fails(sing
 
 def test_inpainting_repaints_inside_the_mask_not_outside(single):
     assert_repaints_where_the_mask_is_white(single)
+
+
+def test_quality_never_asks_for_more_than_200_steps(tiny_model):
+    many = QwenImageEditPlusAdapter(tiny_model.pipeline, overrides=Defaults(steps=150))
+    assert spec(many, [IMAGE], Size(64, 64), quality="max").steps == 200
+
+
+def test_usage_counts_the_references_as_the_pipeline_sizes_them_and_their_vision_tokens(adapter):
+    large = InputImage(rgb=Image.new("RGB", (2048, 1536)), alpha=None)
+    edit = spec(adapter, [large], Size(64, 64))
+    usage = adapter.usage(edit)
+    reference = adapter.reference_size(large, edit)  # the VAE sees a fixed area, whatever the upload
+    area = sys.modules[type(adapter.pipeline).__module__].VAE_IMAGE_SIZE  # 1 MP; the tiny model's is smaller
+    assert abs(reference.pixels - area) / area < 0.2
+    assert usage.image_tokens == adapter.latent_tokens(reference) + adapter._vision_tokens(large)
+    assert usage.output_tokens == adapter.latent_tokens(Size(64, 64))
+    assert usage.text_tokens > 0
+
+
+def test_the_native_area_is_a_megapixel_unless_the_loader_says_otherwise(tiny_model):
+    assert QwenImageEditPlusAdapter(tiny_model.pipeline).native_pixels == 1024 * 1024
+    assert QwenImageEditPlusAdapter(tiny_model.pipeline, native_pixels=64 * 64).native_pixels == 64 * 64

@@ -353,3 +353,34 @@ def test_sdxl_previews_undo_the_latent_normalisation():
 
 def test_plain_checkpoints_repaint_where_the_mask_is_white(adapters):
     assert_repaints_where_the_mask_is_white(adapters["sd"])
+
+
+def test_input_fidelity_moves_the_strength_and_an_explicit_strength_wins(adapters):
+    adapter = adapters["sd"]
+    strengths = {
+        level: plan(adapter, [_image()], Size(64, 64), [3], input_fidelity=level).calls[0].kwargs["strength"]
+        for level in ("high", "low")
+    }
+    assert strengths == {"high": 0.5, "low": 0.9}
+    (call,) = plan(adapter, [_image()], Size(64, 64), [3], input_fidelity="high", strength=0.7).calls
+    assert call.kwargs["strength"] == 0.7
+    (call,) = plan(adapter, [_image()], Size(64, 64), [3], mask=_mask(), input_fidelity="high").calls
+    assert call.kwargs["strength"] == 1.0  # the masked area is still repainted fully
+
+
+def test_input_fidelity_moves_instruct_pix2pix_image_guidance(adapters):
+    adapter = adapters["ip2p"]
+    scales = {
+        level: plan(adapter, [_image()], Size(64, 64), [3], input_fidelity=level)
+        .calls[0]
+        .kwargs["image_guidance_scale"]
+        for level in ("high", "low")
+    }
+    assert scales == {"high": 2.0, "low": 1.2}
+
+
+def test_the_native_area_is_the_checkpoints_default_resolution(adapters, models):
+    for name, key in (("sd", "stable-diffusion"), ("sdxl", "sdxl"), ("ip2p", "instruct-pix2pix")):
+        pipeline = models[key]
+        side = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+        assert adapters[name].native_pixels == side * side

@@ -1,0 +1,80 @@
+"""Reading the request body: multipart or JSON, within the limits, every failure an OpenAI-shaped 4xx."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from imgedit.api.body import multipart_limits, read_body
+from imgedit.api.multipart import Form
+from imgedit.config import Settings
+from imgedit.errors import ApiError
+from tests.helpers import http_request, multipart_body
+
+pytestmark = pytest.mark.anyio
+LIMITS = multipart_limits(Settings(max_body_bytes=4096))
+
+
+LARGE = multipart_limits(Settings(max_body_bytes=1024 * 1024))
+
+
+async def read(body: bytes, content_type: str, chunk_bytes: int = 65536, limits=LIMITS, declare_length=True):
+    return await read_body(http_request(body, content_type, chunk_bytes, declare_length), limits)
+
+
+async def error_of(body: bytes, content_type: str, **options) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        await read(body, content_type, **options)
+    return caught.value
+
+
+async def test_a_json_object_is_read_in_any_chunking():
+    body = json.dumps({"prompt": "p", "n": 2, "images": [{"image_url": "data:,x"}]}).encode()
+    for chunk_bytes in (1, 7, 65536):
+        assert await read(body, "application/json; charset=utf-8", chunk_bytes) == json.loads(body)
+
+
+async def test_a_form_is_still_read():
+    body, content_type = multipart_body([("prompt", b"p", None)])
+    form = await read(body, content_type)
+    assert isinstance(form, Form) and form.named("prompt")[0].data == b"p"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{", b"", b"{'prompt': 1}", b'{"n": NaN}', b'{"n": Infinity}', b"\xff\xfe{}", b"[" * 3000 + b"]" * 3000],
+)
+async def test_malformed_json_is_a_400(body):
+    error = await error_of(body, "application/json", limits=LARGE)
+    assert (error.status, error.code) == (400, "invalid_json")
+    assert error.message.startswith("The request body is not valid JSON")
+
+
+@pytest.mark.parametrize("body", [b"[]", b'"prompt"', b"3", b"null", b"true"])
+async def test_json_that_is_not_an_object_is_a_400(body):
+    error = await error_of(body, "application/json")
+    assert (error.status, error.code, error.message) == (
+        400,
+        "invalid_json",
+        "The JSON body must be an object of fields.",
+    )
+
+
+async def test_a_number_too_long_to_read_is_a_400():
+    error = await error_of(b'{"seed": ' + b"9" * 4400 + b"}", "application/json", limits=LARGE)
+    assert (error.status, error.code) == (400, "invalid_json")
+
+
+async def test_an_oversized_json_body_is_a_413_declared_or_streamed():
+    body = json.dumps({"prompt": "p" * 5000}).encode()
+    declared = await error_of(body, "application/json")
+    streamed = await error_of(body, "application/json", chunk_bytes=512, declare_length=False)
+    assert (declared.status, streamed.status) == (413, 413)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", ""])
+async def test_other_content_types_are_a_400_naming_both(content_type):
+    error = await error_of(b"prompt=p", content_type)
+    assert (error.status, error.code) == (400, "invalid_content_type")
+    assert "multipart/form-data or application/json" in error.message
