@@ -15,11 +15,12 @@ IMGEDIT_MODEL ?= tiny:qwen-image-edit-plus
 
 install: $(BIN)/.installed
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml tests/integration/clients/node/package-lock.json
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip show --quiet torch >/dev/null 2>&1 || $(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e ".[test,build]"
+	cd tests/integration/clients/node && npm ci --no-audit --no-fund --silent
 	@touch $@
 
 serve: install
@@ -27,7 +28,7 @@ serve: install
 
 # REQUIRE_CHROMIUM=1: the playground's browser tests fail, rather than skip, without Chromium.
 test: install system-deps lint
-	REQUIRE_CHROMIUM=1 $(BIN)/pytest
+	REQUIRE_CHROMIUM=1 REQUIRE_NODE=1 $(BIN)/pytest
 
 # Only the playground's end-to-end tests (headless Chromium against a real server); `make test` runs them too.
 e2e: install system-deps

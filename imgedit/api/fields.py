@@ -116,8 +116,9 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "size",
         "size",
-        "`auto` (the first image's size) or `WxH` (`x` or `X`), each side 64 to `IMGEDIT_MAX_SIDE`, area at "
-        "most `IMGEDIT_MAX_OUTPUT_PIXELS`. Rounded to the model's multiple (16 for Qwen); the response "
+        "`auto` (the model's native area, about 1 MP, at the first image's aspect ratio; the first image's own "
+        "size with `IMGEDIT_AUTO_SIZE=input`) or `WxH` (`x` or `X`), each side 64 to `IMGEDIT_MAX_SIDE`, area "
+        "at most `IMGEDIT_MAX_OUTPUT_PIXELS`. Rounded to the model's multiple (16 for Qwen); the response "
         "reports the size produced.",
         default="auto",
         max_chars=64,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -87,10 +88,65 @@ Image.effect_noise((128, 128), 80).convert("RGB").save(_noise, format="PNG")
 NOISE_PNG = _noise.getvalue()
 BAD_EXIF = (Path(__file__).parents[1] / "data" / "bad_exif.jpg").read_bytes()
 
+
+def json_body(**fields: object) -> tuple[bytes, str]:
+    return json.dumps(fields).encode(), "application/json"
+
+
+def data_url(data: bytes, media_type: str = "image/png") -> str:
+    return f"data:{media_type};base64," + base64.b64encode(data).decode()
+
+
+JSON_IMAGE = [{"image_url": data_url(PNG)}]
+APPLICATION_JSON = "application/json"
+
 CASES = [
     # The body itself.
-    Case("json body", 400, None, "invalid_content_type", raw=(b'{"prompt": "p"}', "application/json")),
+    Case("json body without images", 422, "image", "missing_required_parameter", raw=json_body(prompt="p")),
     Case("text body", 400, None, "invalid_content_type", raw=(b"prompt=p", "text/plain")),
+    # JSON bodies.
+    Case("malformed json", 400, None, "invalid_json", raw=(b'{"prompt": "p",', APPLICATION_JSON)),
+    Case("json array", 400, None, "invalid_json", raw=(b'[{"prompt": "p"}]', APPLICATION_JSON)),
+    Case("json string", 400, None, "invalid_json", raw=(b'"p"', APPLICATION_JSON)),
+    Case("deep json", 400, None, "invalid_json", raw=(b"[" * 100_000 + b"]" * 100_000, APPLICATION_JSON)),
+    Case("json NaN", 400, None, "invalid_json", raw=(b'{"prompt": "p", "guidance_scale": NaN}', APPLICATION_JSON)),
+    Case("json huge number", 400, None, "invalid_json", raw=(b'{"seed": ' + b"7" * 5000 + b"}", APPLICATION_JSON)),
+    Case("json bad utf-8", 400, None, "invalid_json", raw=(b'{"prompt": "\xff\xfe"}', APPLICATION_JSON)),
+    Case("json n as text", 400, "n", "invalid_value", raw=json_body(prompt="p", images=JSON_IMAGE, n="2")),
+    Case("json n as bool", 400, "n", "invalid_value", raw=json_body(prompt="p", images=JSON_IMAGE, n=True)),
+    Case("json prompt number", 400, "prompt", "invalid_value", raw=json_body(prompt=5, images=JSON_IMAGE)),
+    Case("json file id", 400, "images", "unsupported_file_id", raw=json_body(prompt="p", images=[{"file_id": "f"}])),
+    Case("json bare string image", 400, "images[0]", "invalid_value", raw=json_body(prompt="p", images=["x"])),
+    Case("json images an object", 400, "images[0]", "invalid_value", raw=json_body(prompt="p", images={"a": 1})),
+    Case(
+        "json data url of html",
+        400,
+        "images[0]",
+        "invalid_image_format",
+        raw=json_body(prompt="p", images=[{"image_url": data_url(HTML)}]),
+    ),
+    Case(
+        "json metadata host",
+        400,
+        "images[0]",
+        "url_not_allowed",
+        raw=json_body(prompt="p", images=[{"image_url": "http://169.254.169.254/latest/meta-data/"}]),
+    ),
+    Case("json too many images", 400, "images", "too_many_images", raw=json_body(prompt="p", images=JSON_IMAGE * 5)),
+    Case(
+        "json mask without alpha",
+        400,
+        "mask",
+        "invalid_value",
+        raw=json_body(prompt="p", images=JSON_IMAGE, mask={"image_url": data_url(PNG)}),
+    ),
+    Case(
+        "json gif output",
+        400,
+        "output_format",
+        "invalid_value",
+        raw=json_body(prompt="p", images=JSON_IMAGE, output_format="gif"),
+    ),
     Case("urlencoded body", 400, None, "invalid_content_type", raw=(b"prompt=p", "application/x-www-form-urlencoded")),
     Case("no boundary", 400, None, "invalid_multipart", raw=(b"--x\r\n", "multipart/form-data")),
     Case("garbage", 400, None, "invalid_multipart", raw=(b"\x00\xff" * 100, "multipart/form-data; boundary=zz")),
@@ -304,6 +360,21 @@ def test_declared_and_streamed_bodies_over_the_limit_are_413(guarded):
         assert streamed.status_code == 413
         assert streamed.json()["error"]["message"].startswith("The request body exceeds")
         assert "Content-Length" not in streamed.request.headers  # sent chunked: no declared size to trust
+
+        # The same for JSON: a data URL of 5 MiB, declared and chunked.
+        big_json = json.dumps({"prompt": "p", "images": [{"image_url": data_url(b"i" * 5 * MiB)}]}).encode()
+        declared_json = http.post("/v1/images/edits", content=big_json, headers={"content-type": APPLICATION_JSON})
+        streamed_json = http.post(
+            "/v1/images/edits",
+            content=(big_json[start : start + 256 * 1024] for start in range(0, len(big_json), 256 * 1024)),
+            headers={"content-type": APPLICATION_JSON},
+        )
+        assert (declared_json.status_code, streamed_json.status_code) == (413, 413)
+        # Unknown keys are ignored, and the server still serves JSON after all of this.
+        fine = http.post(
+            "/v1/images/edits", json={"prompt": "p", "images": JSON_IMAGE, "temperature": 2, "extra": {"a": [1]}}
+        )
+        assert fine.status_code == 200, fine.text
 
 
 def test_a_client_that_stalls_gets_408_and_others_are_served(guarded):

@@ -83,7 +83,13 @@ def test_family_serves_edits_and_masks(tiny, tmp_path):
             masked = http.post(
                 "/v1/images/edits",
                 files=[("image", green_png()), ("mask", left_half_mask())],
-                data={"prompt": "a red ball", "output_format": "webp", "output_compression": "100", "seed": "1"},
+                data={
+                    "prompt": "a red ball",
+                    "output_format": "webp",
+                    "output_compression": "100",
+                    "seed": "1",
+                    "size": "96x64",
+                },
             )
             (output,) = images_of(masked)
             assert (output.format, output.size) == ("WEBP", (96, 64))

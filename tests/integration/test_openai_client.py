@@ -38,8 +38,10 @@ def test_one_file(client, tmp_path):
     with path.open("rb") as image:
         result = client.images.edit(image=image, prompt="make it night", model=MODEL)
     (output,) = images_of(result)
-    assert output.format == "PNG" and output.size == (96, 64)
-    assert (result.output_format, result.size, result.background) == ("png", "96x64", "opaque")
+    # size=auto: the tiny model's native 64x64 area at 3:2, with no side under 64.
+    assert output.format == "PNG" and output.size == (80, 64)
+    assert (result.output_format, result.size, result.background) == ("png", "80x64", "opaque")
+    assert result.quality == "high" and result.usage is not None and result.usage.total_tokens > 0
 
 
 def test_a_list_of_files_is_sent_as_image_brackets_and_all_are_used(client, tmp_path):
@@ -121,7 +123,9 @@ def test_wrong_model_names_both(client):
 def test_streaming_with_the_sdk(client, partial_images):
     from openai.types import ImageEditCompletedEvent, ImageEditPartialImageEvent
 
-    arguments = dict(image=gradient_png(96, 64), prompt="p", n=2, extra_body={"seed": 21, "num_inference_steps": 8})
+    arguments = dict(
+        image=gradient_png(96, 64), prompt="p", n=2, size="96x64", extra_body={"seed": 21, "num_inference_steps": 8}
+    )
     events = list(client.images.edit(**arguments, stream=True, partial_images=partial_images, output_format="webp"))
     partials = [event for event in events if isinstance(event, ImageEditPartialImageEvent)]
     completed = [event for event in events if isinstance(event, ImageEditCompletedEvent)]
@@ -129,7 +133,7 @@ def test_streaming_with_the_sdk(client, partial_images):
     assert [event.partial_image_index for event in partials] == list(range(2 * partial_images))
     assert events[-2:] == completed and len(completed) == 2
     for event in events:
-        assert (event.size, event.quality, event.background, event.output_format) == ("96x64", "auto", "opaque", "webp")
+        assert (event.size, event.quality, event.background, event.output_format) == ("96x64", "high", "opaque", "webp")
         image = decode(base64.b64decode(event.b64_json))
         assert (image.format, image.size) == ("WEBP", (96, 64))
     for event in completed:

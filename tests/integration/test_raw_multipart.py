@@ -84,7 +84,7 @@ def test_long_request_ids_are_truncated_and_missing_ones_generated(http):
 @pytest.mark.parametrize(
     ("content", "content_type", "status"),
     [
-        (b'{"prompt": "p"}', "application/json", 400),
+        (b'{"prompt": "p"}', "application/json", 422),  # a JSON body with no image
         (b"garbage", "multipart/form-data; boundary=zzz", 400),
         (
             b'--zzz\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nunterminated',
