@@ -290,12 +290,16 @@ def _backend_config(method: str, library: str, dtype: torch.dtype) -> Any:
     owner = importlib.import_module(library)
     if method == "nf4":
         return owner.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    return owner.TorchAoConfig(quant_type=torchao_config(method))
+
+
+def torchao_config(method: str) -> Any:
+    """torchao's configuration for ``int8`` or ``fp8``: what diffusers' and transformers' ``TorchAoConfig`` carry."""
     # torchao logs a warning for each CUDA kernel library a CPU-only PyTorch cannot load: noise for an operator.
     logging.getLogger("torchao").setLevel(logging.ERROR)
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, Int8WeightOnlyConfig
 
-    quant_type = Int8WeightOnlyConfig() if method == "int8" else Float8DynamicActivationFloat8WeightConfig()
-    return owner.TorchAoConfig(quant_type=quant_type)
+    return Int8WeightOnlyConfig() if method == "int8" else Float8DynamicActivationFloat8WeightConfig()
 
 
 def load_single_file(
