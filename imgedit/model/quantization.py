@@ -185,20 +185,21 @@ def plan_weights(
         QuantizationError: an unknown component is named, a component would be quantized twice, or a
             published checkpoint's backend cannot work with the other settings.
     """
-    models = {
-        name: (value[0], value[1])
+    # The components with weights are those with a config.json (schedulers, tokenizers and processors
+    # have their own files); telling them apart so needs no import of diffusers in the supervisor process.
+    configs = {
+        name: read_config(name)
         for name, value in index.items()
         if not name.startswith("_")
         and isinstance(value, list)
         and len(value) == 2
         and value[0] in ("diffusers", "transformers")
-        and _is_model_class(value[0], value[1])
     }
+    models = {name: (index[name][0], index[name][1]) for name, config in configs.items() if config is not None}
     denoiser = next((name for name in ("transformer", "unet") if name in models), "")
     published, published_kind = {}, {}
     for name in models:
-        config = read_config(name) or {}
-        quantization = config.get("quantization_config")
+        quantization = (configs[name] or {}).get("quantization_config")
         if isinstance(quantization, dict):
             published[name] = str(quantization.get("quant_method", "unknown")).lower()
             published_kind[name] = _published_kind(quantization)
@@ -332,15 +333,6 @@ def load_single_file(
         options["quantization_config"] = GGUFQuantizationConfig(compute_dtype=dtype)
     model_class = getattr(importlib.import_module("diffusers"), class_name)
     return model_class.from_single_file(path, **options)
-
-
-def _is_model_class(library: str, class_name: str) -> bool:
-    """Whether ``library.class_name`` is a ``torch.nn.Module`` (the components that hold weights)."""
-    try:
-        candidate = getattr(importlib.import_module(library), class_name)
-    except (ImportError, AttributeError):
-        return False
-    return isinstance(candidate, type) and issubclass(candidate, torch.nn.Module)
 
 
 def _published_kind(quantization: Mapping[str, Any]) -> str:

@@ -35,8 +35,8 @@ FAMILIES = {
     "stable-diffusion": "unet",
 }
 #: Largest mean difference, in levels of 255, between an int8 and a float32 picture of the same edit.
-#: Measured: at most 0.6 (flux2-klein) on an AVX-512 Xeon; random tiny weights amplify rounding.
-INT8_MEAN_TOLERANCE = 3.0
+#: Measured on an AMD EPYC: 0.07 to 0.15 (the largest pixel difference 1 to 3); the margin is for other CPUs.
+INT8_MEAN_TOLERANCE = 1.0
 
 
 def edit(pipeline, seed: int = 3, steps: int = 3) -> np.ndarray:
@@ -61,24 +61,23 @@ def test_int8_serves_every_family_smaller_and_close_to_float32(tiny):
     assert ratio < (0.6 if denoiser == "transformer" else 0.8)
     others = {name: size for name, size in quantized.parameter_bytes.items() if name != denoiser}
     assert others == {name: size for name, size in full.parameter_bytes.items() if name != denoiser}
+    # The memory plan's estimate from the float32 shapes is the storage measured once loaded, int8 included.
+    for name, size in quantized.parameter_bytes.items():
+        shapes = footprint(full.pipeline.components[name])
+        assert component_bytes(shapes, torch.float32, "int8" if name == denoiser else "none") == size
+        assert size == parameter_bytes(quantized.pipeline.components[name])
     difference = np.abs(edit(quantized.pipeline) - edit(full.pipeline))
     assert difference.mean() <= INT8_MEAN_TOLERANCE
 
 
-@pytest.mark.parametrize("tiny", sorted(FAMILIES))
-def test_the_estimate_before_loading_is_the_measurement_after(tiny):
-    """The memory plan's bytes per component (from shapes) equal the loaded tensors' storage, int8 included."""
-    built = build_tiny(f"tiny:{tiny}").pipeline
-    components = [name for name, item in built.components.items() if isinstance(item, torch.nn.Module)]
-    loaded = load_model(Settings(model=f"tiny:{tiny}", quantize="int8", quantize_components=",".join(components)))
-    for name in components:
-        assert component_bytes(footprint(built.components[name]), torch.float32, "int8") == loaded.parameter_bytes[name]
-        assert loaded.parameter_bytes[name] == parameter_bytes(loaded.pipeline.components[name])
-
-
 def test_text_encoders_are_quantized_on_request_through_transformers():
+    built = build_tiny("tiny:flux-kontext").pipeline
     loaded = load_model(Settings(model="tiny:flux-kontext", quantize="int8", quantize_components="text_encoder_2"))
     assert loaded.options == ("quantize=int8:text_encoder_2",)
+    # transformers keeps the last layer and the output embedding unconverted; the estimate knows it.
+    assert loaded.parameter_bytes["text_encoder_2"] == component_bytes(
+        footprint(built.text_encoder_2), torch.float32, "int8"
+    )
     encoder = loaded.pipeline.text_encoder_2  # T5, a transformers model
     assert type(encoder.encoder.block[0].layer[1].DenseReluDense.wi.weight).__name__ == "Int8Tensor"
     assert type(loaded.pipeline.transformer.proj_out.weight) is torch.nn.Parameter
@@ -175,7 +174,12 @@ INDEX = {
 
 
 def plan_of(settings, published=None):
-    return plan_weights(settings, INDEX, lambda name: {"quantization_config": published} if published else {})
+    def read_config(name):
+        if name == "scheduler":
+            return None  # a scheduler has scheduler_config.json, no config.json
+        return {"quantization_config": published} if published and name == "transformer" else {}
+
+    return plan_weights(settings, INDEX, read_config)
 
 
 @pytest.mark.parametrize(
