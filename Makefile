@@ -51,10 +51,12 @@ bench: install
 	$(BIN)/python -m bench.startup --write $(BENCH_RESULTS)
 	$(BIN)/python -m bench.fusion --write $(BENCH_RESULTS)
 	$(BIN)/python -m bench.png_encoding --write $(BENCH_RESULTS)
+	$(BIN)/python -m bench.quantization --write $(BENCH_RESULTS)
 
-# Full-size Qwen-Image-Edit-2511 (random weights) on a GPU with 80 GB: eager against the fast path.
+# Full-size Qwen-Image-Edit-2511 (random weights) on a GPU with 80 GB: eager against the fast path,
+# and against fp8 and int8 weights (fp8 needs compute capability 8.9 or newer).
 bench-gpu: install
-	$(BIN)/python -m bench.gpu_qwen --write $(BENCH_RESULTS)
+	$(BIN)/python -m bench.gpu_qwen --quantize fp8 int8 --write $(BENCH_RESULTS)
 
 # A Bento of the current tree. Settings travel in it as arguments, e.g.
 #   make bento ARGS="--arg model=bentoml:qwen-image-edit-2511"

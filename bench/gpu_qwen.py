@@ -19,6 +19,13 @@ because compilation cannot be undone:
   that works here, picked by timing each candidate at this model's attention
   shape, and regional compilation of the transformer blocks.
 
+``--quantize fp8 int8`` adds one variant per method after those: the transformer
+rebuilt with the same random weights (same seed), converted in place with the
+torchao configuration ``IMGEDIT_QUANTIZE`` gives diffusers
+(:func:`imgedit.model.quantization.torchao_config`), run eager like ``eager``;
+every row gives the cosine similarity of its final latents to ``eager``'s
+(the fast path's too: its attention kernel may round differently).
+
 Per variant: seconds per denoising step (median of the gaps between step
 ends, timed after a warm-up edit), the whole call, peak device memory, and the
 share of the bf16 floor: the transformer's FLOPs per step, counted from its
@@ -120,7 +127,6 @@ def build_pipeline(configs: dict[str, dict[str, Any]], device: torch.device, dty
         AutoencoderKLQwenImage,
         FlowMatchEulerDiscreteScheduler,
         QwenImageEditPlusPipeline,
-        QwenImageTransformer2DModel,
     )
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -143,7 +149,7 @@ def build_pipeline(configs: dict[str, dict[str, Any]], device: torch.device, dty
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            transformer = QwenImageTransformer2DModel(**configs["transformer"])
+            transformer = build_transformer(configs, device, dtype)
             vae = AutoencoderKLQwenImage(**configs["vae"])
             text_encoder = Qwen2_5_VLForConditionalGeneration._from_config(text_config, dtype=dtype)
     finally:
@@ -158,6 +164,33 @@ def build_pipeline(configs: dict[str, dict[str, Any]], device: torch.device, dty
         ),
         transformer=transformer.eval(),
     )
+
+
+def build_transformer(configs: dict[str, dict[str, Any]], device: torch.device, dtype: torch.dtype) -> Any:
+    """The transformer with random weights from a fixed seed, made on ``device`` in ``dtype``: equal on every build."""
+    from diffusers import QwenImageTransformer2DModel
+
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    torch.manual_seed(0)
+    try:
+        with torch.device(device):
+            return QwenImageTransformer2DModel(**configs["transformer"]).eval()
+    finally:
+        torch.set_default_dtype(default_dtype)
+
+
+def quantized_transformer(
+    configs: dict[str, dict[str, Any]], device: torch.device, dtype: torch.dtype, method: str
+) -> Any:
+    """:func:`build_transformer`, its linear weights converted by ``IMGEDIT_QUANTIZE=method``'s torchao config."""
+    from torchao.quantization import quantize_
+
+    from imgedit.model.quantization import torchao_config
+
+    transformer = build_transformer(configs, device, dtype)
+    quantize_(transformer, torchao_config(method))  # every nn.Linear, as diffusers' quantizer converts them
+    return transformer
 
 
 def transformer_flops(config: dict[str, Any], image_tokens: int, text_tokens: int) -> float:
@@ -229,6 +262,7 @@ class EditTiming:
     forwards: list[tuple[int, int]] = field(default_factory=list)
     seconds: float = 0.0
     peak_bytes: int = 0
+    latents: Any = None
 
     @property
     def seconds_per_step(self) -> float:
@@ -245,6 +279,7 @@ def time_edit(pipeline: Any, image: Any, size: int, steps: int, device: torch.de
     def step_end(_pipeline: Any, _step: int, _timestep: Any, _kwargs: dict[str, Any]) -> dict[str, Any]:
         _synchronize(device)
         timing.step_ends.append(time.perf_counter())
+        timing.latents = _kwargs.get("latents")
         return {}
 
     hook = pipeline.transformer.register_forward_pre_hook(record_lengths, with_kwargs=True)
@@ -304,6 +339,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--no-compile", action="store_true", help="leave compilation out of the fast path")
     parser.add_argument("--matmul-side", type=int, default=8192)
+    parser.add_argument(
+        "--quantize", nargs="*", default=[], choices=("int8", "fp8"), help="also time these IMGEDIT_QUANTIZE methods"
+    )
     parser.add_argument("--write", type=Path, help="put the results into this Markdown file")
     arguments = parser.parse_args(argv)
 
@@ -328,20 +366,32 @@ def main(argv: list[str] | None = None) -> str:
     applied = apply_options(pipeline, settings, device)
     warm_up(pipeline, image, arguments.size, device)
     results["fast"] = time_edit(pipeline, image, arguments.size, arguments.steps, device)
+    for method in arguments.quantize:
+        pipeline.register_modules(transformer=None)  # free the previous transformer before building the next
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        pipeline.register_modules(transformer=quantized_transformer(configs, device, dtype, method))
+        warm_up(pipeline, image, arguments.size, device)
+        results[method] = time_edit(pipeline, image, arguments.size, arguments.steps, device)
 
     rate = matmul_rate(device, dtype, arguments.matmul_side)
     rows = []
+    labels = {"fast": f"fast ({', '.join(applied)})", "eager": "eager (SDPA default)"}
     for name, timing in results.items():
         flops_per_step = sum(transformer_flops(transformer, *lengths) for lengths in timing.forwards) / arguments.steps
+        cosine = torch.nn.functional.cosine_similarity(
+            timing.latents.float().flatten(), results["eager"].latents.float().flatten(), dim=0
+        )
         rows.append(
             (
-                f"{name} ({', '.join(applied)})" if name == "fast" else f"{name} (SDPA default)",
+                labels.get(name, f"{name} weights (IMGEDIT_QUANTIZE={name}, eager)"),
                 f"{timing.seconds_per_step:.3f}",
                 f"{timing.seconds:.1f}",
                 f"{timing.peak_bytes / 2**30:.1f}" if timing.peak_bytes else "n/a",
                 f"{flops_per_step / 1e12:.1f}",
                 f"{flops_per_step / rate / timing.seconds_per_step:.2f}",
                 f"{results['eager'].seconds_per_step / timing.seconds_per_step:.2f}x",
+                f"{float(cosine):.6f}",
             )
         )
     body = (
@@ -352,7 +402,7 @@ def main(argv: list[str] | None = None) -> str:
         f"Matrix-multiply rate here: {rate / 1e12:.1f} TFLOP/s ({arguments.matmul_side}^2, "
         f"{str(dtype).removeprefix('torch.')}).\n\n"
         + table(
-            ("variant", "s/step", "edit s", "peak GiB", "TFLOP/step", "share of floor", "speed-up"),
+            ("variant", "s/step", "edit s", "peak GiB", "TFLOP/step", "share of floor", "speed-up", "latent cosine"),
             rows,
         )
     )

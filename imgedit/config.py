@@ -70,6 +70,13 @@ class Settings(BaseSettings):
     cache_threshold: float = Field(0.05, gt=0, le=1)
     cache_interval: int = Field(5, ge=1, le=50)
 
+    # Weights: quantization, a single-file denoiser, the memory check (see imgedit/model/quantization.py, memory.py).
+    quantize: Literal["none", "int8", "fp8", "nf4"] = "none"
+    quantize_components: str | None = Field(None, min_length=1)
+    transformer: str | None = Field(None, min_length=1)
+    memory_check: bool = True
+    memory_budget_gib: float | None = Field(None, gt=0, le=1_000_000)
+
     # Request limits.
     max_prompt_chars: int = Field(32_000, ge=1, le=1_000_000)
     max_side: int = Field(4096, ge=64, le=16_384)
@@ -117,6 +124,25 @@ class Settings(BaseSettings):
     @classmethod
     def _lowercase(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("quantize", mode="before")
+    @classmethod
+    def _quantize_lowercase(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("quantize_components", mode="after")
+    @classmethod
+    def _component_names(cls, value: str | None) -> str | None:
+        if value is not None and not all(name.strip().isidentifier() for name in value.split(",")):
+            raise ValueError("expected comma-separated component names, as in transformer,text_encoder")
+        return value
+
+    @property
+    def quantized_component_names(self) -> tuple[str, ...]:
+        """``IMGEDIT_QUANTIZE_COMPONENTS`` as a tuple of names (empty: the default, the denoiser)."""
+        if not self.quantize_components:
+            return ()
+        return tuple(dict.fromkeys(name.strip() for name in self.quantize_components.split(",")))
 
     @field_validator("dtype", mode="before")
     @classmethod

@@ -40,3 +40,9 @@ model_info = Gauge(
     ["model", "served_name", "family", "pipeline", "device", "dtype", "options"],
     multiprocess_mode="max",
 )
+model_parameter_bytes = Gauge(
+    "imgedit_model_parameter_bytes",
+    "Bytes each model component's parameters and buffers occupy as loaded (quantized storage measured), per worker.",
+    ["component"],
+    multiprocess_mode="max",
+)

@@ -13,7 +13,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench import gpu_qwen
 from devtools.server import ROOT
 
-REDUCED_RUN = ["--scale", "reduced", "--size", "64", "--steps", "2", "--no-compile", "--matmul-side", "256"]
+REDUCED_RUN = [
+    *("--scale", "reduced", "--size", "64", "--steps", "2", "--no-compile", "--matmul-side", "256"),
+    *("--quantize", "int8"),  # fp8 needs a GPU with FP8
+]
 
 
 def parameters(module: torch.nn.Module) -> float:
@@ -85,10 +88,13 @@ def test_the_comparison_runs_end_to_end_at_reduced_scale() -> None:
         timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    rows = [line for line in completed.stdout.splitlines() if line.startswith(("| eager", "| fast"))]
-    assert len(rows) == 2
+    rows = [line for line in completed.stdout.splitlines() if line.startswith(("| eager", "| fast", "| int8"))]
+    assert len(rows) == 3
     assert "attention=native" in rows[1]
     assert "1.00x" in rows[0]
+    assert rows[0].endswith("| 1.000000 |")  # eager's latents against themselves
+    cosine = float(rows[2].rstrip(" |").rsplit("|", 1)[1])
+    assert 0.99 < cosine < 1.0  # int8 weights of the same random transformer: close, not equal (0.999996 here)
     # Per step: a conditional and an unconditional forward over the 4,096 tokens of the
     # 1 MP reference plus the 16 of the 64x64 output.
     assert "4112 image" in completed.stdout

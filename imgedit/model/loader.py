@@ -14,13 +14,21 @@ Placement: CUDA when available (bfloat16) and the CPU otherwise (float32),
 unless ``IMGEDIT_DEVICE``/``IMGEDIT_DTYPE`` say otherwise; ``IMGEDIT_DEVICE_MAP``
 spreads components over several GPUs and ``IMGEDIT_OFFLOAD`` keeps them in CPU
 memory until used. LoRA adapters (``IMGEDIT_LORA``) are loaded before placement.
+
+Weights: ``IMGEDIT_QUANTIZE`` converts components while they load,
+``IMGEDIT_TRANSFORMER`` replaces the denoiser by a single file, and before
+anything loads the memory plan checks that the model fits (see
+:mod:`imgedit.model.weights`). A tiny model with either option is saved to a
+temporary directory first and loaded back with ``from_pretrained``, the path
+real models take.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,7 +39,10 @@ from imgedit.errors import one_line
 from imgedit.model.acceleration import OptionError, check_options
 from imgedit.model.families import family_names
 from imgedit.model.lora import LoraError, apply_loras, parse_loras
+from imgedit.model.memory import MemoryPlanError, footprint, parameter_bytes
+from imgedit.model.quantization import QuantizationError, check_device
 from imgedit.model.tiny import build_tiny, is_tiny, known_names
+from imgedit.model.weights import check_memory, plan_for, pretrained_options, read_pipeline, saved_footprints
 
 BENTOML_PREFIX = "bentoml:"
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -62,6 +73,10 @@ class LoadedModel:
     default_steps: int | None = None
     #: Output area ``size=auto`` should aim at instead of the family's (tiny models).
     native_pixels: int | None = None
+    #: How the weights were loaded, for the log and ``imgedit_model_info`` (``quantize=int8:transformer``...).
+    options: tuple[str, ...] = ()
+    #: Component -> bytes its parameters and buffers occupy as loaded (measured).
+    parameter_bytes: dict[str, int] = field(default_factory=dict)
 
 
 def parse_source(settings: Settings) -> ModelSource:
@@ -113,7 +128,8 @@ def check_model_source(settings: Settings) -> None:
     device = pick_device(settings.device)
     try:
         check_options(settings, device)
-    except OptionError as exc:
+        check_device(settings, device)
+    except (OptionError, QuantizationError) as exc:
         raise ModelLoadError(str(exc)) from None
     if settings.offload != "none" and device.type != "cuda":
         raise ModelLoadError(f"IMGEDIT_OFFLOAD: offloading to the CPU needs a CUDA device, and this one is {device}")
@@ -157,11 +173,25 @@ def check_model_source(settings: Settings) -> None:
                 settings.model,
                 f"model_index.json is neither in the Hugging Face cache nor downloadable ({one_line(exc)})",
             ) from None
+        _check_weights(settings, source.location, source, device)
         return
     if not (directory / "model_index.json").is_file():
         raise ModelLoadError(
             f"cannot load model {settings.model!r}: {directory} has no model_index.json (not a diffusers pipeline)"
         )
+    _check_weights(settings, str(directory), source, device)
+
+
+def _check_weights(settings: Settings, location: str, source: ModelSource, device: torch.device) -> None:
+    """Refuse quantization settings that cannot apply to this pipeline's components (read from its configs)."""
+    try:
+        index, read_config = read_pipeline(location, source.kind == "hub", source.revision)
+    except Exception:  # from_pretrained will report what is wrong with the model
+        return
+    try:
+        plan_for(settings, index, read_config, device)
+    except QuantizationError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 def pick_device(setting: str, worker: int = 0) -> torch.device:
@@ -192,17 +222,29 @@ def load_model(settings: Settings, worker: int = 0) -> LoadedModel:
     device = pick_device(settings.device, worker)
     dtype = pick_dtype(settings.dtype, device)
     source = parse_source(settings)
+    try:
+        check_device(settings, device)
+    except QuantizationError as exc:
+        raise ModelLoadError(str(exc)) from None
     default_steps = native_pixels = None
+    options: list[str] = []
     if source.kind == "tiny":
         try:
             tiny = build_tiny(source.location)
         except KeyError as exc:
             raise ModelLoadError(f"IMGEDIT_MODEL: {exc.args[0]}") from None
         pipeline, default_steps, native_pixels = tiny.pipeline, tiny.default_steps, tiny.native_pixels
-        if dtype != torch.float32:  # tiny models are built in float32
-            pipeline = pipeline.to(dtype=dtype)
+        if settings.quantize != "none" or settings.transformer:
+            with tempfile.TemporaryDirectory(prefix="imgedit-tiny-") as directory:
+                pipeline.save_pretrained(directory)
+                pipeline, options = _from_pretrained(settings, ModelSource("directory", directory), dtype, device)
+        else:
+            models = {name: item for name, item in pipeline.components.items() if isinstance(item, torch.nn.Module)}
+            _check_memory(settings, {name: footprint(item) for name, item in models.items()}, dtype, device)
+            if dtype != torch.float32:  # tiny models are built in float32
+                pipeline = pipeline.to(dtype=dtype)
     else:
-        pipeline = _from_pretrained(settings, source, dtype)
+        pipeline, options = _from_pretrained(settings, source, dtype, device)
     try:
         apply_loras(pipeline, settings.lora, fuse=settings.lora_fuse)
     except LoraError as exc:
@@ -211,12 +253,34 @@ def load_model(settings: Settings, worker: int = 0) -> LoadedModel:
         _place(pipeline, settings, device)
     except torch.OutOfMemoryError:
         raise ModelLoadError(f"cannot load model {settings.model!r}: not enough memory on {device}") from None
+    sizes = {
+        name: parameter_bytes(item) for name, item in pipeline.components.items() if isinstance(item, torch.nn.Module)
+    }
     return LoadedModel(
-        pipeline, settings.model, device, dtype, default_steps=default_steps, native_pixels=native_pixels
+        pipeline,
+        settings.model,
+        device,
+        dtype,
+        default_steps=default_steps,
+        native_pixels=native_pixels,
+        options=tuple(options),
+        parameter_bytes=sizes,
     )
 
 
-def _from_pretrained(settings: Settings, source: ModelSource, dtype: torch.dtype) -> Any:
+def _check_memory(
+    settings: Settings, footprints: Any, dtype: torch.dtype, device: torch.device, plan: Any = None
+) -> None:
+    try:
+        check_memory(settings, footprints, dtype, device, plan)
+    except MemoryPlanError as exc:
+        raise ModelLoadError(f"cannot load model {settings.model!r}: {exc}") from None
+
+
+def _from_pretrained(
+    settings: Settings, source: ModelSource, dtype: torch.dtype, device: torch.device
+) -> tuple[Any, list[str]]:
+    """The pipeline loaded with ``from_pretrained`` as the weights plan says, and the plan's descriptions."""
     from diffusers import DiffusionPipeline
 
     location = str(bentoml_model_path(source.location)) if source.kind == "bentoml" else source.location
@@ -227,11 +291,24 @@ def _from_pretrained(settings: Settings, source: ModelSource, dtype: torch.dtype
     if settings.device_map != "none":
         options["device_map"] = settings.device_map
     try:
+        index, read_config = read_pipeline(location, source.kind == "hub", source.revision)
+        plan = plan_for(settings, index, read_config, device)
+    except QuantizationError as exc:
+        raise ModelLoadError(str(exc)) from None
+    except Exception as exc:  # no model_index.json, locally or on the hub
+        raise _hint(settings.model, one_line(exc)) from None
+    footprints = saved_footprints(plan, read_config)
+    if footprints is not None:
+        _check_memory(settings, footprints, dtype, device, plan)
+    try:
+        options.update(pretrained_options(plan, location, dtype, source.revision))
         pipeline = DiffusionPipeline.from_pretrained(location, **options)
+    except QuantizationError as exc:
+        raise ModelLoadError(str(exc)) from None
     except Exception as exc:  # diffusers and the hub raise many kinds; all mean "cannot load"
         raise _hint(settings.model, one_line(exc)) from None
     pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+    return pipeline, plan.options()
 
 
 def _import_own_components(location: str, source: ModelSource) -> None:

@@ -74,7 +74,7 @@ def start(settings: Settings, worker: int = 0) -> tuple[EditHandler, ModelCard]:
     try:
         loaded = load_model(settings, worker)
         adapter_class = adapter_class_for(loaded.pipeline, settings.family)
-        options = apply_options(loaded.pipeline, settings, loaded.device)
+        options = [*loaded.options, *apply_options(loaded.pipeline, settings, loaded.device)]
     except (ModelLoadError, UnsupportedPipeline, OptionError) as error:
         raise StartupError(str(error)) from None
     overrides = Defaults(
@@ -135,6 +135,8 @@ def start(settings: Settings, worker: int = 0) -> tuple[EditHandler, ModelCard]:
         dtype=str(loaded.dtype).removeprefix("torch."),
         options=",".join(options) or "none",
     ).set(1)
+    for component, size in loaded.parameter_bytes.items():
+        metrics.model_parameter_bytes.labels(component=component).set(size)
     card = ModelCard(id=settings.served_name, created=int(time.time()))
     return EditHandler(settings, loaded.model_id, adapter, engine, fetcher), card
 

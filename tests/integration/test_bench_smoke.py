@@ -16,6 +16,7 @@ SMALLEST = {
     "startup": ["--runs", "1"],
     "fusion": ["--sizes", "64", "--requests", "2", "--batches", "1", "2", "--repeats", "1"],
     "png_encoding": ["--sides", "64", "--runs", "1"],
+    "quantization": ["--models", "tiny:flux-kontext", "--size", "64", "--steps", "2", "--runs", "1"],
 }
 HEADERS = {
     "overhead": "| size | n | format | direct ms |",
@@ -24,6 +25,7 @@ HEADERS = {
     "startup": "| what | seconds | ratio |",
     "fusion": "| size | max batch |",
     "png_encoding": "| size | encoder | ms |",
+    "quantization": "| tiny:flux-kontext | int8 + text encoders |",
 }
 
 

@@ -35,7 +35,25 @@ WARMUP_SIDE = 64
 
 
 def _from_pipe(class_name: str, pipeline: Any) -> Any:
-    built = getattr(importlib.import_module("diffusers"), class_name).from_pipe(pipeline)
+    return from_pipe(getattr(importlib.import_module("diffusers"), class_name), pipeline)
+
+
+def from_pipe(pipeline_class: Any, pipeline: Any) -> Any:
+    """``pipeline_class.from_pipe(pipeline)`` (an auto class too), sharing the components as they are.
+
+    diffusers' ``from_pipe`` ends by casting the new pipeline, so every shared
+    component, to a dtype (float32 unless told): that would turn a bfloat16
+    model into float32 in place, and quantized models refuse any cast. The
+    components are already placed and typed, so that cast is skipped.
+    """
+    from diffusers import DiffusionPipeline
+
+    cast = DiffusionPipeline.to
+    DiffusionPipeline.to = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
+    try:
+        built = pipeline_class.from_pipe(pipeline)
+    finally:
+        DiffusionPipeline.to = cast  # type: ignore[method-assign]
     built.set_progress_bar_config(disable=True)
     return built
 

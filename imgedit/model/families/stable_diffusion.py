@@ -49,7 +49,7 @@ from imgedit.errors import invalid
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
 from imgedit.model.call import PipelineCall, generators, postprocess
-from imgedit.model.families.base import FamilyAdapter
+from imgedit.model.families.base import FamilyAdapter, from_pipe
 from imgedit.model.spec import Defaults, EditSpec
 
 #: ``guidance_scale`` the Stable Diffusion 1.x/2.x and SDXL models are tuned for.
@@ -244,6 +244,4 @@ class StableDiffusionAdapter(_StableDiffusion):
 
 
 def _auto(auto_class: Any, loaded: Any) -> Any:
-    built = auto_class.from_pipe(loaded)
-    built.set_progress_bar_config(disable=True)
-    return built
+    return from_pipe(auto_class, loaded)
