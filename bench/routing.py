@@ -1,8 +1,9 @@
-"""429s behind a load balancer: round robin, two random choices and least connections, over servers that queue nothing.
+"""429s behind a load balancer: round robin, two random choices and least connections, over servers with short queues.
 
 Two ``bentoml serve`` processes with the tiny model stand in for two GPU pods:
 each runs one edit at a time (one CPU thread each) and, with
-``IMGEDIT_MAX_QUEUE=0``, answers 429 to a request that finds it busy. HAProxy
+``IMGEDIT_MAX_QUEUE=0``, answers 429 to a request that finds it busy (with 1,
+one request may wait). HAProxy
 (Debian's package) on loopback sits in front with one frontend per policy:
 
 - ``roundrobin``: takes turns, whatever the load (what kube-proxy's random
@@ -19,7 +20,7 @@ so edits differ in length) until the round's budget of requests is spent; a
 Policies take turns round by round (the order rotates), so machine noise hits
 each alike. Nothing is retried.
 
-    python -m bench.routing --clients 2 3 --requests 200 --repeats 3
+    python -m bench.routing --clients 2 3 --max-queue 0 1 --requests 100 --repeats 3
 """
 
 from __future__ import annotations
@@ -116,61 +117,85 @@ def measure(
     return tallies
 
 
-def results_table(tallies: Mapping[tuple[str, int], Tally]) -> str:
+def results_table(tallies: Mapping[int, Mapping[tuple[str, int], Tally]]) -> str:
+    """One row per server queue length, client count and policy."""
     rows = []
-    for (policy, clients), tally in sorted(
-        tallies.items(),
-        key=lambda item: (item[0][1], list(POLICIES).index(item[0][0]) if item[0][0] in POLICIES else 0),
-    ):
-        refused = tally.statuses[429]
-        others = sum(count for status, count in tally.statuses.items() if status not in (200, 429))
-        rows.append(
-            (
-                clients,
-                policy,
-                tally.requests,
-                refused,
-                f"{100 * refused / tally.requests:.1f} %",
-                others,
-                f"{tally.statuses[200] / tally.seconds:.2f}",
+    for max_queue, by_policy in tallies.items():
+        order = sorted(by_policy, key=lambda key: (key[1], list(POLICIES).index(key[0]) if key[0] in POLICIES else 0))
+        for policy, clients in order:
+            tally = by_policy[(policy, clients)]
+            refused = tally.statuses[429]
+            others = sum(count for status, count in tally.statuses.items() if status not in (200, 429))
+            rows.append(
+                (
+                    max_queue,
+                    clients,
+                    policy,
+                    tally.requests,
+                    refused,
+                    f"{100 * refused / tally.requests:.1f} %",
+                    others,
+                    f"{tally.statuses[200] / tally.seconds:.2f}",
+                )
             )
-        )
-    return table(("clients", "HAProxy policy", "requests", "429s", "refused", "other errors", "edits/s"), rows)
+    header = (
+        "`IMGEDIT_MAX_QUEUE`",
+        "clients",
+        "HAProxy policy",
+        "requests",
+        "429s",
+        "refused",
+        "other errors",
+        "edits/s",
+    )
+    return table(header, rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny:qwen-image-edit-plus")
     parser.add_argument("--clients", type=int, nargs="+", default=[2, 3])
-    parser.add_argument("--requests", type=int, default=150, help="edits per round")
+    parser.add_argument("--max-queue", type=int, nargs="+", default=[0, 1], help="IMGEDIT_MAX_QUEUE values to try")
+    parser.add_argument("--requests", type=int, default=100, help="edits per round")
     parser.add_argument("--repeats", type=int, default=3, help="rounds per policy and client count")
     parser.add_argument("--pause", type=float, default=0.05, help="seconds a client waits after a 429")
     parser.add_argument("--write", type=Path, help="put the results into this Markdown file")
     arguments = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="imgedit-bench-") as tmp:
-        root = Path(tmp)
-        for name in "ab":
-            (root / name).mkdir()
-        with ThreadPoolExecutor(2) as pool:
-            servers = list(
-                pool.map(lambda name: start_server(root / name, IMGEDIT_MODEL=arguments.model, **SERVER_SETTINGS), "ab")
-            )
-        try:
-            addresses = {name: server.url.removeprefix("http://") for name, server in zip("ab", servers, strict=True)}
-            tallies = measure(
-                root, addresses, arguments.clients, arguments.requests, arguments.repeats, arguments.pause
-            )
-        finally:
-            for server in servers:
-                stop(server.process)
+    tallies = {}
+    for max_queue in arguments.max_queue:
+        settings = {**SERVER_SETTINGS, "IMGEDIT_MODEL": arguments.model, "IMGEDIT_MAX_QUEUE": str(max_queue)}
+        with tempfile.TemporaryDirectory(prefix="imgedit-bench-") as tmp:
+            root = Path(tmp)
+            for name in "ab":
+                (root / name).mkdir()
+            with ThreadPoolExecutor(2) as pool:
+                servers = list(pool.map(lambda name: start_server(root / name, **settings), "ab"))  # noqa: B023
+            try:
+                addresses = {
+                    name: server.url.removeprefix("http://") for name, server in zip("ab", servers, strict=True)
+                }
+                print(f"IMGEDIT_MAX_QUEUE={max_queue}", flush=True)
+                tallies[max_queue] = measure(
+                    root, addresses, arguments.clients, arguments.requests, arguments.repeats, arguments.pause
+                )
+            finally:
+                for server in servers:
+                    stop(server.process)
 
     body = (
-        f"Two servers (`{arguments.model}`, `IMGEDIT_MAX_QUEUE=0`, one CPU thread each) behind HAProxy on "
-        f"loopback. {SIZE}x{SIZE} edits with {', '.join(map(str, STEPS))} steps drawn at random; each client sends "
-        f"its next edit when answered, and pauses {arguments.pause:g} s after a 429 (nothing is retried). "
-        f"{arguments.repeats} rounds of {arguments.requests} edits per row, policies taking turns.\n\n"
+        f"Two servers (`{arguments.model}`, one CPU thread each) behind HAProxy on loopback. {SIZE}x{SIZE} edits "
+        f"with {', '.join(map(str, STEPS))} steps drawn at random; each client sends its next edit when answered, "
+        f"and pauses {arguments.pause:g} s after a 429 (nothing is retried). {arguments.repeats} rounds of "
+        f"{arguments.requests} edits per row, policies taking turns.\n\n"
         + results_table(tallies)
+        + "\n\nHow to read it. With as many clients as servers, least connections never sends a request to a busy "
+        "server while another is free; with a queue of 0 its 429s come from the instant after a server answers: "
+        "the client's next request (or the one the balancer held) can reach it before its engine has marked "
+        "itself idle, and is refused. A queue of 1 holds that request instead. With more clients than servers, "
+        "every policy without a balancer queue refuses whoever finds both servers full; `maxconn 1` makes HAProxy "
+        "hold them until a server is free. A refused edit is not done, so edits/s compares rows with different "
+        "refusal rates only loosely."
     )
     report("routing", "Routing in front of several servers", body, arguments.write)
 

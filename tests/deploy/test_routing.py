@@ -123,4 +123,4 @@ def test_the_routing_benchmark_counts_every_answer(servers, tmp_path):
     tallies = measure(tmp_path, addresses, clients=[2], requests=4, repeats=1, pause=0.0)
     assert set(tallies) == {(policy, 2) for policy in POLICIES}
     assert all(sum(tally.statuses.values()) == tally.requests == 4 for tally in tallies.values())
-    assert "| clients | HAProxy policy | requests | 429s |" in results_table(tallies)
+    assert "| `IMGEDIT_MAX_QUEUE` | clients | HAProxy policy | requests | 429s |" in results_table({0: tallies})
