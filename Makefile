@@ -26,9 +26,10 @@ $(BIN)/.installed: pyproject.toml tests/integration/clients/node/package-lock.js
 serve: install
 	IMGEDIT_MODEL="$(IMGEDIT_MODEL)" $(BIN)/bentoml serve service:ImageEdit --port $(PORT)
 
-# REQUIRE_CHROMIUM=1: the playground's browser tests fail, rather than skip, without Chromium.
+# REQUIRE_CHROMIUM=1: the playground's browser tests fail, rather than skip, without Chromium;
+# REQUIRE_DEPLOY_TOOLS=1: so do the deployment tests (tests/deploy) without kubectl, promtool or HAProxy.
 test: install system-deps lint
-	REQUIRE_CHROMIUM=1 REQUIRE_NODE=1 $(BIN)/pytest
+	REQUIRE_CHROMIUM=1 REQUIRE_NODE=1 REQUIRE_DEPLOY_TOOLS=1 $(BIN)/pytest
 
 # Only the playground's end-to-end tests (headless Chromium against a real server); `make test` runs them too.
 e2e: install system-deps
@@ -52,6 +53,7 @@ bench: install
 	$(BIN)/python -m bench.fusion --write $(BENCH_RESULTS)
 	$(BIN)/python -m bench.png_encoding --write $(BENCH_RESULTS)
 	$(BIN)/python -m bench.quantization --write $(BENCH_RESULTS)
+	$(BIN)/python -m bench.routing --write $(BENCH_RESULTS)
 
 # Full-size Qwen-Image-Edit-2511 (random weights) on a GPU with 80 GB: eager against the fast path,
 # and against fp8 and int8 weights (fp8 needs compute capability 8.9 or newer).
@@ -69,10 +71,15 @@ image-smoke: install
 
 # The curl tests run curl and jq; the playground's end-to-end tests run Debian's chromium
 # (driven by Playwright's Python package; Playwright's own browser downloads are not used).
+# tests/deploy runs promtool (Debian's prometheus package; on a host with systemd, Debian also starts
+# its server: `systemctl disable --now prometheus` if unwanted) and haproxy on loopback.
 system-deps:
 	@command -v curl >/dev/null && command -v jq >/dev/null && command -v chromium >/dev/null || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq curl jq chromium >/dev/null; }
+	@command -v promtool >/dev/null && PATH="$$PATH:/usr/sbin" command -v haproxy >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends prometheus haproxy >/dev/null; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

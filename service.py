@@ -25,6 +25,7 @@ from imgedit.model.loader import BENTOML_PREFIX
 from imgedit.playground import MOUNT_PATH as PLAYGROUND_PATH
 from imgedit.playground import create_playground_app
 from imgedit.serving.bentoml_seam import ImagesResponse, raw_request_input, worker_index
+from imgedit.serving.capacity import replica_concurrency
 from imgedit.serving.startup import StartupError, drain_on_signals, preflight, start_or_stop_server, worker_count
 
 try:
@@ -50,7 +51,12 @@ playground_app = create_playground_app()
     name="imgedit",
     resources={"gpu": WORKERS},
     workers=WORKERS,
-    traffic={"timeout": settings.request_timeout + TIMEOUT_GRACE_SECONDS},
+    traffic={
+        "timeout": settings.request_timeout + TIMEOUT_GRACE_SECONDS,
+        # BentoCloud only: autoscale on requests per replica, and hold the excess in its own queue.
+        "concurrency": replica_concurrency(WORKERS, settings.max_queue, settings.max_batch),
+        "external_queue": True,
+    },
     # Our middleware writes the access line, with the request id BentoML's lacks.
     logging={"access": {"enabled": False}},
 )

@@ -12,11 +12,10 @@ from imgedit.config import Settings
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_kubernetes_manifest_probes_gpu_and_settings():
-    documents = {
-        document["kind"]: document for document in yaml.safe_load_all((ROOT / "deploy" / "kubernetes.yaml").read_text())
-    }
-    pod = documents["Deployment"]["spec"]["template"]["spec"]
+def test_kubernetes_deployment_probes_gpu_and_settings():
+    """The base Deployment as written (tests/deploy renders and validates every overlay with kubectl)."""
+    deployment = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "base" / "deployment.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert container["startupProbe"]["httpGet"]["path"] == "/livez"
@@ -28,7 +27,8 @@ def test_kubernetes_manifest_probes_gpu_and_settings():
     imgedit_names = {name.removeprefix("IMGEDIT_").lower() for name in names if name.startswith("IMGEDIT_")}
     assert imgedit_names <= set(Settings.model_fields)
     grace = next(int(v["value"]) for v in container["env"] if v["name"] == "IMGEDIT_SHUTDOWN_GRACE")
-    assert pod["terminationGracePeriodSeconds"] > grace
+    pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pod["terminationGracePeriodSeconds"] > pause + grace
 
 
 def test_bentocloud_config_names_the_service_and_real_settings():
