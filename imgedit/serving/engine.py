@@ -319,6 +319,10 @@ class Engine:
         metrics.run_time.observe(elapsed)
         if not any(isinstance(result, BaseException) for result in results):
             self._recent_runs.append(elapsed)  # stopped runs would make the wait look short
+        with self._condition:
+            # Idle before the answers go out: a client answered at once may send its next edit before
+            # this thread gets any further, and with nothing waiting it must be admitted, not refused.
+            self._busy = False
         for job, result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
                 self._settle(job, error=result)

@@ -474,3 +474,29 @@ def test_the_first_step_is_not_timed(monkeypatch):
     for step in range(4):
         hook(step, 4, None)
     assert len(observed) == 3
+
+
+async def test_a_client_answered_at_once_is_admitted_even_with_no_queue(monkeypatch):
+    """With max_queue=0, the next edit sent the moment an answer arrives finds the engine idle.
+
+    The engine thread is held right after it hands out the answer (until the next edit
+    was submitted), so an engine that marked itself idle only afterwards would refuse it.
+    """
+    submitted = threading.Event()
+    settle = Engine._settle
+
+    def settle_then_hold(job, images=None, error=None):
+        settle(job, images, error)
+        submitted.wait(timeout=10)
+
+    monkeypatch.setattr(Engine, "_settle", staticmethod(settle_then_hold))
+    PIPELINE.reset()
+    engine = Engine(max_queue=0)
+    try:
+        assert len(await engine.run(calls("first"), far())) == 1
+        second = engine.submit(calls("second"))  # QueueFull here if the engine still looked busy
+        submitted.set()
+        assert len(await engine.result(second, far())) == 1
+    finally:
+        submitted.set()
+        engine.close()
