@@ -26,15 +26,14 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
-import gc
 import math
 import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-import torch
 from PIL import Image
 
 from imgedit import metrics
@@ -42,17 +41,18 @@ from imgedit.logs import get_logger
 from imgedit.model.call import PipelineCall
 from imgedit.serving.fusion import fuse, fusion_key
 from imgedit.serving.jobs import (
+    Adapters,
     DeadlineExceeded,
     Draining,
     Job,
-    OutOfMemory,
     PreviewSink,
     QueueFull,
     RunCancelled,
 )
-from imgedit.serving.steps import Previewer, step_hook
+from imgedit.serving.steps import Previewer, run_failure, step_hook
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 #: Run times kept for the queue-wait estimate behind ``Retry-After``.
 RECENT_RUNS = 20
@@ -69,6 +69,8 @@ class Engine:
         previewer: decodes latents into preview pictures (the family adapter's);
             None serves no previews.
         fusable: whether the model's calls may be fused into batches (the family adapter's say).
+        prepare: called on the engine thread before each run with the LoRA adapters its
+            requests chose (switching them is model work, so it happens here, between runs).
     """
 
     def __init__(
@@ -79,11 +81,13 @@ class Engine:
         *,
         previewer: Previewer | None = None,
         fusable: bool = False,
+        prepare: Callable[[Adapters], None] | None = None,
     ) -> None:
         self.max_queue = max_queue
         self.max_batch = max_batch
         self.progress_interval = progress_interval
         self.previewer = previewer
+        self.prepare = prepare
         self.fuses = fusable and max_batch > 1
         self._waiting: deque[Job] = deque()
         self._condition = threading.Condition()
@@ -94,7 +98,7 @@ class Engine:
         self._busy = False  # a run is taken or going (changes under the lock)
         self._most_at_once = 0
         self._current: list[Job] | None = None
-        self._urgent: deque[tuple[Sequence[PipelineCall], concurrent.futures.Future[list[Image.Image]]]] = deque()
+        self._urgent: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = deque()
         self._thread = threading.Thread(target=self._work, name="imgedit-engine", daemon=True)
         self._thread.start()
 
@@ -107,6 +111,7 @@ class Engine:
         previews: int = 0,
         sink: PreviewSink | None = None,
         may_fuse: bool = True,
+        adapters: Adapters = (),
     ) -> Job:
         """Admit a request's calls, to run after those already waiting.
 
@@ -116,14 +121,16 @@ class Engine:
             previews: previews per call, each passed to ``sink`` on the event loop
                 (needs the engine's previewer).
             may_fuse: whether the request allows its call to join a batch; a
-                single call without previews of a fusable model then may.
+                single call without previews of a fusable model then may (only
+                with calls that use the same adapters).
+            adapters: the LoRA adapters its calls run with, handed to ``prepare``.
 
         Raises:
             QueueFull: ``max_queue`` requests wait already.
             Draining: the server is shutting down.
         """
         loop = asyncio.get_running_loop()
-        fusable = self.fuses and may_fuse and len(calls) == 1 and not previews
+        key = fusion_key(calls[0]) if self.fuses and may_fuse and len(calls) == 1 and not previews else None
         job = Job(
             calls,
             loop.create_future(),
@@ -132,7 +139,8 @@ class Engine:
             time.monotonic(),
             previews,
             sink,
-            fusion_key(calls[0]) if fusable else None,
+            None if key is None else (adapters, key),
+            adapters,
             on_cancel=self._forget,
         )
         with self._condition:
@@ -188,13 +196,23 @@ class Engine:
         competing for the same cores slowed every later run by a quarter on a
         2-core machine (see docs/benchmarks.md).
         """
-        outcome: concurrent.futures.Future[list[Image.Image]] = concurrent.futures.Future()
+        return self._ahead_of_the_queue(lambda: [image for call in calls for image in call.invoke()]).result()
+
+    async def between_runs(self, task: Callable[[], T]) -> T:
+        """Run ``task`` on the engine thread before the next run (never during one) and await what it returns.
+
+        For work that changes the model, like loading or unloading a LoRA adapter.
+        """
+        return await asyncio.wrap_future(self._ahead_of_the_queue(task))
+
+    def _ahead_of_the_queue(self, task: Callable[[], T]) -> concurrent.futures.Future[T]:
+        outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
         with self._condition:
-            if self._closed:  # the engine thread has stopped, and nobody would run them
+            if self._closed:  # the engine thread has stopped, and nobody would run it
                 raise RuntimeError("the engine is closed")
-            self._urgent.append((calls, outcome))
+            self._urgent.append((task, outcome))
             self._condition.notify()
-        return outcome.result()
+        return outcome
 
     def drain(self, grace: float) -> None:
         """Admit nothing new; runs still going after ``grace`` seconds are cancelled."""
@@ -273,9 +291,9 @@ class Engine:
                     self._busy = False
 
     @staticmethod
-    def _run_urgent(calls: Sequence[PipelineCall], outcome: concurrent.futures.Future[list[Image.Image]]) -> None:
+    def _run_urgent(task: Callable[[], Any], outcome: concurrent.futures.Future[Any]) -> None:
         try:
-            outcome.set_result([image for call in calls for image in call.invoke()])
+            outcome.set_result(task())
         except BaseException as error:
             outcome.set_exception(error)
 
@@ -333,37 +351,29 @@ class Engine:
     def _run_job(self, job: Job) -> list[Image.Image] | BaseException:
         images: list[Image.Image] = []
         try:
+            self._prepare(job.adapters)
             for call in job.calls:
                 if job.cancelled.is_set():  # between the images of one request
                     raise RunCancelled
                 images.extend(call.invoke(step_hook([job], call, self.previewer, self.progress_interval)))
         except BaseException as error:  # delivered to the waiting request
-            return self._failure(error, [job])
+            return run_failure(error, [job])
         return images
 
     def _run_fused(self, batch: list[Job]) -> list[list[Image.Image] | BaseException]:
         log.info("running %d requests as one batch", len(batch))
         try:
+            self._prepare(batch[0].adapters)  # fused jobs chose the same adapters (their fusion key)
             call = fuse([job.calls[0] for job in batch])
             images = call.invoke(step_hook(batch, call, self.previewer, self.progress_interval))
         except BaseException as error:
-            failure = self._failure(error, batch)
+            failure = run_failure(error, batch)
             return [failure for _ in batch]
         return [[image] for image in images]
 
-    def _failure(self, error: BaseException, jobs: list[Job]) -> BaseException:
-        if isinstance(error, RunCancelled):
-            for job in jobs:
-                metrics.cancellations.labels(job.cancel_reason or "unknown").inc()
-            step, total = jobs[0].progress
-            log.info("stopped mid-run (%s) after step %d/%d", jobs[0].cancel_reason, step, total)
-            return error
-        if isinstance(error, torch.OutOfMemoryError):
-            _free_device_memory()
-            metrics.rejections.labels("out_of_memory").inc()
-            log.warning("out of device memory; cache freed")
-            return OutOfMemory()
-        return error
+    def _prepare(self, adapters: Adapters) -> None:
+        if self.prepare is not None:
+            self.prepare(adapters)
 
     @staticmethod
     def _settle(job: Job, images: list[Image.Image] | None = None, error: BaseException | None = None) -> None:
@@ -377,9 +387,3 @@ class Engine:
 
         with contextlib.suppress(RuntimeError):  # a closed loop means nobody is waiting
             job.loop.call_soon_threadsafe(settle)
-
-
-def _free_device_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -12,6 +12,8 @@ from PIL import Image
 
 from imgedit.model.call import PipelineCall
 
+#: LoRA adapters a run uses, as (name, scale) pairs in the order the request named them.
+Adapters = tuple[tuple[str, float], ...]
 #: Runs on the event loop with each preview: its index in the request (from 0) and the pictures.
 PreviewSink = Callable[[int, list[Image.Image]], None]
 
@@ -48,6 +50,7 @@ class Job:
         calls: pipeline calls run back to back (one per output image, usually).
         previews: previews to send per call (0 for none), each to ``sink``.
         fusion_key: calls of jobs with the same key may run as one batch (None: never).
+        adapters: the LoRA adapters (name, scale) the calls run with; none: the base model.
     """
 
     calls: Sequence[PipelineCall]
@@ -58,6 +61,7 @@ class Job:
     previews: int = 0
     sink: PreviewSink | None = None
     fusion_key: Hashable | None = None
+    adapters: Adapters = ()
     cancelled: threading.Event = field(default_factory=threading.Event)
     cancel_reason: str = ""
     previews_sent: int = 0

@@ -1,8 +1,9 @@
-"""What happens after each denoising step of a run: cancellation, progress, step timing, previews."""
+"""What happens during a run: after each denoising step (cancel, progress, timing, previews), and if it fails."""
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
 from collections.abc import Callable, Sequence
 
@@ -12,7 +13,7 @@ from PIL import Image
 from imgedit import metrics
 from imgedit.logs import get_logger
 from imgedit.model.call import PipelineCall, StepHook
-from imgedit.serving.jobs import Job, RunCancelled
+from imgedit.serving.jobs import Job, OutOfMemory, RunCancelled
 
 log = get_logger(__name__)
 
@@ -66,3 +67,22 @@ def evenly_spaced(total: int, count: int) -> set[int]:
     if total <= 1 or count <= 0:
         return set()
     return {min(total - 2, max(0, round((index + 1) * total / (count + 1)) - 1)) for index in range(count)}
+
+
+def run_failure(error: BaseException, jobs: Sequence[Job]) -> BaseException:
+    """What the requests of a failed run are told: a stop is logged and counted, and running out of
+    device memory frees the cache first and becomes :class:`OutOfMemory`; anything else is passed on."""
+    if isinstance(error, RunCancelled):
+        for job in jobs:
+            metrics.cancellations.labels(job.cancel_reason or "unknown").inc()
+        step, total = jobs[0].progress
+        log.info("stopped mid-run (%s) after step %d/%d", jobs[0].cancel_reason, step, total)
+        return error
+    if isinstance(error, torch.OutOfMemoryError):
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        metrics.rejections.labels("out_of_memory").inc()
+        log.warning("out of device memory; cache freed")
+        return OutOfMemory()
+    return error

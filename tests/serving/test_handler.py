@@ -273,7 +273,7 @@ async def test_draining_is_a_503(tiny_model):
 
 
 async def test_out_of_memory_is_a_503_with_retry_after(handler, monkeypatch):
-    from imgedit.serving.engine import OutOfMemory
+    from imgedit.serving.jobs import OutOfMemory
 
     async def out_of_memory(*args, **kwargs):
         raise OutOfMemory
