@@ -42,7 +42,11 @@ TIMEOUT_GRACE_SECONDS = 60
 #: One worker per GPU, each with its own copy of the model and its own queue.
 WORKERS = worker_count(settings)
 
-v1_app = create_v1_app(lambda: bentoml.get_current_service().model_cards())
+v1_app = create_v1_app(
+    lambda: bentoml.get_current_service().model_cards(),
+    # The adapter endpoints exist only with an admin key to open them.
+    (lambda: bentoml.get_current_service().handler.admin) if settings.admin_key is not None else None,
+)
 #: The web page at /playground: static files that call /v1 from the browser, so it needs no key of its own.
 playground_app = create_playground_app()
 
@@ -84,7 +88,7 @@ class ImageEdit:
         return not self.handler.engine.draining
 
     def model_cards(self) -> list[ModelCard]:
-        return [self.card]
+        return self.handler.model_cards(self.card)
 
     @bentoml.api(
         route="/v1/images/edits",
@@ -97,10 +101,15 @@ class ImageEdit:
 
     @bentoml.on_shutdown
     def close(self) -> None:
+        self.handler.admin.sync.close()
         self.handler.engine.close()
 
 
 ImageEdit.add_asgi_middleware(AccessLogMiddleware)
-if settings.api_key is not None:
+if settings.api_key is not None or settings.admin_key is not None:
     # Inside the access-log middleware, so a 401 still carries its request id and access line.
-    ImageEdit.add_asgi_middleware(ApiKeyMiddleware, keys=parse_keys(settings.api_key.get_secret_value()))
+    ImageEdit.add_asgi_middleware(
+        ApiKeyMiddleware,
+        keys=parse_keys(settings.api_key.get_secret_value() if settings.api_key else None),
+        admin_keys=parse_keys(settings.admin_key.get_secret_value() if settings.admin_key else None),
+    )

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     family: str | None = Field(None, min_length=1)
     lora: str | None = Field(None, min_length=1)
     lora_fuse: bool = False
+    lora_adapters: str | None = Field(None, min_length=1)
+    lora_dir: str | None = Field(None, min_length=1)
+    max_loras: int = Field(8, ge=1, le=256)
     max_images: int | None = Field(None, ge=1, le=HARD_MAX_IMAGES)
     default_steps: int | None = Field(None, ge=1, le=200)
     default_guidance_scale: float | None = Field(None, ge=0, le=20)
@@ -100,6 +103,7 @@ class Settings(BaseSettings):
 
     # Access.
     api_key: SecretStr | None = None
+    admin_key: SecretStr | None = None
 
     # URL inputs.
     url_fetch: bool = True

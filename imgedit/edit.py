@@ -8,6 +8,7 @@ None keep the family's default.
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Literal
@@ -16,6 +17,9 @@ from typing import Literal
 MAX_SEED = 2**64 - 1
 #: The most denoising steps a request may ask for, directly or through ``quality``.
 MAX_STEPS = 200
+
+#: LoRA adapter names: letters, digits, ``.``, ``_`` and ``-``, as requests, settings and the load endpoint write them.
+LORA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 #: A share of the model's default steps (see :data:`imgedit.model.spec.QUALITY_STEP_SHARE`).
 Quality = Literal["auto", "low", "medium", "high", "xhigh", "max"]
@@ -59,3 +63,18 @@ def seeds_for(seed: int | None, n: int) -> tuple[int, ...]:
     """Image i uses seed + i (wrapping past :data:`MAX_SEED`); a random base seed when ``seed`` is None."""
     base = seed if seed is not None else secrets.randbelow(MAX_SEED + 1)
     return tuple((base + index) % (MAX_SEED + 1) for index in range(n))
+
+
+@dataclass(frozen=True)
+class LoraChoice:
+    """One LoRA adapter a request asks for.
+
+    Attributes:
+        name: a loaded adapter's name (None when only ``path`` names it).
+        scale: how strongly it applies; None takes the scale it was loaded with.
+        path: a file or directory under ``IMGEDIT_LORA_DIR`` to load it from first.
+    """
+
+    name: str | None
+    scale: float | None = None
+    path: str | None = None

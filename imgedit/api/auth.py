@@ -1,4 +1,6 @@
-"""Optional API keys: with ``IMGEDIT_API_KEY`` set, ``/v1/*`` needs ``Authorization: Bearer <key>``.
+"""Optional keys: with ``IMGEDIT_API_KEY`` set, ``/v1/*`` needs ``Authorization: Bearer <key>``;
+the adapter endpoints (``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``) always need
+an ``IMGEDIT_ADMIN_KEY`` instead, which no API key replaces.
 
 This is how the ``openai`` SDK sends its ``api_key``. Health probes, metrics
 and the BentoML pages stay open. Keys are compared in constant time, against
@@ -15,6 +17,8 @@ from imgedit.api.responses import error_response
 from imgedit.errors import ApiError
 
 PROTECTED_PREFIX = "/v1/"
+#: Paths that only an admin key opens.
+ADMIN_PATHS = ("/v1/load_lora_adapter", "/v1/unload_lora_adapter")
 
 
 def parse_keys(value: str | None) -> tuple[bytes, ...]:
@@ -37,22 +41,31 @@ def _unauthorized(message: str) -> ApiError:
 
 
 class ApiKeyMiddleware:
-    """Refuses ``/v1/*`` requests without a valid bearer key (401, OpenAI's error shape)."""
+    """Refuses ``/v1/*`` requests without a valid bearer key (401, OpenAI's error shape).
 
-    def __init__(self, app: ASGIApp, keys: tuple[bytes, ...]) -> None:
+    Args:
+        keys: the API keys (none: ``/v1/*`` is open).
+        admin_keys: the admin keys, the only ones that open :data:`ADMIN_PATHS`.
+    """
+
+    def __init__(self, app: ASGIApp, keys: tuple[bytes, ...], admin_keys: tuple[bytes, ...] = ()) -> None:
         self.app = app
         self.keys = keys
+        self.admin_keys = admin_keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or not scope.get("path", "").startswith(PROTECTED_PREFIX):
+        path = scope.get("path", "")
+        keys = self.admin_keys if path.rstrip("/") in ADMIN_PATHS else self.keys
+        if scope["type"] != "http" or not keys or not path.startswith(PROTECTED_PREFIX):
             await self.app(scope, receive, send)
             return
         authorization = next((value for name, value in scope.get("headers", ()) if name == b"authorization"), b"")
         scheme, _, token = authorization.partition(b" ")
+        what = "admin key" if keys is self.admin_keys else "API key"
         if scheme.lower() != b"bearer" or not token.strip():
-            error = _unauthorized("Missing API key: send it as 'Authorization: Bearer <key>'.")
-        elif not key_is_valid(token.strip(), self.keys):
-            error = _unauthorized("Incorrect API key provided.")
+            error = _unauthorized(f"Missing {what}: send it as 'Authorization: Bearer <key>'.")
+        elif not key_is_valid(token.strip(), keys):
+            error = _unauthorized(f"Incorrect {what} provided.")
         else:
             await self.app(scope, receive, send)
             return

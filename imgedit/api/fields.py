@@ -17,7 +17,7 @@ from typing import Any, Literal
 from imgedit.edit import MAX_SEED, EditOptions
 
 #: How a field travels: files, lists of strings, or one scalar of a JSON-like type.
-Kind = Literal["images", "urls", "file", "text", "integer", "number", "boolean", "choice", "size"]
+Kind = Literal["images", "urls", "file", "text", "integer", "number", "boolean", "choice", "size", "lora"]
 
 #: The model families (``IMGEDIT_FAMILY`` names) that take negative prompts.
 _NEGATIVE_PROMPT_FAMILIES = (
@@ -239,6 +239,15 @@ FIELDS: tuple[Field, ...] = (
         families=("qwen-image-edit", "flux-kontext", "flux2-klein", "stable-diffusion"),
     ),
     Field("seed", "integer", "The first image's seed.", shown_default="random", low=0, high=MAX_SEED),
+    Field(
+        "lora",
+        "lora",
+        "LoRA adapters to run with, by name (see LoRA adapters): `name`, `name:scale` or several "
+        '(`a:1,b:0.5`); in JSON also a list of `{"name", "scale"}`; vLLM-Omni\'s object form too. '
+        "A `model` that names an adapter selects it at its loaded scale.",
+        shown_default="none",
+        max_chars=2048,
+    ),
     Field("stream", "boolean", "Answer with server-sent events (see Streaming).", default=False),
     Field("partial_images", "integer", "Previews per output image while streaming.", default=0, low=0, high=3),
 )
@@ -292,6 +301,11 @@ def _openapi_property(field: Field, encoding: Literal["form", "json"]) -> dict[s
         schema = {"type": "string", "enum": list(field.spellings)}
     elif field.kind == "size":
         schema = {"type": "string", "pattern": "^(auto|[0-9]+[xX][0-9]+)$"}
+    elif field.kind == "lora" and encoding == "json":
+        adapter = {"type": "object", "properties": {"name": {"type": "string"}, "scale": {"type": "number"}}}
+        schema = {"anyOf": [{"type": "string"}, {"type": "array", "items": adapter}, adapter]}
+    elif field.kind == "lora":
+        schema = {"type": "string", "maxLength": field.max_chars}
     elif field.kind == "text":
         schema = {"type": "string"} if field.max_chars is None else {"type": "string", "maxLength": field.max_chars}
     else:
@@ -323,6 +337,7 @@ _TYPES = {
     "boolean": "boolean",
     "choice": "string",
     "size": "string",
+    "lora": "string (or JSON list)",
 }
 
 

@@ -15,15 +15,17 @@ a value is written:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from imgedit.api.fields import FIELDS, FIELDS_BY_NAME, Field
+from imgedit.api.lora import parse_lora
 from imgedit.api.multipart import Form, Part
-from imgedit.edit import EditOptions
+from imgedit.edit import EditOptions, LoraChoice
 from imgedit.errors import ApiError, invalid
 from imgedit.media.encode import Background, OutputFormat
 from imgedit.media.inputs import ImageSource
@@ -50,6 +52,8 @@ class RequestLimits:
     max_prompt_chars: int
     size: SizeLimits
     model_names: tuple[str, ...]
+    #: The LoRA adapters loaded now, which ``model`` may name too (they change while serving).
+    adapter_names: Callable[[], Collection[str]] = dataclasses.field(default=lambda: ())
 
 
 @dataclass(frozen=True)
@@ -73,11 +77,12 @@ class EditRequest:
     background: Background = "auto"
     user: str | None = None
     safety_identifier: str | None = None
+    lora: tuple[LoraChoice, ...] = ()
     stream: bool = False
     partial_images: int = 0
 
 
-_ANSWER_NAMES = frozenset(field.name for field in fields(EditRequest)) - {"options", "sources", "mask"}
+_ANSWER_NAMES = frozenset(answer.name for answer in fields(EditRequest)) - {"options", "sources", "mask"}
 
 
 class _Body(Protocol):
@@ -121,6 +126,8 @@ def parse_edit_request(body: Form | dict[str, Any], limits: RequestLimits) -> Ed
 
 def _checked(field: Field, value: Any, limits: RequestLimits) -> Any:
     """``value`` of ``field`` (typed) checked against its bounds or choices, in the form the request stores."""
+    if field.kind == "lora":
+        return parse_lora(value) if value is not None else ()
     if value is None or field.kind in ("text", "boolean"):
         return value
     if field.kind == "size":
@@ -174,8 +181,8 @@ def _require_prompt(prompt: str | None, values: dict[str, Any], limits: RequestL
 
 
 def _served_model(model: str | None, values: dict[str, Any], limits: RequestLimits) -> None:
-    if model is not None and model not in limits.model_names:
-        served = ", ".join(repr(name) for name in limits.model_names)
+    if model is not None and model not in limits.model_names and model not in limits.adapter_names():
+        served = ", ".join(repr(name) for name in (*limits.model_names, *limits.adapter_names()))
         raise invalid(
             "model", f"Model {model!r} is not served here; this server serves {served}.", code="model_not_found"
         )
@@ -206,7 +213,7 @@ class _FormBody:
 
     def value(self, field: Field, max_chars: int) -> Any:
         text = self._text(field.name, max_chars)
-        if text is None or field.kind in ("text", "size", "choice"):
+        if text is None or field.kind in ("text", "size", "choice", "lora"):
             return text
         if field.kind == "integer":
             number = int(text) if _INTEGER.fullmatch(text) else None
@@ -282,6 +289,7 @@ _JSON_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "integer": ((int,), "an integer"),
     "number": ((int, float), "a number"),
     "boolean": ((bool,), "true or false"),
+    "lora": ((str, list, dict), "a string, a list or an object"),
 }
 
 

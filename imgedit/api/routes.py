@@ -1,14 +1,18 @@
-"""The ``/v1`` routes that are not BentoML APIs: the model list and OpenAI-shaped 404/405s.
+"""The ``/v1`` routes that are not BentoML APIs: the model list, the LoRA endpoints, OpenAI-shaped 404/405s.
 
 BentoML APIs accept POST only, so ``GET /v1/models`` lives in this small
-Starlette app, mounted under ``/v1``. BentoML tries its own routes first, so
-the catch-all here only sees requests nothing else serves.
+Starlette app, mounted under ``/v1``, with vLLM's ``POST /v1/load_lora_adapter``
+and ``POST /v1/unload_lora_adapter`` when an admin key is configured (the
+:class:`~imgedit.api.auth.ApiKeyMiddleware` asks for it). BentoML tries its
+own routes first, so the catch-all here only sees requests nothing else serves.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -19,6 +23,10 @@ from imgedit.api.responses import error_response
 from imgedit.errors import ApiError
 
 EDITS_PATH = "/images/edits"
+#: vLLM's adapter endpoints, answered only with an admin key.
+LOAD_LORA_PATH, UNLOAD_LORA_PATH = "/load_lora_adapter", "/unload_lora_adapter"
+#: The largest body the adapter endpoints read.
+MAX_ADMIN_BODY_BYTES = 64 * 1024
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -30,14 +38,26 @@ class ModelCard:
     created: int
     owned_by: str = "imgedit"
     object: str = "model"
+    #: For a LoRA adapter (vLLM's convention): the served model it runs on.
+    root: str | None = None
+    parent: str | None = None
 
 
-def create_v1_app(models: Callable[[], list[ModelCard]]) -> Starlette:
+class LoraEndpoints(Protocol):
+    """What the adapter endpoints call: each returns the answer's body or raises an ApiError."""
+
+    async def load(self, name: Any, path: Any, scale: Any = 1.0) -> dict[str, Any]: ...
+
+    async def unload(self, name: Any) -> dict[str, Any]: ...
+
+
+def create_v1_app(models: Callable[[], list[ModelCard]], loras: Callable[[], LoraEndpoints] | None = None) -> Starlette:
     """The app to mount at ``/v1``.
 
     Args:
         models: returns the served models; called per request, because the
             model is loaded after this app is created.
+        loras: returns what loads and unloads adapters; None leaves the adapter endpoints out (404).
     """
 
     async def list_models(request: Request) -> Response:
@@ -52,9 +72,20 @@ def create_v1_app(models: Callable[[], list[ModelCard]]) -> Starlette:
             404, f"The model {model_id!r} does not exist on this server.", param="model", code="model_not_found"
         )
 
+    async def load_lora(request: Request) -> Response:
+        assert loras is not None
+        body = await _admin_body(request)
+        return JSONResponse(await loras().load(body.get("lora_name"), body.get("lora_path"), body.get("scale", 1.0)))
+
+    async def unload_lora(request: Request) -> Response:
+        assert loras is not None
+        body = await _admin_body(request)
+        return JSONResponse(await loras().unload(body.get("lora_name")))
+
     async def fallback(request: Request) -> Response:
         path = "/" + request.path_params["path"]
-        allowed = "POST" if path == EDITS_PATH else "GET" if path == "/models" or path.startswith("/models/") else None
+        posts = (EDITS_PATH, LOAD_LORA_PATH, UNLOAD_LORA_PATH) if loras is not None else (EDITS_PATH,)
+        allowed = "POST" if path in posts else "GET" if path == "/models" or path.startswith("/models/") else None
         if allowed is not None:
             raise ApiError(
                 405,
@@ -68,11 +99,36 @@ def create_v1_app(models: Callable[[], list[ModelCard]]) -> Starlette:
         assert isinstance(error, ApiError)
         return error_response(error)
 
+    adapter_routes = [
+        Route(LOAD_LORA_PATH, load_lora, methods=["POST"]),
+        Route(UNLOAD_LORA_PATH, unload_lora, methods=["POST"]),
+    ]
     return Starlette(
         routes=[
             Route("/models", list_models, methods=["GET"]),
             Route("/models/{model_id:path}", get_model, methods=["GET"]),
+            *(adapter_routes if loras is not None else []),
             Route("/{path:path}", fallback, methods=_ALL_METHODS),
         ],
         exception_handlers={ApiError: api_error},
     )
+
+
+async def _admin_body(request: Request) -> dict[str, Any]:
+    """The JSON object an adapter endpoint was sent.
+
+    Raises:
+        ApiError: 413 past :data:`MAX_ADMIN_BODY_BYTES`, 400 for anything but a JSON object.
+    """
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_ADMIN_BODY_BYTES:
+            raise ApiError(413, f"The body exceeds {MAX_ADMIN_BODY_BYTES} bytes.", code="payload_too_large")
+    try:
+        body = json.loads(data)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ApiError(400, 'Send a JSON object, e.g. {"lora_name": ..., "lora_path": ...}.', code="invalid_json")
+    return body

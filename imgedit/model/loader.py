@@ -38,7 +38,7 @@ from imgedit.config import TINY_MODEL, Settings
 from imgedit.errors import one_line
 from imgedit.model.acceleration import OptionError, check_options
 from imgedit.model.families import family_names
-from imgedit.model.lora import LoraError, apply_loras, parse_loras
+from imgedit.model.lora import LoraError, apply_loras, parse_loras, parse_named_loras
 from imgedit.model.memory import MemoryPlanError, footprint, parameter_bytes
 from imgedit.model.quantization import QuantizationError, check_device
 from imgedit.model.tiny import build_tiny, is_tiny, known_names
@@ -77,6 +77,8 @@ class LoadedModel:
     options: tuple[str, ...] = ()
     #: Component -> bytes its parameters and buffers occupy as loaded (measured).
     parameter_bytes: dict[str, int] = field(default_factory=dict)
+    #: Adapters of ``IMGEDIT_LORA`` left unfused, with their scales: on for every run.
+    always_on: tuple[tuple[str, float], ...] = ()
 
 
 def parse_source(settings: Settings) -> ModelSource:
@@ -148,6 +150,7 @@ def check_model_source(settings: Settings) -> None:
             parse_loras(settings.lora)
         except LoraError as exc:
             raise ModelLoadError(f"IMGEDIT_LORA: {exc}") from None
+    _check_named_loras(settings)
     source = parse_source(settings)
     if source.kind == "tiny":
         if source.location not in known_names():
@@ -192,6 +195,31 @@ def _check_weights(settings: Settings, location: str, source: ModelSource, devic
         plan_for(settings, index, read_config, device)
     except QuantizationError as exc:
         raise ModelLoadError(str(exc)) from None
+
+
+def _check_named_loras(settings: Settings) -> None:
+    """``IMGEDIT_LORA_ADAPTERS``, ``IMGEDIT_LORA_DIR`` and ``IMGEDIT_MAX_LORAS`` agree.
+
+    Raises:
+        ModelLoadError: naming the variable.
+    """
+    named = []
+    if settings.lora_adapters:
+        try:
+            named = parse_named_loras(settings.lora_adapters)
+        except LoraError as exc:
+            raise ModelLoadError(f"IMGEDIT_LORA_ADAPTERS: {exc}") from None
+    if len(named) > settings.max_loras:
+        raise ModelLoadError(
+            f"IMGEDIT_MAX_LORAS: {settings.max_loras} is fewer than the {len(named)} adapters of IMGEDIT_LORA_ADAPTERS"
+        )
+    if settings.lora_dir and not Path(settings.lora_dir).expanduser().is_dir():
+        raise ModelLoadError(f"IMGEDIT_LORA_DIR: {settings.lora_dir!r} is not a directory")
+
+
+def loras_scales(settings: Settings) -> list[float]:
+    """The scales of ``IMGEDIT_LORA``'s adapters, in order."""
+    return [spec.scale for spec in parse_loras(settings.lora)] if settings.lora else []
 
 
 def pick_device(setting: str, worker: int = 0) -> torch.device:
@@ -246,7 +274,7 @@ def load_model(settings: Settings, worker: int = 0) -> LoadedModel:
     else:
         pipeline, options = _from_pretrained(settings, source, dtype, device)
     try:
-        apply_loras(pipeline, settings.lora, fuse=settings.lora_fuse)
+        always_on = apply_loras(pipeline, settings.lora, fuse=settings.lora_fuse)
     except LoraError as exc:
         raise ModelLoadError(f"IMGEDIT_LORA: {exc}") from None
     try:
@@ -265,6 +293,8 @@ def load_model(settings: Settings, worker: int = 0) -> LoadedModel:
         native_pixels=native_pixels,
         options=tuple(options),
         parameter_bytes=sizes,
+        # Unfused IMGEDIT_LORA adapters stay on beside the ones requests choose.
+        always_on=() if settings.lora_fuse else tuple(zip(always_on, loras_scales(settings), strict=True)),
     )
 
 

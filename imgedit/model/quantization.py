@@ -260,6 +260,8 @@ def check_combination(settings: Settings, plan: WeightsPlan, device: torch.devic
                 # Name the variable to change: the fusing, when unfused adapters would work.
                 fusing_only = settings.lora_fuse and adapter_refusal(backend, fuse=False) is None
                 raise QuantizationError(f"{'IMGEDIT_LORA_FUSE' if fusing_only else 'IMGEDIT_LORA'}: {refusal}")
+        if settings.lora_adapters and (refusal := adapter_refusal(backend, fuse=False)):
+            raise QuantizationError(f"IMGEDIT_LORA_ADAPTERS: {refusal}")
 
 
 def adapter_refusal(backend: str, *, fuse: bool) -> str | None:

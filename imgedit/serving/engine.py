@@ -196,16 +196,16 @@ class Engine:
         competing for the same cores slowed every later run by a quarter on a
         2-core machine (see docs/benchmarks.md).
         """
-        return self._ahead_of_the_queue(lambda: [image for call in calls for image in call.invoke()]).result()
+        return self.between_runs(lambda: [image for call in calls for image in call.invoke()]).result()
 
-    async def between_runs(self, task: Callable[[], T]) -> T:
-        """Run ``task`` on the engine thread before the next run (never during one) and await what it returns.
+    def between_runs(self, task: Callable[[], T]) -> concurrent.futures.Future[T]:
+        """Run ``task`` on the engine thread before the next run (never during one); its outcome comes in the future.
 
         For work that changes the model, like loading or unloading a LoRA adapter.
-        """
-        return await asyncio.wrap_future(self._ahead_of_the_queue(task))
 
-    def _ahead_of_the_queue(self, task: Callable[[], T]) -> concurrent.futures.Future[T]:
+        Raises:
+            RuntimeError: the engine is closed.
+        """
         outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
         with self._condition:
             if self._closed:  # the engine thread has stopped, and nobody would run it

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio.to_thread
 from PIL import Image
@@ -33,8 +35,10 @@ from imgedit.api.responses import (
     partial_image_event,
     reported_quality,
 )
+from imgedit.api.routes import ModelCard
 from imgedit.config import Settings
-from imgedit.errors import ApiError, internal_error
+from imgedit.edit import LoraChoice
+from imgedit.errors import ApiError, internal_error, invalid
 from imgedit.logs import get_logger, note
 from imgedit.media.encode import EncodeOptions, encode_image, resolve_background
 from imgedit.media.fetch import Fetcher
@@ -43,9 +47,12 @@ from imgedit.media.masking import fit, keep_outside
 from imgedit.media.sizing import SizeLimits, output_size
 from imgedit.model.call import EditPlan, Usage
 from imgedit.model.families import FamilyAdapter
+from imgedit.model.lora import LoraError
+from imgedit.model.lora_registry import Adapters, LoraRegistry, UnknownAdapter
 from imgedit.model.spec import EditSpec
 from imgedit.serving.engine import Engine
 from imgedit.serving.jobs import DeadlineExceeded, Draining, Job, OutOfMemory, PreviewSink, QueueFull, RunCancelled
+from imgedit.serving.lora_admin import LoraAdmin
 
 log = get_logger(__name__)
 
@@ -66,6 +73,8 @@ class _Prepared:
     encoding: EncodeOptions
     #: The tokens behind one output image.
     usage: Usage
+    #: The LoRA adapters the request runs with.
+    adapters: Adapters
 
     def finish(self, output: Image.Image) -> bytes:
         """Bring a generated (or preview) image to the output size, keep the original outside the mask, encode."""
@@ -87,13 +96,24 @@ class EditHandler:
     """
 
     def __init__(
-        self, settings: Settings, model_id: str, adapter: FamilyAdapter, engine: Engine, fetcher: Fetcher
+        self,
+        settings: Settings,
+        model_id: str,
+        adapter: FamilyAdapter,
+        engine: Engine,
+        fetcher: Fetcher,
+        admin: LoraAdmin | None = None,
     ) -> None:
         self.settings = settings
         self.model_id = model_id
         self.adapter = adapter
         self.engine = engine
         self.fetcher = fetcher
+        #: Loads and unloads LoRA adapters; its registry holds the ones requests may choose.
+        self.admin = admin or LoraAdmin(
+            LoraRegistry(adapter.loaded, max_loras=settings.max_loras), engine, settings.lora_dir
+        )
+        self.loras = self.admin.registry
         self.body_limits = multipart_limits(settings)
         #: The area ``size=auto`` aims at: the model's native one, or None for the first image's own size.
         self.auto_pixels = adapter.native_pixels if settings.auto_size == "native" else None
@@ -102,7 +122,15 @@ class EditHandler:
             max_prompt_chars=settings.max_prompt_chars,
             size=SizeLimits(max_side=settings.max_side, max_pixels=settings.max_output_pixels),
             model_names=tuple(dict.fromkeys((settings.served_name, model_id))),
+            adapter_names=self.loras.names,
         )
+
+    def model_cards(self, base: ModelCard) -> list[ModelCard]:
+        """``GET /v1/models``: the served model, then every LoRA adapter as a model of its own on top of it."""
+        return [base] + [
+            ModelCard(id=entry.name, created=entry.created, root=base.id, parent=base.id)
+            for entry in self.loras.registered()
+        ]
 
     async def handle(self, connection: Request) -> Response:
         """Serve one request, reading its body from ``connection``, which is watched for a hang-up.
@@ -148,13 +176,54 @@ class EditHandler:
             background=resolve_background(request.background, inputs.first.alpha, request.output_format),
             png_compress_level=self.settings.png_compress_level,
         )
-        return _Prepared(request, inputs, spec, plan, encoding, self.adapter.usage(spec))
+        adapters = await self._adapters(request)
+        if adapters:
+            note(lora=",".join(f"{name}:{scale:g}" for name, scale in adapters))
+        return _Prepared(request, inputs, spec, plan, encoding, self.adapter.usage(spec), adapters)
+
+    async def _adapters(self, request: EditRequest) -> Adapters:
+        """The LoRA adapters the request chose: ``model`` naming one, then ``lora``; paths are loaded first.
+
+        Raises:
+            ApiError: 400 naming ``lora`` (or ``model``) for an adapter that is not loaded or cannot be.
+        """
+        choices = list(request.lora)
+        if request.model is not None and self.loras.has(request.model):
+            choices.insert(0, LoraChoice(request.model))
+        for index, choice in enumerate(choices):
+            if choice.path is not None:
+                name = choice.name or _name_of(choice.path)
+                if not self.loras.has(name):
+                    try:
+                        await self.admin.load(name, choice.path)
+                    except ApiError as error:
+                        raise invalid("lora", error.message, code=error.code or "invalid_value") from None
+                choices[index] = LoraChoice(name, choice.scale)
+        try:
+            return self.loras.selection([(choice.name, choice.scale) for choice in choices if choice.name])
+        except UnknownAdapter as error:
+            raise invalid("lora", f"{error}.", code="lora_not_found") from None
+        except LoraError as error:
+            raise invalid("lora", f"This model cannot run LoRA adapters: {error}.", code="lora_not_supported") from None
 
     def _submit(self, prepared: _Prepared, previews: int = 0, sink: PreviewSink | None = None) -> Job:
+        # Counted before admission, so that unloading an adapter waits for every request admitted with it.
+        self.loras.acquire(prepared.adapters)
         try:
-            # A request that names its seed must get the same bytes every time, so it never joins a batch.
-            may_fuse = prepared.request.options.seed is None
-            return self.engine.submit(prepared.plan.calls, previews=previews, sink=sink, may_fuse=may_fuse)
+            job = self._admit(prepared, previews, sink)
+        except BaseException:
+            self.loras.release(prepared.adapters)
+            raise
+        job.future.add_done_callback(lambda _: self.loras.release(prepared.adapters))
+        return job
+
+    def _admit(self, prepared: _Prepared, previews: int, sink: PreviewSink | None) -> Job:
+        # A request that names its seed must get the same bytes every time, so it never joins a batch.
+        may_fuse = prepared.request.options.seed is None
+        try:
+            return self.engine.submit(
+                prepared.plan.calls, previews=previews, sink=sink, may_fuse=may_fuse, adapters=prepared.adapters
+            )
         except QueueFull as full:
             raise ApiError(
                 429,
@@ -239,6 +308,12 @@ class EditHandler:
 
         headers = {SEEDS_HEADER: ",".join(str(seed) for seed in prepared.spec.seeds), "Cache-Control": "no-cache"}
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+def _name_of(path: str) -> str:
+    """An adapter name for a request that gave only a path: the file's or directory's name, made safe."""
+    stem = Path(path).stem or "adapter"
+    return re.sub(r"[^A-Za-z0-9._-]", "-", stem).lstrip("._-")[:128] or "adapter"
 
 
 def _draining() -> ApiError:

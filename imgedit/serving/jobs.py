@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from imgedit.model.call import PipelineCall
+from imgedit.model.lora_registry import Adapters
 
-#: LoRA adapters a run uses, as (name, scale) pairs in the order the request named them.
-Adapters = tuple[tuple[str, float], ...]
 #: Runs on the event loop with each preview: its index in the request (from 0) and the pictures.
 PreviewSink = Callable[[int, list[Image.Image]], None]
 

@@ -23,10 +23,14 @@ from imgedit.media.fetch import Fetcher, FetchPolicy
 from imgedit.model.acceleration import OptionError, apply_options
 from imgedit.model.families import UnsupportedPipeline, adapter_class_for
 from imgedit.model.loader import ModelLoadError, check_model_source, load_model
+from imgedit.model.lora import LoraError, parse_named_loras
+from imgedit.model.lora_registry import LoraRegistry
 from imgedit.model.spec import Defaults
 from imgedit.serving.bentoml_seam import arrange_exit_status, stop_server
 from imgedit.serving.engine import Engine
 from imgedit.serving.handler import EditHandler
+from imgedit.serving.lora_admin import LoraAdmin
+from imgedit.serving.lora_sync import LoraSync, prepare_directory
 
 log = get_logger(__name__)
 
@@ -49,6 +53,7 @@ def preflight(settings: Settings) -> None:
     except ModelLoadError as error:
         raise StartupError(str(error)) from None
     arrange_exit_status()
+    prepare_directory()
 
 
 def worker_count(settings: Settings) -> int:
@@ -88,13 +93,16 @@ def start(settings: Settings, worker: int = 0) -> tuple[EditHandler, ModelCard]:
         )
     except ValueError as error:  # the only setting an adapter can refuse
         raise StartupError(f"IMGEDIT_MAX_IMAGES: {error}") from None
+    loras = LoraRegistry(loaded.pipeline, max_loras=settings.max_loras, always_on=loaded.always_on)
     engine = Engine(
         max_queue=settings.max_queue,
         max_batch=settings.max_batch,
         progress_interval=settings.progress_log_seconds,
         previewer=adapter.preview,
         fusable=adapter.fusable,
+        prepare=loras.activate,
     )
+    admin = _lora_admin(settings, loras, engine, worker)
     try:
         for plan in adapter.warmup_plans():
             engine.run_now(plan.calls)
@@ -138,7 +146,25 @@ def start(settings: Settings, worker: int = 0) -> tuple[EditHandler, ModelCard]:
     for component, size in loaded.parameter_bytes.items():
         metrics.model_parameter_bytes.labels(component=component).set(size)
     card = ModelCard(id=settings.served_name, created=int(time.time()))
-    return EditHandler(settings, loaded.model_id, adapter, engine, fetcher), card
+    return EditHandler(settings, loaded.model_id, adapter, engine, fetcher, admin), card
+
+
+def _lora_admin(settings: Settings, loras: LoraRegistry, engine: Engine, worker: int) -> LoraAdmin:
+    """Load ``IMGEDIT_LORA_ADAPTERS`` (on the engine thread, like every change to the model), then follow the
+    commands every worker shares, replaying those given before this worker started.
+
+    Raises:
+        StartupError: an adapter does not load.
+    """
+    for name, spec in parse_named_loras(settings.lora_adapters or ""):
+        try:
+            engine.between_runs(lambda name=name, spec=spec: loras.load(name, spec)).result()
+        except LoraError as error:
+            raise StartupError(f"IMGEDIT_LORA_ADAPTERS: {error}") from None
+    admin = LoraAdmin(loras, engine, settings.lora_dir)
+    admin.sync = LoraSync.from_environment(admin.apply, worker, worker_count(settings))
+    admin.sync.start()
+    return admin
 
 
 def drain_on_signals(engine: Engine, grace: float) -> None:

@@ -500,3 +500,35 @@ async def test_a_client_answered_at_once_is_admitted_even_with_no_queue(monkeypa
     finally:
         submitted.set()
         engine.close()
+
+
+async def test_only_calls_with_the_same_adapters_fuse_and_each_run_gets_its_adapters(monkeypatch):
+    from imgedit.serving import engine as engine_module
+
+    batches, prepared = [], []
+    real_fuse = engine_module.fuse
+
+    def counting_fuse(calls_to_fuse):
+        batches.append(len(calls_to_fuse))
+        return real_fuse(calls_to_fuse)
+
+    def batchable(prompt, callback_on_step_end=None) -> SimpleNamespace:
+        """A pipeline stand-in that makes one image per prompt, as batched diffusers calls do."""
+        return SimpleNamespace(images=[Image.new("RGB", (8, 8))] * (len(prompt) if isinstance(prompt, list) else 1))
+
+    monkeypatch.setattr(engine_module, "fuse", counting_fuse)
+    gate = GatePipeline()
+    engine = Engine(max_batch=4, fusable=True, prepare=prepared.append)
+    ink = (("ink", 1.0),)
+    try:
+        blocker = engine.submit(gate.calls())
+        call = PipelineCall(batchable, {"prompt": "p"}, 1, Size(8, 8))
+        jobs = [engine.submit([call], adapters=adapters) for adapters in (ink, (), ink, ())]
+        gate.release.set()
+        await engine.result(blocker, far())
+        for job in jobs:
+            await engine.result(job, far())
+    finally:
+        engine.close()
+    assert batches == [2, 2]  # the two with ink together, the two without together
+    assert prepared == [(), ink, ()]  # the blocker, then one run per adapter choice, in arrival order

@@ -71,6 +71,17 @@ def known_names() -> list[str]:
     return [PREFIX + name for name in TINY_MODELS]
 
 
+def export_tiny(name: str, directory: str) -> str:
+    """Write ``tiny:NAME`` as a diffusers pipeline directory that ``IMGEDIT_MODEL=DIRECTORY`` serves; return its class.
+
+    Raises:
+        KeyError: with the known names, when NAME is not one of them.
+    """
+    pipeline = build_tiny(name if is_tiny(name) else PREFIX + name).pipeline
+    pipeline.save_pretrained(directory)
+    return type(pipeline).__name__
+
+
 def build_tiny(model: str) -> TinyModel:
     """Build ``tiny:NAME``.
 

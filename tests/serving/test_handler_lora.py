@@ -1,0 +1,156 @@
+"""LoRA adapters through the request path: chosen per request, by ``lora`` or ``model``, loaded and unloaded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import pytest
+
+from imgedit.api.routes import ModelCard
+from imgedit.config import Settings
+from imgedit.errors import ApiError
+from imgedit.media.fetch import Fetcher, FetchPolicy
+from imgedit.model.call import PipelineCall
+from imgedit.model.families.qwen_image_edit import QwenImageEditPlusAdapter
+from imgedit.model.lora import spec_in_directory
+from imgedit.model.lora_registry import LoraRegistry
+from imgedit.model.spec import Defaults
+from imgedit.serving.engine import Engine
+from imgedit.serving.handler import EditHandler
+from imgedit.serving.lora_admin import LoraAdmin
+from tests.helpers import form_request, gradient_png
+from tests.lora_files import write_lora
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tiny_model, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("loras")
+    for seed, name in enumerate(("ink", "light", "extra"), start=1):
+        write_lora(tiny_model.pipeline, directory / name, seed)
+    return directory
+
+
+@pytest.fixture
+def served(tiny_model, lora_dir):
+    """A handler whose engine switches adapters, with ``ink`` (scale 0.8) and ``light`` loaded."""
+    settings = Settings(model="tiny:qwen-image-edit-plus", lora_dir=str(lora_dir), max_loras=3)
+    adapter = QwenImageEditPlusAdapter(tiny_model.pipeline, overrides=Defaults(steps=2), native_pixels=64 * 64)
+    registry = LoraRegistry(adapter.loaded, max_loras=settings.max_loras)
+    engine = Engine(prepare=registry.activate, previewer=adapter.preview)
+    for name, scale in (("ink", 0.8), ("light", 1.0)):
+        engine.between_runs(lambda n=name, s=scale: registry.load(n, spec_in_directory(str(lora_dir), n, s))).result()
+    admin = LoraAdmin(registry, engine, settings.lora_dir)
+    yield EditHandler(settings, settings.model, adapter, engine, Fetcher(FetchPolicy()), admin)
+    for name in registry.names():
+        registry.retire(name)
+        engine.between_runs(lambda n=name: registry.unload(n)).result()
+    engine.close()
+
+
+async def edit(handler: EditHandler, seed: int = 5, **fields: str) -> tuple[int, dict]:
+    parts = [("image", gradient_png(64, 64)), ("prompt", "p"), ("seed", str(seed)), *fields.items()]
+    response = await handler.handle(form_request(*parts))
+    return response.status_code, json.loads(response.body)
+
+
+def picture(body: dict) -> str:
+    return body["data"][0]["b64_json"]
+
+
+async def test_a_request_without_an_adapter_after_one_with_is_exactly_the_base_model(served):
+    _, before = await edit(served)
+    _, inked = await edit(served, lora="ink")
+    _, after = await edit(served)
+    assert picture(inked) != picture(before)
+    assert picture(after) == picture(before)
+
+
+async def test_concurrent_requests_with_mixed_adapters_each_get_what_they_get_alone(served):
+    choices = ["", "ink", "light", "ink:0.3", "ink,light:0.5", ""]
+    alone = [
+        picture((await edit(served, lora=choice))[1]) if choice else picture((await edit(served))[1])
+        for choice in choices
+    ]
+    together = await asyncio.gather(*(edit(served, lora=choice) if choice else edit(served) for choice in choices))
+    assert [picture(body) for _, body in together] == alone
+    assert len(set(alone)) == len(choices) - 1  # only the two plain requests agree
+
+
+async def test_model_may_name_an_adapter_at_its_loaded_scale(served):
+    _, by_model = await edit(served, model="ink")
+    _, by_lora = await edit(served, lora="ink:0.8")
+    assert picture(by_model) == picture(by_lora)
+    cards = served.model_cards(ModelCard(id="qwen-image-edit-plus", created=1))
+    assert [(card.id, card.parent) for card in cards] == [
+        ("qwen-image-edit-plus", None),
+        ("ink", "qwen-image-edit-plus"),
+        ("light", "qwen-image-edit-plus"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "code"),
+    [
+        ({"lora": "nope"}, "lora", "lora_not_found"),
+        ({"lora": "ink:lots"}, "lora", "invalid_value"),
+        ({"model": "nope"}, "model", "model_not_found"),
+        ({"lora": '{"name": "x", "path": "../escape"}'}, "lora", "invalid_value"),
+    ],
+)
+async def test_unknown_or_bad_adapters_are_a_400(served, fields, param, code):
+    status, body = await edit(served, **fields)
+    assert (status, body["error"]["param"], body["error"]["code"]) == (400, param, code)
+
+
+async def test_a_path_under_the_lora_directory_is_loaded_on_first_use(served):
+    status, body = await edit(served, lora='{"lora_path": "extra", "scale": 0.5}')
+    assert status == 200, body
+    assert "extra" in served.loras.names()
+    assert picture(body) == picture((await edit(served, lora="extra:0.5"))[1])
+
+
+async def test_load_and_unload_with_the_cap(served, lora_dir):
+    with pytest.raises(ApiError) as exists:
+        await served.admin.load("ink", "ink")
+    assert exists.value.code == "lora_exists"
+    assert (await served.admin.load("extra", "extra"))["status"] == "loaded"
+    with pytest.raises(ApiError) as full:
+        await served.admin.load("more", "light")
+    assert full.value.code == "too_many_adapters"
+    assert (await served.admin.unload("extra"))["status"] == "unloaded"
+    with pytest.raises(ApiError) as gone:
+        await served.admin.unload("extra")
+    assert gone.value.status == 404
+
+
+async def test_unloading_waits_for_the_requests_admitted_with_the_adapter(served, monkeypatch):
+    reached, release = threading.Event(), threading.Event()
+    invoke = PipelineCall.invoke
+
+    def held_at_the_first_step(call, on_step=None):
+        def step(index, total, latents):
+            if index == 0 and not release.is_set():
+                reached.set()
+                release.wait(timeout=60)
+            on_step(index, total, latents)
+
+        return invoke(call, step)
+
+    _, expected = await edit(served, lora="light")
+    monkeypatch.setattr(PipelineCall, "invoke", held_at_the_first_step)
+    running = asyncio.ensure_future(edit(served, lora="light"))
+    assert await asyncio.to_thread(reached.wait, 60)
+    unloading = asyncio.ensure_future(served.admin.unload("light"))
+    while "light" in served.loras.names():  # refused to new requests at once
+        await asyncio.sleep(0.01)
+    status, body = await edit(served, lora="light", seed=6)
+    assert (status, body["error"]["code"]) == (400, "lora_not_found")
+    assert not unloading.done()  # the admitted request still runs with it
+    release.set()
+    status, body = await running
+    assert status == 200 and picture(body) == picture(expected)
+    assert (await unloading)["status"] == "unloaded"
