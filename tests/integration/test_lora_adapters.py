@@ -1,0 +1,116 @@
+"""LoRA adapters on a real server with two workers: listed as models, chosen per request, loaded and unloaded."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from devtools.server import start_server, stop
+from imgedit.model.tiny import build_tiny
+from tests.helpers import gradient_png
+from tests.lora_files import write_lora
+
+pytestmark = pytest.mark.integration
+
+USER, ADMIN = "sk-user", "sk-admin"
+
+
+@pytest.fixture(scope="module")
+def lora_server(tmp_path_factory):
+    """``imgedit export-tiny`` writes the model it serves; two workers; ``ink`` registered at start-up.
+
+    Served from a directory, the tiny model has a real model's defaults (40 steps, 1 MP for
+    ``size=auto``), so every edit here names its size and steps.
+    """
+    tmp = tmp_path_factory.mktemp("lora")
+    model = tmp / "model"
+    exported = subprocess.run(
+        [sys.executable, "-m", "imgedit.cli", "export-tiny", "qwen-image-edit-plus", str(model)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert f"IMGEDIT_MODEL={model}" in exported.stdout
+    pipeline = build_tiny("tiny:qwen-image-edit-plus").pipeline
+    loras = tmp / "loras"
+    write_lora(pipeline, loras / "ink", seed=1)
+    write_lora(pipeline, loras / "light", seed=2)
+    server = start_server(
+        tmp,
+        IMGEDIT_MODEL=str(model),
+        IMGEDIT_WORKERS="2",
+        IMGEDIT_LORA_DIR=str(loras),
+        IMGEDIT_LORA_ADAPTERS=f"ink={loras / 'ink'}:0.8",
+        IMGEDIT_MAX_LORAS="2",
+        IMGEDIT_API_KEY=USER,
+        IMGEDIT_ADMIN_KEY=ADMIN,
+    )
+    yield server
+    stop(server.process)
+
+
+def post(server, path: str, key: str, **body) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1{path}", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=300)
+
+
+def edit(server, **fields: str) -> httpx.Response:
+    # A new connection each time, so that the requests spread over both workers.
+    return httpx.post(
+        f"{server.url}/v1/images/edits",
+        files=[("image", gradient_png(64, 64))],
+        data={"prompt": "p", "seed": "3", "size": "64x64", "num_inference_steps": "2", **fields},
+        headers={"Authorization": f"Bearer {USER}"},
+        timeout=300,
+    )
+
+
+def model_ids(server) -> list[str]:
+    answer = httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {USER}"}, timeout=60)
+    return [card["id"] for card in answer.json()["data"]]
+
+
+def test_registered_adapters_are_models_on_top_of_the_base(lora_server):
+    answer = httpx.get(f"{lora_server.url}/v1/models", headers={"Authorization": f"Bearer {USER}"}, timeout=60)
+    cards = {card["id"]: card for card in answer.json()["data"]}
+    base = next(card for card in cards.values() if card["parent"] is None)
+    assert (cards["ink"]["parent"], cards["ink"]["root"]) == (base["id"], base["id"])
+    plain, inked, by_model = edit(lora_server), edit(lora_server, lora="ink:0.8"), edit(lora_server, model="ink")
+    assert plain.status_code == inked.status_code == by_model.status_code == 200
+    assert plain.json()["data"][0]["b64_json"] != inked.json()["data"][0]["b64_json"]
+    assert inked.json()["data"][0]["b64_json"] == by_model.json()["data"][0]["b64_json"]
+
+
+def test_the_adapter_endpoints_need_the_admin_key(lora_server):
+    for key in (USER, "wrong"):
+        refused = post(lora_server, "/load_lora_adapter", key, lora_name="light", lora_path="light")
+        assert (refused.status_code, refused.json()["error"]["code"]) == (401, "invalid_api_key")
+    bare = httpx.post(f"{lora_server.url}/v1/unload_lora_adapter", json={"lora_name": "ink"}, timeout=60)
+    assert bare.status_code == 401
+
+
+def test_load_reaches_both_workers_and_unload_refuses_it_everywhere(lora_server):
+    outside = post(lora_server, "/load_lora_adapter", ADMIN, lora_name="x", lora_path="../model/transformer")
+    assert (outside.status_code, outside.json()["error"]["param"]) == (400, "lora_path")
+    loaded = post(lora_server, "/load_lora_adapter", ADMIN, lora_name="light", lora_path="light")
+    assert loaded.status_code == 200, loaded.text
+    assert loaded.json() == {"object": "lora_adapter", "lora_name": "light", "status": "loaded", "workers": 2}
+    full = post(lora_server, "/load_lora_adapter", ADMIN, lora_name="more", lora_path="light")
+    assert (full.status_code, full.json()["error"]["code"]) == (400, "too_many_adapters")
+    for _ in range(6):  # whichever worker answers
+        assert "light" in model_ids(lora_server)
+        assert edit(lora_server, lora="light").status_code == 200
+    unloaded = post(lora_server, "/unload_lora_adapter", ADMIN, lora_name="light")
+    assert (unloaded.status_code, unloaded.json()["workers"]) == (200, 2)
+    for _ in range(6):
+        refused = edit(lora_server, lora="light")
+        assert (refused.status_code, refused.json()["error"]["code"]) == (400, "lora_not_found")
+    assert post(lora_server, "/unload_lora_adapter", ADMIN, lora_name="light").status_code == 404
+
+
+def test_without_an_admin_key_the_endpoints_do_not_exist(server):
+    answer = httpx.post(f"{server.url}/v1/load_lora_adapter", json={"lora_name": "a", "lora_path": "a"}, timeout=60)
+    assert (answer.status_code, answer.json()["error"]["code"]) == (404, "not_found")
