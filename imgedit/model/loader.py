@@ -31,6 +31,7 @@ from imgedit.errors import one_line
 from imgedit.model.acceleration import OptionError, check_options
 from imgedit.model.families import family_names
 from imgedit.model.lora import LoraError, apply_loras, parse_loras
+from imgedit.model.parallel import Layout, pretrained_components
 from imgedit.model.tiny import build_tiny, is_tiny, known_names
 
 BENTOML_PREFIX = "bentoml:"
@@ -222,6 +223,8 @@ def _from_pretrained(settings: Settings, source: ModelSource, dtype: torch.dtype
         options["revision"] = source.revision
     if settings.device_map != "none":
         options["device_map"] = settings.device_map
+    # With IMGEDIT_TP_DEGREE, the transformer is loaded first, each rank reading only its shard.
+    options.update(pretrained_components(location, source.revision, dtype, Layout.from_settings(settings)))
     try:
         pipeline = DiffusionPipeline.from_pretrained(location, **options)
     except Exception as exc:  # diffusers and the hub raise many kinds; all mean "cannot load"
