@@ -44,11 +44,13 @@ from imgedit.serving.fusion import fuse, fusion_key
 from imgedit.serving.jobs import (
     DeadlineExceeded,
     Draining,
+    InProcess,
     Job,
     OutOfMemory,
     PreviewSink,
     QueueFull,
     RunCancelled,
+    Runner,
 )
 from imgedit.serving.steps import Previewer, step_hook
 
@@ -69,6 +71,7 @@ class Engine:
         previewer: decodes latents into preview pictures (the family adapter's);
             None serves no previews.
         fusable: whether the model's calls may be fused into batches (the family adapter's say).
+        runner: runs each call (by default here; a worker of several ranks runs it on all of them).
     """
 
     def __init__(
@@ -79,12 +82,14 @@ class Engine:
         *,
         previewer: Previewer | None = None,
         fusable: bool = False,
+        runner: Runner | None = None,
     ) -> None:
         self.max_queue = max_queue
         self.max_batch = max_batch
         self.progress_interval = progress_interval
         self.previewer = previewer
         self.fuses = fusable and max_batch > 1
+        self.runner: Runner = runner or InProcess()
         self._waiting: deque[Job] = deque()
         self._condition = threading.Condition()
         self._closed = False
@@ -214,11 +219,12 @@ class Engine:
         return len(self._waiting)
 
     def close(self) -> None:
-        """Stop the engine's thread once the waiting requests have run."""
+        """Stop the engine's thread once the waiting requests have run, then its runner."""
         with self._condition:
             self._closed = True
             self._condition.notify()
         self._thread.join(timeout=5)
+        self.runner.close()
 
     def _forget(self, job: Job) -> None:
         """Drop a cancelled job that is still waiting, so it frees its place in the queue now."""
@@ -272,10 +278,9 @@ class Engine:
                 with self._condition:
                     self._busy = False
 
-    @staticmethod
-    def _run_urgent(calls: Sequence[PipelineCall], outcome: concurrent.futures.Future[list[Image.Image]]) -> None:
+    def _run_urgent(self, calls: Sequence[PipelineCall], outcome: concurrent.futures.Future[list[Image.Image]]) -> None:
         try:
-            outcome.set_result([image for call in calls for image in call.invoke()])
+            outcome.set_result([image for call in calls for image in self.runner.invoke(call)])
         except BaseException as error:
             outcome.set_exception(error)
 
@@ -332,7 +337,7 @@ class Engine:
             for call in job.calls:
                 if job.cancelled.is_set():  # between the images of one request
                     raise RunCancelled
-                images.extend(call.invoke(step_hook([job], call, self.previewer, self.progress_interval)))
+                images.extend(self.runner.invoke(call, step_hook([job], call, self.previewer, self.progress_interval)))
         except BaseException as error:  # delivered to the waiting request
             return self._failure(error, [job])
         return images
@@ -341,7 +346,7 @@ class Engine:
         log.info("running %d requests as one batch", len(batch))
         try:
             call = fuse([job.calls[0] for job in batch])
-            images = call.invoke(step_hook(batch, call, self.previewer, self.progress_interval))
+            images = self.runner.invoke(call, step_hook(batch, call, self.previewer, self.progress_interval))
         except BaseException as error:
             failure = self._failure(error, batch)
             return [failure for _ in batch]

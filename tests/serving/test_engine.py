@@ -474,3 +474,26 @@ def test_the_first_step_is_not_timed(monkeypatch):
     for step in range(4):
         hook(step, 4, None)
     assert len(observed) == 3
+
+
+async def test_a_runner_runs_every_call_and_is_closed_with_the_engine():
+    class Runner:
+        def __init__(self) -> None:
+            self.invoked: list[str] = []
+            self.closed = False
+
+        def invoke(self, call, on_step=None):
+            self.invoked.append(call.kwargs["name"])
+            return call.invoke(on_step)
+
+        def close(self) -> None:
+            self.closed = True
+
+    runner = Runner()
+    engine = Engine(runner=runner)
+    try:
+        engine.run_now(calls("warm-up"))
+        await engine.run(calls("edit"), far())
+    finally:
+        engine.close()
+    assert runner.invoked == ["warm-up", "edit"] and runner.closed
