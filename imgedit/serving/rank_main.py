@@ -58,7 +58,7 @@ def main() -> None:
         if device.type == "cpu":
             torch.set_num_threads(cpu_threads(ranks))
         _report(replies, "started")
-        store = dist.TCPStore("127.0.0.1", int(os.environ[STORE_VARIABLE]), world_size=ranks, is_master=False)
+        store = dist.FileStore(os.environ[STORE_VARIABLE], ranks)
         control = join_group(rank, ranks, store, device, settings.rank_timeout)
         _, adapter, _ = prepare_model(settings, rank, Layout.from_settings(settings), lambda: _loaded(replies, calls))
     except _Stopped:
