@@ -50,6 +50,7 @@ bench: install
 	$(BIN)/python -m bench.startup --write $(BENCH_RESULTS)
 	$(BIN)/python -m bench.fusion --write $(BENCH_RESULTS)
 	$(BIN)/python -m bench.png_encoding --write $(BENCH_RESULTS)
+	$(BIN)/python -m bench.parallel --write $(BENCH_RESULTS)
 
 # Full-size Qwen-Image-Edit-2511 (random weights) on a GPU with 80 GB: eager against the fast path.
 bench-gpu: install

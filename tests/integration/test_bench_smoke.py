@@ -16,6 +16,7 @@ SMALLEST = {
     "startup": ["--runs", "1"],
     "fusion": ["--sizes", "64", "--requests", "2", "--batches", "1", "2", "--repeats", "1"],
     "png_encoding": ["--sides", "64", "--runs", "1"],
+    "parallel": ["--sizes", "64", "--rounds", "1", "--warmup", "0", "--steps", "1", "--tp-degrees", "2"],
 }
 HEADERS = {
     "overhead": "| size | n | format | direct ms |",
@@ -24,6 +25,7 @@ HEADERS = {
     "startup": "| what | seconds | ratio |",
     "fusion": "| size | max batch |",
     "png_encoding": "| size | encoder | ms |",
+    "parallel": "| size | 1 rank ms | 1 rank, 1 thread ms | 2 ranks ms |",
 }
 
 
