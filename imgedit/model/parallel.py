@@ -213,8 +213,11 @@ def enable_parallelism(pipeline: Any, layout: Layout, device: torch.device) -> N
         config = TensorParallelConfig(tp_degree=layout.tp)
     else:
         return
-    with _one_device_per_cpu_rank(device):
-        model.enable_parallelism(config=config)
+    try:
+        with _one_device_per_cpu_rank(device):
+            model.enable_parallelism(config=config)
+    except ValueError as error:  # e.g. an attention backend chosen with DIFFUSERS_ATTN_BACKEND that it cannot split
+        raise ParallelError(f"{layout.variable}: {one_line(error)}") from None
 
 
 @contextlib.contextmanager

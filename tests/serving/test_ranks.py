@@ -82,7 +82,7 @@ class Ranks:
 @contextmanager
 def two_ranks(model: str, **settings: object) -> Iterator[Ranks]:
     """A started group of rank 0 here and rank 1 in a child process, serving ``model``."""
-    configured = Settings(model=model, device="cpu", ulysses_degree=2, **settings)
+    configured = Settings(model=model, device="cpu", ulysses_degree=2, attention_backend="native", **settings)
     layout = Layout.from_settings(configured)
     fatal = Fatal()
     environment = {
@@ -102,7 +102,8 @@ def two_ranks(model: str, **settings: object) -> Iterator[Ranks]:
 
 
 def one_rank(model: str) -> FamilyAdapter:
-    return prepare_model(Settings(model=model, device="cpu"), 0, Layout())[1]
+    # The attention backend is named: diffusers keeps the last one set anywhere in the process as the default.
+    return prepare_model(Settings(model=model, device="cpu", attention_backend="native"), 0, Layout())[1]
 
 
 def largest_difference(first: list[Image.Image], second: list[Image.Image]) -> int:
