@@ -25,6 +25,7 @@ Two parts:
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ def plan(adapter: FamilyAdapter, size: int, steps: int) -> list[PipelineCall]:
 
 
 def measured(sizes: list[int], rounds: int, warmup: int, steps: int) -> str:
+    load_before = os.getloadavg()[0]
     cores = torch.get_num_threads()
     settings = Settings(model=MODEL, device="cpu", ulysses_degree=2)
     layout = Layout.from_settings(settings)
@@ -98,7 +100,8 @@ def measured(sizes: list[int], rounds: int, warmup: int, steps: int) -> str:
         f"`{MODEL}`, two {'/'.join(str(size) for size in sizes)} px input images, true CFG, {steps} step(s), "
         f"medians of {rounds} rounds after {warmup} warm-up rounds; 1 rank uses {cores} threads, each of the 2 "
         "ranks 1. Max diff: the largest difference of any pixel channel between the 2-rank and 1-rank images "
-        "(0-255)."
+        f"(0-255). The 1-minute load average was {load_before:.1f} before and {os.getloadavg()[0]:.1f} after: a "
+        "thread pool as wide as the cores loses most when other processes want a core too."
     )
     return intro + "\n\n" + table(header, rows)
 
