@@ -34,6 +34,7 @@ from imgedit.serving.ranks import (
     REPLIES_VARIABLE,
     STOP,
     STORE_VARIABLE,
+    WORKER_VARIABLE,
     cpu_threads,
     join_group,
 )
@@ -80,9 +81,8 @@ def main() -> None:
             try:
                 lockstep.run(rebuild(message, roles))
             except RanksOutOfStep as error:
-                print(
-                    f"imgedit: rank {rank}: the ranks fell out of step ({error}); exiting", file=sys.stderr, flush=True
-                )
+                worker = os.environ[WORKER_VARIABLE]
+                print(f"imgedit: rank {rank} of worker {worker}: the ranks fell out of step ({error})", file=sys.stderr)
                 os._exit(1)
     dist.destroy_process_group()
     os._exit(0)  # nothing left to finalise; the interpreter's own shutdown would only make rank 0 wait
