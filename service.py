@@ -24,8 +24,9 @@ from imgedit.logs import configure_logging
 from imgedit.model.loader import BENTOML_PREFIX
 from imgedit.playground import MOUNT_PATH as PLAYGROUND_PATH
 from imgedit.playground import create_playground_app
-from imgedit.serving.bentoml_seam import ImagesResponse, raw_request_input, worker_index
+from imgedit.serving.bentoml_seam import ImagesResponse, in_worker, raw_request_input, worker_index
 from imgedit.serving.capacity import replica_concurrency
+from imgedit.serving.ranks import claim_gpus
 from imgedit.serving.startup import StartupError, drain_on_signals, preflight, start_or_stop_server, worker_count
 
 try:
@@ -39,7 +40,11 @@ configure_logging(settings.log_level)
 #: Extra seconds BentoML waits beyond our own deadline, so that the server's
 #: OpenAI-shaped 504 (which also stops the run) always comes first.
 TIMEOUT_GRACE_SECONDS = 60
-#: One worker per GPU, each with its own copy of the model and its own queue.
+if in_worker():
+    # Before anything starts CUDA: a worker running each edit on several GPUs sees only its own.
+    claim_gpus(settings, worker_index())
+#: One worker per GPU, each with its own copy of the model and its own queue (per IMGEDIT_*_DEGREE GPUs
+#: with several ranks per edit).
 WORKERS = worker_count(settings)
 
 v1_app = create_v1_app(
@@ -53,7 +58,7 @@ playground_app = create_playground_app()
 
 @bentoml.service(
     name="imgedit",
-    resources={"gpu": WORKERS},
+    resources={"gpu": WORKERS * settings.ranks_per_edit},
     workers=WORKERS,
     traffic={
         "timeout": settings.request_timeout + TIMEOUT_GRACE_SECONDS,

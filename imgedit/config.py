@@ -101,6 +101,17 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(600.0, ge=0, le=24 * 3600)
     progress_log_seconds: float = Field(30.0, gt=0)
 
+    # Several ranks per edit (see imgedit.model.parallel): their product is the ranks, one GPU each.
+    ulysses_degree: int = Field(1, ge=1, le=64)
+    ring_degree: int = Field(1, ge=1, le=64)
+    tp_degree: int = Field(1, ge=1, le=64)
+    rank_timeout: float = Field(300.0, gt=0, le=24 * 3600)
+
+    @property
+    def ranks_per_edit(self) -> int:
+        """Processes that run each pipeline call together: ``IMGEDIT_ULYSSES_DEGREE x RING x TP``."""
+        return self.ulysses_degree * self.ring_degree * self.tp_degree
+
     # Access.
     api_key: SecretStr | None = None
     admin_key: SecretStr | None = None

@@ -34,6 +34,11 @@ step_time = Histogram("imgedit_step_seconds", "Seconds per denoising step.", buc
 images = Counter("imgedit_images", "Images produced.")
 rejections = Counter("imgedit_rejections", "Requests refused, by reason.", ["reason"])
 cancellations = Counter("imgedit_cancellations", "Runs stopped or dropped before finishing, by reason.", ["reason"])
+parallel_degree = Gauge(
+    "imgedit_parallel_degree",
+    "Ranks (processes, one device each) that run every edit together: 1 without context or tensor parallelism.",
+    multiprocess_mode="max",
+)
 model_info = Gauge(
     "imgedit_model_info",
     "The served model and its options (value 1).",

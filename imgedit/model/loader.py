@@ -40,6 +40,7 @@ from imgedit.model.acceleration import OptionError, check_options
 from imgedit.model.families import family_names
 from imgedit.model.lora import LoraError, apply_loras, parse_loras, parse_named_loras
 from imgedit.model.memory import MemoryPlanError, footprint, parameter_bytes
+from imgedit.model.parallel import Layout, pretrained_components
 from imgedit.model.quantization import QuantizationError, check_device
 from imgedit.model.tiny import build_tiny, is_tiny, known_names
 from imgedit.model.weights import check_memory, plan_for, pretrained_options, read_pipeline, saved_footprints
@@ -320,6 +321,8 @@ def _from_pretrained(
         options["revision"] = source.revision
     if settings.device_map != "none":
         options["device_map"] = settings.device_map
+    # With IMGEDIT_TP_DEGREE, the transformer is loaded first, each rank reading only its shard.
+    options.update(pretrained_components(location, source.revision, dtype, Layout.from_settings(settings)))
     try:
         index, read_config = read_pipeline(location, source.kind == "hub", source.revision)
         plan = plan_for(settings, index, read_config, device)

@@ -8,7 +8,8 @@
   the OpenAPI document. BentoML documents one body type per API; the API
   method's ``openapi_request`` is extended so that an API taking several
   (multipart and JSON) documents each.
-* :func:`worker_index`: which of the service's workers this process is (from 0).
+* :func:`worker_index`: which of the service's workers this process is (from 0);
+  :func:`in_worker`: whether it is a worker at all.
 * :func:`arrange_exit_status` and :func:`stop_server`: a worker that cannot
   start stops the whole ``bentoml serve`` (its parent process), which then
   exits with status 1; BentoML's process manager would otherwise restart the
@@ -127,6 +128,11 @@ class ImagesResponse(bentoml.IODescriptor):
 def worker_index() -> int:
     """This worker's index among the service's workers, from 0 (0 outside ``bentoml serve``)."""
     return (bentoml.server_context.worker_index or 1) - 1
+
+
+def in_worker() -> bool:
+    """Whether this process is one of the service's workers (not ``bentoml serve``'s own process)."""
+    return bentoml.server_context.worker_index is not None
 
 
 def arrange_exit_status() -> None:

@@ -44,10 +44,12 @@ from imgedit.serving.jobs import (
     Adapters,
     DeadlineExceeded,
     Draining,
+    InProcess,
     Job,
     PreviewSink,
     QueueFull,
     RunCancelled,
+    Runner,
 )
 from imgedit.serving.steps import Previewer, run_failure, step_hook
 
@@ -71,6 +73,7 @@ class Engine:
         fusable: whether the model's calls may be fused into batches (the family adapter's say).
         prepare: called on the engine thread before each run with the LoRA adapters its
             requests chose (switching them is model work, so it happens here, between runs).
+        runner: runs each call (by default here; a worker of several ranks runs it on all of them).
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class Engine:
         previewer: Previewer | None = None,
         fusable: bool = False,
         prepare: Callable[[Adapters], None] | None = None,
+        runner: Runner | None = None,
     ) -> None:
         self.max_queue = max_queue
         self.max_batch = max_batch
@@ -89,6 +93,7 @@ class Engine:
         self.previewer = previewer
         self.prepare = prepare
         self.fuses = fusable and max_batch > 1
+        self.runner: Runner = runner or InProcess()
         self._waiting: deque[Job] = deque()
         self._condition = threading.Condition()
         self._closed = False
@@ -196,7 +201,7 @@ class Engine:
         competing for the same cores slowed every later run by a quarter on a
         2-core machine (see docs/benchmarks.md).
         """
-        return self.between_runs(lambda: [image for call in calls for image in call.invoke()]).result()
+        return self.between_runs(lambda: [image for call in calls for image in self.runner.invoke(call)]).result()
 
     def between_runs(self, task: Callable[[], T]) -> concurrent.futures.Future[T]:
         """Run ``task`` on the engine thread before the next run (never during one); its outcome comes in the future.
@@ -232,11 +237,12 @@ class Engine:
         return len(self._waiting)
 
     def close(self) -> None:
-        """Stop the engine's thread once the waiting requests have run."""
+        """Stop the engine's thread once the waiting requests have run, then its runner."""
         with self._condition:
             self._closed = True
             self._condition.notify()
         self._thread.join(timeout=5)
+        self.runner.close()
 
     def _forget(self, job: Job) -> None:
         """Drop a cancelled job that is still waiting, so it frees its place in the queue now."""
@@ -355,7 +361,7 @@ class Engine:
             for call in job.calls:
                 if job.cancelled.is_set():  # between the images of one request
                     raise RunCancelled
-                images.extend(call.invoke(step_hook([job], call, self.previewer, self.progress_interval)))
+                images.extend(self.runner.invoke(call, step_hook([job], call, self.previewer, self.progress_interval)))
         except BaseException as error:  # delivered to the waiting request
             return run_failure(error, [job])
         return images
@@ -365,7 +371,7 @@ class Engine:
         try:
             self._prepare(batch[0].adapters)  # fused jobs chose the same adapters (their fusion key)
             call = fuse([job.calls[0] for job in batch])
-            images = call.invoke(step_hook(batch, call, self.previewer, self.progress_interval))
+            images = self.runner.invoke(call, step_hook(batch, call, self.previewer, self.progress_interval))
         except BaseException as error:
             failure = run_failure(error, batch)
             return [failure for _ in batch]

@@ -7,14 +7,35 @@ import contextvars
 import threading
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from PIL import Image
 
-from imgedit.model.call import PipelineCall
+from imgedit.model.call import PipelineCall, StepHook
 from imgedit.model.lora_registry import Adapters
 
 #: Runs on the event loop with each preview: its index in the request (from 0) and the pictures.
 PreviewSink = Callable[[int, list[Image.Image]], None]
+
+
+class Runner(Protocol):
+    """Runs the engine's calls: here (:class:`InProcess`), or on several ranks (:mod:`imgedit.serving.ranks`)."""
+
+    def invoke(self, call: PipelineCall, on_step: StepHook | None = None) -> list[Image.Image]: ...
+
+    def close(self) -> None: ...
+
+
+class InProcess:
+    """The engine's default runner: each call runs on the engine thread, in this process."""
+
+    @staticmethod
+    def invoke(call: PipelineCall, on_step: StepHook | None = None) -> list[Image.Image]:
+        return call.invoke(on_step)
+
+    @staticmethod
+    def close() -> None:
+        return None
 
 
 class RunCancelled(Exception):

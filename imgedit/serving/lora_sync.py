@@ -37,8 +37,11 @@ from imgedit.model.lora import LoraError
 
 log = get_logger(__name__)
 
-#: Set by :func:`prepare_directory` for the workers. (Not ``IMGEDIT_``-prefixed: it is no setting.)
+#: Set by :func:`prepare_directory` for the workers: the shared directory, and how many workers serve.
+#: (Not ``IMGEDIT_``-prefixed: they are no settings. A worker cannot count the workers itself: it may
+#: see only its own GPUs.)
 DIRECTORY_VARIABLE = "_IMGEDIT_LORA_SYNC_DIR"
+WORKERS_VARIABLE = "_IMGEDIT_LORA_SYNC_WORKERS"
 LOG = "commands.jsonl"
 #: Seconds between two looks at the log (the only delay a command sees, besides loading itself).
 POLL_SECONDS = 0.1
@@ -59,10 +62,11 @@ class Command:
 Apply = Callable[[Command], None]
 
 
-def prepare_directory() -> None:
-    """In the ``bentoml serve`` process: make the directory the workers share, and tell them where it is."""
+def prepare_directory(workers: int) -> None:
+    """In the ``bentoml serve`` process: make the directory the ``workers`` share, and tell them where it is."""
     if DIRECTORY_VARIABLE not in os.environ:
         os.environ[DIRECTORY_VARIABLE] = tempfile.mkdtemp(prefix="imgedit-lora-")
+    os.environ[WORKERS_VARIABLE] = str(workers)
 
 
 class LoraSync:
@@ -88,8 +92,10 @@ class LoraSync:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_environment(cls, apply: Apply, worker: int, workers: int) -> LoraSync:
+    def from_environment(cls, apply: Apply, worker: int) -> LoraSync:
+        """This worker's side, as :func:`prepare_directory` arranged it (none outside ``bentoml serve``)."""
         directory = os.environ.get(DIRECTORY_VARIABLE)
+        workers = int(os.environ.get(WORKERS_VARIABLE, "1"))
         return cls(apply, worker, workers, Path(directory) if directory else None)
 
     def start(self) -> None:

@@ -17,6 +17,7 @@ SMALLEST = {
     "fusion": ["--sizes", "64", "--requests", "2", "--batches", "1", "2", "--repeats", "1"],
     "png_encoding": ["--sides", "64", "--runs", "1"],
     "quantization": ["--models", "tiny:flux-kontext", "--size", "64", "--steps", "2", "--runs", "1"],
+    "parallel": ["--sizes", "64", "--rounds", "1", "--warmup", "0", "--steps", "1", "--tp-degrees", "2"],
 }
 HEADERS = {
     "overhead": "| size | n | format | direct ms |",
@@ -26,6 +27,7 @@ HEADERS = {
     "fusion": "| size | max batch |",
     "png_encoding": "| size | encoder | ms |",
     "quantization": "| tiny:flux-kontext | int8 + text encoders |",
+    "parallel": "| size | 1 rank ms | 1 rank, 1 thread ms | 2 ranks ms |",
 }
 
 

@@ -532,3 +532,26 @@ async def test_only_calls_with_the_same_adapters_fuse_and_each_run_gets_its_adap
         engine.close()
     assert batches == [2, 2]  # the two with ink together, the two without together
     assert prepared == [(), ink, ()]  # the blocker, then one run per adapter choice, in arrival order
+
+
+async def test_a_runner_runs_every_call_and_is_closed_with_the_engine():
+    class Runner:
+        def __init__(self) -> None:
+            self.invoked: list[str] = []
+            self.closed = False
+
+        def invoke(self, call, on_step=None):
+            self.invoked.append(call.kwargs["name"])
+            return call.invoke(on_step)
+
+        def close(self) -> None:
+            self.closed = True
+
+    runner = Runner()
+    engine = Engine(runner=runner)
+    try:
+        engine.run_now(calls("warm-up"))
+        await engine.run(calls("edit"), far())
+    finally:
+        engine.close()
+    assert runner.invoked == ["warm-up", "edit"] and runner.closed

@@ -1,0 +1,174 @@
+"""A real server running each edit on two gloo ranks (``IMGEDIT_ULYSSES_DEGREE=2`` on the CPU).
+
+Compared with the one-rank server the other integration tests share: the same
+pictures within ``TOLERANCE`` levels, streaming, cancellation, a rank out of
+memory, metrics, and a rank killed mid-run (last: it ends the server). Runs are held
+at a step with the file gate of ``test_hooks/sitecustomize.py`` (in both ranks:
+the hooks of ``rank_hooks/`` run those too), never timed with sleeps.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import openai
+import psutil
+import pytest
+from PIL import Image
+
+from devtools.server import Server, start_server, stop
+from tests.helpers import edits_request_head, gradient_png, multipart_body
+
+pytestmark = pytest.mark.integration
+
+HOOKS = str(Path(__file__).parent / "rank_hooks")
+#: The most a pixel of a 2-rank edit may differ from the 1-rank edit, per channel (see README, Parallelism).
+TOLERANCE = 2
+GATE_STEP = 3
+OOM = "rank 1 runs out of memory"
+EDIT = {"prompt": "a bear with a hat", "seed": "77", "n": "2", "size": "64x64"}
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("two-ranks")
+    server = start_server(
+        directory,
+        IMGEDIT_DEVICE="cpu",
+        IMGEDIT_ULYSSES_DEGREE="2",
+        PYTHONPATH=HOOKS,
+        TEST_STEP_GATE=str(directory / "gate"),
+        TEST_STEP_GATE_AT=str(GATE_STEP),
+        TEST_RANK_OOM_PROMPT=OOM,
+    )
+    server.gate = directory / "gate"  # type: ignore[attr-defined]
+    yield server
+    stop(server.process)
+
+
+def edit(url: str, **fields: str) -> httpx.Response:
+    images = [("image", gradient_png(64, 64)), ("image", gradient_png(48, 80))]
+    return httpx.post(f"{url}/v1/images/edits", files=images, data={**EDIT, **fields}, timeout=120)
+
+
+def pictures(response: httpx.Response) -> list[np.ndarray]:
+    assert response.status_code == 200, response.text
+    return [decoded(item["b64_json"]) for item in response.json()["data"]]
+
+
+def decoded(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"), dtype=int)
+
+
+def extra_ranks(server: Server) -> list[psutil.Process]:
+    processes = psutil.Process(server.process.pid).children(recursive=True)
+    return [process for process in processes if "imgedit.serving.rank_main" in " ".join(process.cmdline())]
+
+
+def gone(process: psutil.Process) -> bool:
+    """Whether ``process`` has ended (a zombie waiting for its parent to read its status has)."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def metric(url: str, name: str) -> str:
+    match = re.search(rf"^{name}(\{{.*\}})? (\S+)$", httpx.get(f"{url}/metrics").text, re.M)
+    assert match, f"{name} not in /metrics"
+    return match.group(0)
+
+
+def test_two_ranks_make_the_pictures_of_one(two_ranks, server):
+    # Qwen-Image-Edit-Plus: two input images, true CFG (its default true_cfg_scale 4), two images of two calls.
+    split, alone = pictures(edit(two_ranks.url)), pictures(edit(server.url))
+    assert len(split) == len(alone) == 2
+    for one, other in zip(split, alone, strict=True):
+        assert np.abs(one - other).max() <= TOLERANCE
+
+
+def test_streaming_gives_previews_and_the_same_images(two_ranks):
+    client = openai.OpenAI(api_key="x", base_url=f"{two_ranks.url}/v1", max_retries=0)
+    stream = client.images.edit(
+        image=[gradient_png(64, 64), gradient_png(48, 80)],
+        prompt=EDIT["prompt"],
+        n=2,
+        size="64x64",
+        stream=True,
+        partial_images=2,
+        extra_body={"seed": int(EDIT["seed"])},
+    )
+    events = list(stream)
+    kinds = [event.type for event in events]
+    assert kinds.count("image_edit.partial_image") == 4 and kinds.count("image_edit.completed") == 2
+    streamed = [decoded(event.b64_json) for event in events if event.type == "image_edit.completed"]
+    for one, other in zip(streamed, pictures(edit(two_ranks.url)), strict=True):
+        assert np.array_equal(one, other)
+
+
+def test_a_client_that_leaves_stops_both_ranks_at_the_same_step(two_ranks):
+    gate, reached = two_ranks.gate, Path(f"{two_ranks.gate}.reached")
+    gate.unlink(missing_ok=True)
+    reached.unlink(missing_ok=True)
+    address = urlsplit(two_ranks.url)
+    body, content_type = multipart_body(
+        [("image", gradient_png(64, 64), "a.png"), ("prompt", b"gated", None), ("num_inference_steps", b"200", None)]
+    )
+    head = edits_request_head(address.netloc, content_type, len(body), x_request_id="leaves-two-ranks")
+    with socket.create_connection((address.hostname, address.port)) as connection:
+        connection.sendall(head + body)
+        while not reached.exists():  # both ranks are held at step GATE_STEP
+            time.sleep(0.02)
+    assert two_ranks.wait_for_log("[leaves-two-ranks] client disconnected; stopping its edit")
+    gate.touch()
+    after = f"after step {GATE_STEP + 1}/200"
+    assert two_ranks.wait_for_log(f"[leaves-two-ranks] stopped mid-run (disconnect) {after}")
+    assert two_ranks.wait_for_log(f"[leaves-two-ranks] rank 1 left the call {after}: rank 0 stopped it")
+    assert pictures(edit(two_ranks.url, n="1"))
+
+
+def test_another_rank_out_of_memory_fails_only_that_request(two_ranks):
+    failed = edit(two_ranks.url, prompt=OOM, n="1")
+    assert failed.status_code == 503
+    assert failed.json()["error"]["code"] == "out_of_memory"
+    assert two_ranks.wait_for_log("rank 1 left the call after step 1/4: rank 1 ran out of device memory")
+    assert pictures(edit(two_ranks.url, n="1"))
+
+
+def test_metrics_say_how_many_ranks_run_each_edit(two_ranks, server):
+    assert metric(two_ranks.url, "imgedit_parallel_degree").endswith(" 2.0")
+    assert 'options="ulysses=2"' in metric(two_ranks.url, "imgedit_model_info")
+    assert metric(server.url, "imgedit_parallel_degree").endswith(" 1.0")
+
+
+def test_a_rank_killed_mid_run_stops_the_server_with_one_line(two_ranks):
+    # Last: it ends the server.
+    gate, reached = two_ranks.gate, Path(f"{two_ranks.gate}.reached")
+    gate.unlink(missing_ok=True)
+    reached.unlink(missing_ok=True)
+    (rank,) = extra_ranks(two_ranks)
+    worker = two_ranks.worker()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        running = pool.submit(edit, two_ranks.url, prompt="gated", n="1")
+        while not reached.exists():  # both ranks are held at step GATE_STEP
+            time.sleep(0.02)
+        rank.kill()
+        try:
+            answered = running.result(timeout=120).status_code
+        except httpx.HTTPError:
+            answered = None  # the worker went away mid-answer
+    assert answered != 200
+    assert two_ranks.process.wait(timeout=120) == 1
+    line = "imgedit: rank 1 of worker 0 was killed by SIGKILL; stopping the server"
+    assert two_ranks.log().count(line) == 1
+    assert two_ranks.log().count("imgedit: ") == 1  # no other fatal line
+    assert gone(worker) and gone(rank)
