@@ -41,6 +41,7 @@
     guidance: $("guidance"),
     seed: $("seed"),
     outputFormat: $("output-format"),
+    lora: $("lora"),
     partialImages: $("partial-images"),
     editButton: $("edit-button"),
     cancelButton: $("cancel-button"),
@@ -101,12 +102,18 @@
       ui.modelStatus.textContent = `Could not list the models: ${await apiErrorMessage(response)}`;
       return;
     }
-    const models = (await response.json()).data.map((model) => model.id);
+    const cards = (await response.json()).data;
+    // LoRA adapters are listed as models on top of the served one (their parent).
+    const models = cards.filter((card) => !card.parent).map((card) => card.id);
+    const adapters = cards.filter((card) => card.parent).map((card) => card.id);
     state.modelId = models[0] ?? null;
+    ui.lora.replaceChildren(new Option("None", ""), ...adapters.map((name) => new Option(name, name)));
+    ui.lora.disabled = adapters.length === 0;
     ui.keyForm.hidden = true;
     ui.keyError.textContent = "";
     ui.apiKey.value = "";
-    ui.modelStatus.textContent = `Model: ${models.join(", ") || "none"}`;
+    ui.modelStatus.textContent =
+      `Model: ${models.join(", ") || "none"}` + (adapters.length ? `; LoRA adapters: ${adapters.join(", ")}` : "");
   }
 
   function askForKey(message) {
@@ -378,6 +385,7 @@
     addField(form, "guidance_scale", ui.guidance.value);
     form.append("seed", seed);
     form.append("output_format", ui.outputFormat.value);
+    if (ui.lora.value) form.append("lora", ui.lora.value);
     form.append("stream", "true");
     form.append("partial_images", ui.partialImages.value);
     return form;

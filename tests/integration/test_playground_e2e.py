@@ -20,7 +20,9 @@ import pytest
 from PIL import Image
 
 from devtools.server import start_server, stop
+from imgedit.model.tiny import build_tiny
 from tests.helpers import gradient_png
+from tests.lora_files import write_lora
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -58,7 +60,10 @@ def browser():
 
 @pytest.fixture(scope="module")
 def open_server(tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("playground"), IMGEDIT_MODEL=MODEL)
+    """The open server, with one LoRA adapter the page offers."""
+    tmp = tmp_path_factory.mktemp("playground")
+    ink = write_lora(build_tiny(MODEL).pipeline, tmp / "ink", seed=1)
+    server = start_server(tmp, IMGEDIT_MODEL=MODEL, IMGEDIT_LORA_ADAPTERS=f"ink={ink}")
     yield server
     stop(server.process)
 
@@ -142,10 +147,11 @@ def test_an_edit_with_a_painted_mask_shows_previews_then_a_downloadable_result(p
     from playwright.sync_api import expect
 
     page.goto(f"{open_server.url}/playground")  # redirected to /playground/
-    expect(page.locator("#model-status")).to_have_text(f"Model: {SERVED}")
+    expect(page.locator("#model-status")).to_have_text(f"Model: {SERVED}; LoRA adapters: ink")
     expect(page.locator("#key-form")).to_be_hidden()
     choose_image_and_prompt(page, input_png, size="256x256", steps="4", seed="1234")
     page.select_option("#partial-images", "2")
+    page.select_option("#lora", "ink")
 
     canvas = page.locator("#mask-canvas")
     expect(canvas).to_be_visible()
@@ -172,7 +178,7 @@ def test_an_edit_with_a_painted_mask_shows_previews_then_a_downloadable_result(p
     (request,) = sent
     parts = form_parts(request.post_data_buffer, request.headers["content-type"])
     assert parts["stream"] == b"true" and parts["size"] == b"256x256" and parts["seed"] == b"1234"
-    assert parts["model"] == SERVED.encode() and parts["partial_images"] == b"2"
+    assert parts["model"] == SERVED.encode() and parts["partial_images"] == b"2" and parts["lora"] == b"ink"
     mask = Image.open(io.BytesIO(parts["mask"]))
     assert mask.format == "PNG" and mask.size == INPUT_SIZE
     alpha = mask.getchannel("A")
@@ -207,7 +213,7 @@ def test_an_api_error_is_shown_as_the_api_words_it(page, open_server, input_png)
 
     message = api_error(open_server, size="7x7")
     page.goto(f"{open_server.url}/playground/")
-    expect(page.locator("#model-status")).to_have_text(f"Model: {SERVED}")
+    expect(page.locator("#model-status")).to_have_text(f"Model: {SERVED}; LoRA adapters: ink")
     choose_image_and_prompt(page, input_png, size="7x7")
     page.click("#edit-button")
     expect(page.locator("#error")).to_have_text(message)
