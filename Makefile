@@ -55,6 +55,7 @@ bench: install
 	$(BIN)/python -m bench.quantization --write $(BENCH_RESULTS)
 	$(BIN)/python -m bench.routing --write $(BENCH_RESULTS)
 	$(BIN)/python -m bench.parallel --write $(BENCH_RESULTS)
+	$(BIN)/python -m bench.lora --write $(BENCH_RESULTS)
 
 # Full-size Qwen-Image-Edit-2511 (random weights) on a GPU with 80 GB: eager against the fast path,
 # and against fp8 and int8 weights (fp8 needs compute capability 8.9 or newer).

@@ -18,6 +18,7 @@ SMALLEST = {
     "png_encoding": ["--sides", "64", "--runs", "1"],
     "quantization": ["--models", "tiny:flux-kontext", "--size", "64", "--steps", "2", "--runs", "1"],
     "parallel": ["--sizes", "64", "--rounds", "1", "--warmup", "0", "--steps", "1", "--tp-degrees", "2"],
+    "lora": ["--sizes", "64", "--steps", "1", "--runs", "1", "--rank", "2"],
 }
 HEADERS = {
     "overhead": "| size | n | format | direct ms |",
@@ -28,6 +29,7 @@ HEADERS = {
     "png_encoding": "| size | encoder | ms |",
     "quantization": "| tiny:flux-kontext | int8 + text encoders |",
     "parallel": "| size | 1 rank ms | 1 rank, 1 thread ms | 2 ranks ms |",
+    "lora": "| 64x64 | per request, switching |",
 }
 
 

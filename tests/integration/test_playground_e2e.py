@@ -19,10 +19,10 @@ import httpx
 import pytest
 from PIL import Image
 
+from devtools.lora_files import write_lora
 from devtools.server import start_server, stop
 from imgedit.model.tiny import build_tiny
 from tests.helpers import gradient_png
-from tests.lora_files import write_lora
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from devtools.lora_files import write_lora
 from imgedit.edit import EditOptions
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
@@ -15,7 +16,6 @@ from imgedit.model.families import adapter_class_for
 from imgedit.model.lora import LoraError, parse_named_loras, spec_in_directory
 from imgedit.model.lora_registry import LoraRegistry, UnknownAdapter
 from imgedit.model.tiny import build_tiny
-from tests.lora_files import write_lora
 
 IMAGE = [InputImage(rgb=Image.new("RGB", (64, 64), (10, 100, 200)), alpha=None)]
 

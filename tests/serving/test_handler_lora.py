@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from devtools.lora_files import write_lora
 from imgedit.api.routes import ModelCard
 from imgedit.config import Settings
 from imgedit.errors import ApiError
@@ -21,7 +22,6 @@ from imgedit.serving.engine import Engine
 from imgedit.serving.handler import EditHandler
 from imgedit.serving.lora_admin import LoraAdmin
 from tests.helpers import form_request, gradient_png
-from tests.lora_files import write_lora
 
 pytestmark = pytest.mark.anyio
 
