@@ -167,8 +167,16 @@ class LoraSync:
             sequence = log_file.read(offset).count(b"\n")  # the number of the first new command
         for number, line in enumerate(complete.splitlines(), start=sequence):
             outcome = self._outcome(Command(**json.loads(line)))
-            (self.directory / "acks" / f"{number}.{self.worker}").write_text(outcome)
+            self._acknowledge(number, outcome)
         return offset + len(complete)
+
+    def _acknowledge(self, number: int, outcome: str) -> None:
+        """Publish this worker's outcome of command ``number`` whole: readers never see a half-written file."""
+        assert self.directory is not None
+        acks = self.directory / "acks"
+        partial = acks / f".{number}.{self.worker}.partial"
+        partial.write_text(outcome)
+        partial.replace(acks / f"{number}.{self.worker}")  # a rename is atomic on one filesystem
 
     def _outcome(self, command: Command) -> str:
         try:

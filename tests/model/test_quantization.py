@@ -376,3 +376,18 @@ def test_previews_and_fused_calls_run_on_an_int8_base():
     fused = fuse([call(1), call(2)]).invoke()
     for (single,), batched in zip(alone, fused, strict=True):
         assert np.abs(np.asarray(single, dtype=int) - np.asarray(batched, dtype=int)).max() <= 1
+
+
+def test_adapters_chosen_per_request_switch_on_an_int8_base(lora_dir):
+    from imgedit.model.lora import spec_in_directory
+    from imgedit.model.lora_registry import LoraRegistry
+
+    pipeline = load_model(Settings(model="tiny:qwen-image-edit-plus", quantize="int8")).pipeline
+    base = edit(pipeline)
+    registry = LoraRegistry(pipeline, max_loras=1)
+    registry.load("ink", spec_in_directory(str(lora_dir.parent), lora_dir.name))
+    registry.activate((("ink", 1.0),))
+    inked = edit(pipeline)
+    registry.activate(())
+    assert np.abs(inked - base).max() > 0  # the adapter acts on the quantized base
+    assert np.array_equal(edit(pipeline), base)  # and off again, the quantized base is exactly as before

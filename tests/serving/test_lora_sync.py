@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import anyio
 import pytest
@@ -60,6 +61,25 @@ async def test_each_worker_says_why_it_could_not(tmp_path):
     finally:
         for sync in syncs:
             sync.close()
+
+
+def test_an_acknowledgement_appears_whole(tmp_path, monkeypatch):
+    # Another worker polls the acknowledgements: one it can see must already hold the whole outcome.
+    sync = LoraSync(Worker().apply, 0, 2, tmp_path)
+    sync.start()
+    sync.close()
+    final = tmp_path / "acks" / "0.0"
+    written = []
+    write_text = Path.write_text
+
+    def watching_write(path, *args, **kwargs):
+        written.append(path)  # a file being written is empty for a moment: it must not be the one readers poll
+        return write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", watching_write)
+    sync._acknowledge(0, "cannot load 'broken': not a LoRA file")
+    assert written and final not in written
+    assert sync._acknowledged(0) == {0: "cannot load 'broken': not a LoRA file"}
 
 
 async def test_a_worker_that_does_not_answer_is_missing_from_the_outcome(tmp_path):
