@@ -190,12 +190,13 @@ def main() -> None:
         f"{arguments.requests} edits per row, policies taking turns.\n\n"
         + results_table(tallies)
         + "\n\nHow to read it. With as many clients as servers, least connections never sends a request to a busy "
-        "server while another is free; with a queue of 0 its 429s come from the instant after a server answers: "
-        "the client's next request (or the one the balancer held) can reach it before its engine has marked "
-        "itself idle, and is refused. A queue of 1 holds that request instead. With more clients than servers, "
-        "every policy without a balancer queue refuses whoever finds both servers full; `maxconn 1` makes HAProxy "
-        "hold them until a server is free. A refused edit is not done, so edits/s compares rows with different "
-        "refusal rates only loosely."
+        "server while another is free, so it refuses none even with a queue of 0: a server marks itself idle "
+        "before its answer goes out, and a request that waited gives up its place as it starts, so the client's "
+        "next edit is admitted. Round robin and random choice, blind to load, still send edits to a busy server "
+        "while the other is free; a queue of 1 absorbs that. With more clients than servers, every policy without "
+        "a balancer queue refuses whoever finds both servers full; `maxconn 1` makes HAProxy hold them until a "
+        "server is free. A refused edit is not done, so edits/s compares rows with different refusal rates only "
+        "loosely."
     )
     report("routing", "Routing in front of several servers", body, arguments.write)
 

@@ -152,8 +152,10 @@ class Engine:
             if self._draining:
                 metrics.rejections.labels("draining").inc()
                 raise Draining
-            idle = not self._busy and not self._waiting
-            if len(self._waiting) >= self.max_queue and not idle:
+            # Between two runs the first waiting request is about to start: it no longer holds a place in
+            # the queue (a client answered at once must not be refused for it).
+            waiting_behind_a_run = len(self._waiting) - (0 if self._busy else 1)
+            if waiting_behind_a_run >= self.max_queue:
                 metrics.rejections.labels("queue_full").inc()
                 raise QueueFull(self._retry_after_locked())
             self._waiting.append(job)

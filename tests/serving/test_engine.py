@@ -14,7 +14,7 @@ from PIL import Image
 from imgedit.media.sizing import Size
 from imgedit.model.call import PipelineCall
 from imgedit.serving.engine import Engine
-from imgedit.serving.jobs import DeadlineExceeded, Job, RunCancelled
+from imgedit.serving.jobs import DeadlineExceeded, Job, QueueFull, RunCancelled
 
 pytestmark = pytest.mark.anyio
 
@@ -258,8 +258,6 @@ def test_evenly_spaced_previews_never_take_the_last_step():
 
 
 async def test_a_full_queue_is_refused_with_an_estimated_wait():
-    from imgedit.serving.jobs import QueueFull
-
     pipeline = PIPELINE.reset()
     hold = pipeline.hold("running")
     engine = Engine(max_queue=2)
@@ -402,8 +400,6 @@ async def test_compatible_queued_requests_run_as_one_batch(tiny_model, monkeypat
 
 
 async def test_a_cancelled_waiting_request_frees_its_place_at_once():
-    from imgedit.serving.jobs import QueueFull
-
     hold = PIPELINE.reset().hold("running")
     engine = Engine(max_queue=1)
     try:
@@ -499,6 +495,45 @@ async def test_a_client_answered_at_once_is_admitted_even_with_no_queue(monkeypa
         assert len(await engine.result(second, far())) == 1
     finally:
         submitted.set()
+        engine.close()
+
+
+async def test_the_request_about_to_start_frees_its_queue_place_at_once(monkeypatch):
+    """With max_queue=1, a request sent the moment an answer arrives takes the place of the one that starts next.
+
+    The engine thread is held right after it hands out the first answer, before it takes
+    the waiting request: that one starts next, so the queue has room again.
+    """
+    submitted = threading.Event()
+    settle = Engine._settle
+    settled = []
+
+    def settle_then_hold(job, images=None, error=None):
+        settle(job, images, error)
+        settled.append(job)
+        if len(settled) == 1:
+            submitted.wait(timeout=10)
+
+    monkeypatch.setattr(Engine, "_settle", staticmethod(settle_then_hold))
+    PIPELINE.reset()
+    hold = PIPELINE.hold("first")
+    engine = Engine(max_queue=1)
+    try:
+        first = engine.submit(calls("first"))
+        await hold.arrival()
+        second = engine.submit(calls("second"))
+        with pytest.raises(QueueFull):  # one running, one waiting: full
+            engine.submit(calls("refused"))
+        hold.release.set()
+        assert len(await engine.result(first, far())) == 1
+        third = engine.submit(calls("third"))  # QueueFull here if "second" still held its place
+        submitted.set()
+        for job in (second, third):
+            assert len(await engine.result(job, far())) == 1
+        assert PIPELINE.started == ["first", "second", "third"]
+    finally:
+        submitted.set()
+        hold.release.set()
         engine.close()
 
 
