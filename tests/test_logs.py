@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -44,3 +45,22 @@ def test_libraries_loaded_before_configuring_are_quieted_too(monkeypatch: pytest
     diffusers.utils.logging.set_verbosity_info()
     configure_logging("info")
     assert diffusers.utils.logging.get_verbosity() == 40
+
+
+TORCHAO_PROBE = """
+import logging, sys
+from imgedit.logs import configure_logging
+configure_logging(sys.argv[1])
+import torchao
+print(logging.getLogger("torchao").getEffectiveLevel())
+"""
+
+
+@pytest.mark.parametrize(("level", "torchao_level"), [("info", logging.ERROR), ("debug", logging.WARNING)])
+def test_torchao_import_warnings_are_heard_only_at_debug_level(level: str, torchao_level: int) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", TORCHAO_PROBE, level], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert int(result.stdout.split()[-1]) == torchao_level
+    if level == "info":
+        assert "Failed to load" not in result.stderr
