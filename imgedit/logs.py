@@ -83,10 +83,12 @@ def configure_logging(level: str) -> None:
         os.environ[variable] = "error"
         if library in sys.modules:
             importlib.import_module(f"{library}.utils.logging").set_verbosity_error()
-    # torchao warns at import about each of its compiled kernels this machine cannot load (CUDA
-    # kernels on a CPU, kernels built for another Python): several lines at every start-up, which
-    # diffusers triggers even without quantization. Debug level hears them.
-    logging.getLogger("torchao").setLevel(logging.NOTSET if logger.level <= logging.DEBUG else logging.ERROR)
+    # Importing torchao, which diffusers does even without quantization, logs several lines at every
+    # start-up: each compiled kernel this machine cannot load (CUDA kernels on a CPU, kernels built
+    # for another Python), and torch's deprecation notes on how torchao registers its types. Debug
+    # level hears them.
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.NOTSET if logger.level <= logging.DEBUG else logging.ERROR)
 
 
 def get_logger(name: str) -> logging.Logger:
