@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,17 +93,30 @@ def stop(process: subprocess.Popen) -> None:
 def start_server(tmp: Path, poll_seconds: float = 0.3, **overrides: str) -> Server:
     """Start ``bentoml serve`` with the settings in ``overrides`` and wait until ``/readyz`` answers 200.
 
-    ``poll_seconds`` is how often readiness is asked; the start-up benchmark asks often. The
-    port is free when chosen, but another process may take it before the server binds it:
-    then the server is started again on another port.
+    ``poll_seconds`` is how often readiness is asked; the start-up benchmark asks often.
+    """
+    env = server_environment(tmp, **overrides)
+    return serve_on_a_free_port(serve_command, env, tmp / "server.log", poll_seconds=poll_seconds)
+
+
+def serve_on_a_free_port(
+    command: Callable[[int], list[str]],
+    env: dict[str, str],
+    log_path: Path,
+    cwd: Path = ROOT,
+    poll_seconds: float = 0.3,
+) -> Server:
+    """Run ``command(port)`` on a free port, its output in ``log_path``, and wait until it is ready.
+
+    The port is free when chosen, but something may take it before the server binds it (even
+    the readiness poll itself: a connection to a port nobody listens on can get that very port
+    as its own, and so connect to itself). Then the server is started again on another port.
     """
     for attempt in range(PORT_ATTEMPTS):
         port = free_port()
-        log_path = tmp / "server.log"
-        env = server_environment(tmp, **overrides)
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                serve_command(port), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                command(port), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         server = Server(f"http://127.0.0.1:{port}", log_path, Path(env["TMPDIR"]), process)
         try:

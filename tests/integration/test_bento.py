@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from devtools.server import ROOT, free_port, server_environment, stop
+from devtools.server import ROOT, serve_on_a_free_port, server_environment, stop
 from tests.integration.test_readme_examples import readme_example, wait_for_image
 
 pytestmark = pytest.mark.integration
@@ -85,24 +85,15 @@ def test_the_bento_carries_the_model_its_arguments_and_only_the_sources(bento):
 
 def test_serving_the_tag_answers_the_spec_curl_example(bento, tmp_path):
     home, tag = bento
-    port = free_port()
     environment = server_environment(tmp_path, BENTOML_HOME=str(home))
     del environment["IMGEDIT_MODEL"]  # the Bento says which model
-    log = tmp_path / "bento.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [str(BIN / "bentoml"), "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=tmp_path,
-            env=environment,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    server = serve_on_a_free_port(
+        lambda port: [str(BIN / "bentoml"), "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
+        environment,
+        tmp_path / "bento.log",
+        cwd=tmp_path,
+    )
     try:
-        from devtools.server import Server, wait_until_ready
-
-        server = Server(f"http://127.0.0.1:{port}", log, tmp_path, process)
-        wait_until_ready(server)
         shutil.copytree(ROOT / "examples", tmp_path / "examples")
         command = (
             readme_example("curl-single")
@@ -117,4 +108,4 @@ def test_serving_the_tag_answers_the_spec_curl_example(bento, tmp_path):
         assert "serving bentoml:tiny-ip2p" in server.log()
         assert httpx.get(f"{server.url}/playground/playground.js").headers["content-type"].startswith("text/javascript")
     finally:
-        stop(process)
+        stop(server.process)
