@@ -152,6 +152,10 @@ class LoraRegistry:
             if name not in self._adapters:
                 raise UnknownAdapter(f"no LoRA adapter {name!r} is loaded")
         self.pipeline.delete_adapters(name)
+        if not any(self.pipeline.get_list_adapters().values()):
+            # peft's wrappers outlive their last adapter and cost every forward pass a detour:
+            # with no adapter left, the model gets its own layers back.
+            self.pipeline.unload_lora_weights()
         with self._lock:
             del self._adapters[name]
             self._leaving.discard(name)

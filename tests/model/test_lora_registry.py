@@ -38,6 +38,7 @@ def edit(adapter) -> np.ndarray:
 def test_switching_between_runs_gives_each_choice_exactly_what_it_gives_alone(model):
     adapter, files = model
     base = edit(adapter)
+    plain_layers = set(adapter.loaded.transformer.state_dict())
     registry = LoraRegistry(adapter.loaded, max_loras=4)
     for name in ("a", "b"):
         registry.load(name, spec_in_directory(str(files), name))
@@ -57,6 +58,8 @@ def test_switching_between_runs_gives_each_choice_exactly_what_it_gives_alone(mo
         registry.unload(name)
     registry.activate(())
     assert np.array_equal(edit(adapter), base)
+    # With the last adapter gone the model has its own layers back, not peft's empty wrappers.
+    assert set(adapter.loaded.transformer.state_dict()) == plain_layers
 
 
 def test_selection_checks_names_and_takes_the_loaded_scale(model):
