@@ -309,9 +309,9 @@ def time_edit(pipeline: Any, image: Any, size: int, steps: int, device: torch.de
     return timing
 
 
-def warm_up(pipeline: Any, image: Any, size: int, device: torch.device) -> None:
-    """Two short edits: kernels chosen, memory pooled, compilation done; one was not always enough."""
-    for _ in range(2):
+def warm_up(pipeline: Any, image: Any, size: int, device: torch.device, edits: int) -> None:
+    """Short edits (two by default): kernels chosen, memory pooled, compilation done; one was not always enough."""
+    for _ in range(edits):
         time_edit(pipeline, image, size, 2, device)
 
 
@@ -339,6 +339,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--no-compile", action="store_true", help="leave compilation out of the fast path")
     parser.add_argument("--matmul-side", type=int, default=8192)
+    parser.add_argument("--warmups", type=int, default=2, help="short edits before each variant is timed")
     parser.add_argument(
         "--quantize", nargs="*", default=[], choices=("int8", "fp8"), help="also time these IMGEDIT_QUANTIZE methods"
     )
@@ -356,7 +357,7 @@ def main(argv: list[str] | None = None) -> str:
     transformer = configs["transformer"]
 
     results: dict[str, EditTiming] = {}
-    warm_up(pipeline, image, arguments.size, device)
+    warm_up(pipeline, image, arguments.size, device, arguments.warmups)
     results["eager"] = time_edit(pipeline, image, arguments.size, arguments.steps, device)
     image_tokens, text_tokens = results["eager"].forwards[0]
     backend = fastest_attention(
@@ -364,14 +365,14 @@ def main(argv: list[str] | None = None) -> str:
     )
     settings = Settings(model="bench", attention_backend=backend, compile=not arguments.no_compile)
     applied = apply_options(pipeline, settings, device)
-    warm_up(pipeline, image, arguments.size, device)
+    warm_up(pipeline, image, arguments.size, device, arguments.warmups)
     results["fast"] = time_edit(pipeline, image, arguments.size, arguments.steps, device)
     for method in arguments.quantize:
         pipeline.register_modules(transformer=None)  # free the previous transformer before building the next
         if device.type == "cuda":
             torch.cuda.empty_cache()
         pipeline.register_modules(transformer=quantized_transformer(configs, device, dtype, method))
-        warm_up(pipeline, image, arguments.size, device)
+        warm_up(pipeline, image, arguments.size, device, arguments.warmups)
         results[method] = time_edit(pipeline, image, arguments.size, arguments.steps, device)
 
     rate = matmul_rate(device, dtype, arguments.matmul_side)

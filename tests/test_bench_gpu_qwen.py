@@ -14,7 +14,7 @@ from bench import gpu_qwen
 from devtools.server import ROOT
 
 REDUCED_RUN = [
-    *("--scale", "reduced", "--size", "64", "--steps", "2", "--no-compile", "--matmul-side", "256"),
+    *("--scale", "reduced", "--size", "64", "--steps", "2", "--no-compile", "--matmul-side", "256", "--warmups", "1"),
     *("--quantize", "int8"),  # fp8 needs a GPU with FP8
 ]
 
