@@ -26,6 +26,14 @@ def tiny_model():
     return build_tiny("tiny:qwen-image-edit-plus")
 
 
+@pytest.fixture(scope="session")
+def saved_tiny(tiny_model, tmp_path_factory):
+    """The tiny Qwen pipeline saved as a diffusers directory, once per test session (read, never changed)."""
+    directory = tmp_path_factory.mktemp("saved-tiny")
+    tiny_model.pipeline.save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture
 def anyio_backend():
     return "asyncio"

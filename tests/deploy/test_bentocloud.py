@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,10 +10,9 @@ import yaml
 
 from imgedit.config import Settings
 from imgedit.serving.capacity import replica_concurrency
-from tests.integration.test_bento import offline_prefix
+from tests.integration.test_bento import build_bento
 
 ROOT = Path(__file__).resolve().parents[2]
-BENTOML = Path(sys.executable).with_name("bentoml")
 
 
 def test_a_replica_takes_one_request_per_gpu_unless_it_fuses():
@@ -47,17 +43,7 @@ def test_the_built_bento_carries_concurrency_and_the_external_queue(tmp_path):
     """``bentoml build`` records the traffic settings, computed from the settings given as build arguments."""
     environment = {key: value for key, value in os.environ.items() if not key.startswith("IMGEDIT_")}
     environment.update(BENTOML_HOME=str(tmp_path), BENTOML_DO_NOT_TRACK="true", HF_HUB_OFFLINE="1")
-    arguments = ["--arg", "workers=2", "--arg", "max_batch=4"]
-    built = subprocess.run(
-        [*offline_prefix(), str(BENTOML), "build", *arguments, "--output", "tag"],
-        cwd=ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert built.returncode == 0, built.stdout + built.stderr
-    name, version = re.search(r"(imgedit:[a-z0-9]+)", built.stdout).group(1).split(":")
+    name, version = build_bento(environment, "--arg", "workers=2", "--arg", "max_batch=4").split(":")
     info = yaml.safe_load((tmp_path / "bentos" / name / version / "bento.yaml").read_text())
     (service,) = info["services"]
     config = service["config"]

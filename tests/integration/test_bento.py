@@ -33,6 +33,20 @@ def offline_prefix() -> list[str]:
     return []
 
 
+def build_bento(environment: dict[str, str], *build_arguments: str) -> str:
+    """``bentoml build`` of this repository with no network, into ``environment``'s store; returns the tag."""
+    built = subprocess.run(
+        [*offline_prefix(), str(BIN / "bentoml"), "build", *build_arguments, "--output", "tag"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    return re.search(r"(imgedit:[a-z0-9]+)", built.stdout).group(1)
+
+
 @pytest.fixture(scope="module")
 def bento(tmp_path_factory):
     from imgedit.model.tiny import build_tiny
@@ -50,17 +64,7 @@ def bento(tmp_path_factory):
         timeout=300,
     )
     assert imported.returncode == 0, imported.stderr
-    built = subprocess.run(
-        [*offline_prefix(), str(BIN / "bentoml"), "build", "--arg", "model=bentoml:tiny-ip2p", "--output", "tag"],
-        cwd=ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert built.returncode == 0, built.stdout + built.stderr
-    tag = re.search(r"(imgedit:[a-z0-9]+)", built.stdout).group(1)
-    return home, tag
+    return home, build_bento(environment, "--arg", "model=bentoml:tiny-ip2p")
 
 
 def test_the_bento_carries_the_model_its_arguments_and_only_the_sources(bento):

@@ -56,13 +56,6 @@ def test_unreachable_hub_model_says_how_to_run_the_tiny_model():
     assert "\n" not in message
 
 
-@pytest.fixture(scope="module")
-def saved_tiny(tiny_model, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("saved-tiny")
-    tiny_model.pipeline.save_pretrained(directory)
-    return directory
-
-
 def test_local_directory_loads_with_from_pretrained(saved_tiny):
     assert json.loads((saved_tiny / "model_index.json").read_text())["_class_name"] == "QwenImageEditPlusPipeline"
     settings = Settings(model=str(saved_tiny))

@@ -83,18 +83,11 @@ def test_the_head_count_must_suit_the_degree(tiny_model):
         check_model(pipeline, Layout(tp=2))
 
 
-@pytest.fixture(scope="module")
-def saved(tiny_model, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("saved-tiny")
-    tiny_model.pipeline.save_pretrained(directory)
-    return directory
-
-
-def test_tensor_parallelism_loads_the_transformer_through_diffusers_sharding_loader(saved):
-    assert pretrained_components(str(saved), None, torch.float32, Layout()) == {}
+def test_tensor_parallelism_loads_the_transformer_through_diffusers_sharding_loader(saved_tiny):
+    assert pretrained_components(str(saved_tiny), None, torch.float32, Layout()) == {}
     # diffusers' own check, before it reads a weight: the tiny transformer's 3 heads do not split in 2.
     with pytest.raises(ParallelError, match=r"^IMGEDIT_TP_DEGREE: `tp_degree` \(2\) must divide the number of"):
-        load_model(Settings(model=str(saved), device="cpu", tp_degree=2))
+        load_model(Settings(model=str(saved_tiny), device="cpu", tp_degree=2))
 
 
 def test_tensor_parallelism_needs_a_transformer(tmp_path):

@@ -8,16 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 IMGEDIT = Path(sys.executable).with_name("imgedit")
-
-
-@pytest.fixture(scope="module")
-def saved_tiny(tiny_model, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("saved-tiny")
-    tiny_model.pipeline.save_pretrained(directory)
-    return directory
 
 
 def run(*arguments: str, home: Path) -> subprocess.CompletedProcess:
