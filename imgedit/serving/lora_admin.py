@@ -28,7 +28,7 @@ class LoraAdmin:
         registry: this worker's adapters.
         engine: this worker's engine, which applies every change between runs.
         lora_dir: ``IMGEDIT_LORA_DIR``; paths are only read under it.
-        worker: this worker's index; workers: how many serve (for :class:`LoraSync`).
+        sync: the command log shared with the other workers; None applies commands at once, in this process.
     """
 
     def __init__(
