@@ -1,8 +1,8 @@
 """imgedit as a BentoML service: ``bentoml serve service:ImageEdit``.
 
-Glue only: settings come from ``IMGEDIT_*`` variables, the request path lives
-in :mod:`imgedit.serving.handler`, start-up in :mod:`imgedit.serving.startup`,
-and what this file needs of BentoML beyond its decorators in
+Glue only: settings come from ``IMGEDIT_*`` variables; each worker builds one
+:class:`~imgedit.serving.worker.Worker` at start-up and this class hands it
+every request; what this file needs of BentoML beyond its decorators lives in
 :mod:`imgedit.serving.bentoml_seam`.
 """
 
@@ -17,17 +17,20 @@ from starlette.responses import Response
 from imgedit.api.access_log import AccessLogMiddleware
 from imgedit.api.auth import ApiKeyMiddleware, parse_keys
 from imgedit.api.body import JSON, MULTIPART
-from imgedit.api.fields import openapi_form, openapi_json
-from imgedit.api.routes import ModelCard, create_v1_app
+from imgedit.api.openapi import openapi_form, openapi_json
+from imgedit.api.responses import ImagesResponse
+from imgedit.api.routes import create_v1_app
 from imgedit.config import ConfigError, load_settings, unknown_variables
+from imgedit.errors import StartupError
 from imgedit.logs import configure_logging
-from imgedit.model.loader import BENTOML_PREFIX
 from imgedit.playground import MOUNT_PATH as PLAYGROUND_PATH
 from imgedit.playground import create_playground_app
-from imgedit.serving.bentoml_seam import ImagesResponse, in_worker, raw_request_input, worker_index
-from imgedit.serving.capacity import replica_concurrency
-from imgedit.serving.ranks import claim_gpus
-from imgedit.serving.startup import StartupError, drain_on_signals, preflight, start_or_stop_server, worker_count
+from imgedit.ranks.group import claim_gpus
+from imgedit.scheduling.capacity import replica_concurrency
+from imgedit.serving.bentoml_seam import in_worker, raw_request_input, worker_index
+from imgedit.serving.startup import preflight, start_or_stop_server, worker_count
+from imgedit.serving.worker import Worker
+from imgedit.weights.sources import BENTOML_PREFIX
 
 try:
     settings = load_settings()
@@ -42,15 +45,21 @@ configure_logging(settings.log_level)
 TIMEOUT_GRACE_SECONDS = 60
 if in_worker():
     # Before anything starts CUDA: a worker running each edit on several GPUs sees only its own.
-    claim_gpus(settings, worker_index())
+    claim_gpus(settings.ranks_per_edit, settings.device, worker_index())
 #: One worker per GPU, each with its own copy of the model and its own queue (per IMGEDIT_*_DEGREE GPUs
 #: with several ranks per edit).
 WORKERS = worker_count(settings)
 
+
+def this_worker() -> Worker:
+    """The worker serving in this process (the routes are made before it starts)."""
+    return bentoml.get_current_service().worker
+
+
 v1_app = create_v1_app(
-    lambda: bentoml.get_current_service().model_cards(),
-    # The adapter endpoints exist only with an admin key to open them.
-    (lambda: bentoml.get_current_service().handler.admin) if settings.admin_key is not None else None,
+    lambda: this_worker().models(),
+    # The LoRA endpoints exist only with an admin key to open them.
+    this_worker if settings.admin_key is not None else None,
 )
 #: The web page at /playground: static files that call /v1 from the browser, so it needs no key of its own.
 playground_app = create_playground_app()
@@ -86,14 +95,10 @@ class ImageEdit:
             sys.exit(f"imgedit: {error}")
 
     def __init__(self) -> None:
-        self.handler, self.card = start_or_stop_server(settings, worker_index())
-        drain_on_signals(self.handler.engine, settings.shutdown_grace)
+        self.worker = start_or_stop_server(settings, worker_index())
 
     def __is_ready__(self) -> bool:
-        return not self.handler.engine.draining
-
-    def model_cards(self) -> list[ModelCard]:
-        return self.handler.model_cards(self.card)
+        return self.worker.ready
 
     @bentoml.api(
         route="/v1/images/edits",
@@ -102,12 +107,11 @@ class ImageEdit:
     )
     async def edits(self, connection: Request) -> Response:
         """Edit images as OpenAI's ``images.edit`` does."""
-        return await self.handler.handle(connection)
+        return await self.worker.edit(connection)
 
     @bentoml.on_shutdown
     def close(self) -> None:
-        self.handler.admin.sync.close()
-        self.handler.engine.close()
+        self.worker.close()
 
 
 ImageEdit.add_asgi_middleware(AccessLogMiddleware)

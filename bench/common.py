@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from imgedit.config import Settings
 from imgedit.edit import EditOptions
 from imgedit.media.images import decode_image
 from imgedit.media.sizing import Size
-from imgedit.model.families import adapter_class_for
-from imgedit.model.families.base import FamilyAdapter
-from imgedit.model.loader import load_model
+from imgedit.model.families import family_class_for
+from imgedit.model.families.base import Family
 from imgedit.model.spec import Defaults
+from imgedit.weights.loader import load_model
+from imgedit.weights.options import LoadOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "benchmarks.md"
@@ -126,16 +126,16 @@ def report(name: str, title: str, body: str, write: Path | None) -> None:
     write.write_text(text)
 
 
-def load_adapter(model: str, steps: int) -> FamilyAdapter:
-    """``model`` loaded in this process as the server loads it, with its family adapter."""
-    loaded = load_model(Settings(model=model))
-    return adapter_class_for(loaded.pipeline)(loaded.pipeline, overrides=Defaults(steps=steps))
+def load_family(model: str, steps: int) -> Family:
+    """``model`` loaded in this process as the server loads it, with its family."""
+    loaded = load_model(LoadOptions(model=model))
+    return family_class_for(loaded.pipeline)(loaded.pipeline, overrides=Defaults(steps=steps))
 
 
-def direct_edit(adapter: FamilyAdapter, upload: bytes, size: int, n: int, steps: int) -> Callable[[], object]:
+def direct_edit(family: Family, upload: bytes, size: int, n: int, steps: int) -> Callable[[], object]:
     """The pipeline calls the server makes for this edit request, as a function of no arguments.
 
-    The server's own adapter plans them, so the arguments are the server's, and
+    The server's own family plans them, so the arguments are the server's, and
     they run as the server runs them (under ``torch.inference_mode``, which on
     its own makes a call a few percent faster than diffusers' default
     ``no_grad``): what is left between the two is the cost of serving. The
@@ -143,7 +143,7 @@ def direct_edit(adapter: FamilyAdapter, upload: bytes, size: int, n: int, steps:
     """
     image = decode_image(upload, "image", 10**9)
     options = EditOptions(prompt=PROMPT, n=n, num_inference_steps=steps, seed=SEED)
-    plan = adapter.plan(adapter.resolve(options, [image], Size(size, size)))
+    plan = family.plan(family.resolve(options, [image], Size(size, size)))
 
     def run() -> object:
         return [call.invoke() for call in plan.calls]

@@ -30,7 +30,7 @@ import torch
 from bench.common import (
     direct_edit,
     edit_form,
-    load_adapter,
+    load_family,
     median,
     peak_rss,
     percentile,
@@ -100,7 +100,7 @@ def main() -> None:
 
     upload = png_bytes(photo_like(arguments.size, arguments.size))
     fields = edit_form(arguments.size, 1, "png", arguments.steps)
-    direct = direct_edit(load_adapter(arguments.model, arguments.steps), upload, arguments.size, 1, arguments.steps)
+    direct = direct_edit(load_family(arguments.model, arguments.steps), upload, arguments.size, 1, arguments.steps)
     direct()  # warm-up
     direct_times = [seconds(direct) for _ in range(arguments.direct_runs)]
     rounds = []

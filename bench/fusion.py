@@ -18,22 +18,22 @@ from pathlib import Path
 
 from PIL import Image
 
-from bench.common import load_adapter, report, table
+from bench.common import load_family, report, table
 from imgedit.edit import EditOptions
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
-from imgedit.model.families.base import FamilyAdapter
-from imgedit.serving.engine import Engine
+from imgedit.model.families.base import Family
+from imgedit.scheduling.engine import Engine
 
 
-async def burst(engine: Engine, adapter: FamilyAdapter, size: int, requests: int, steps: int) -> float:
+async def burst(engine: Engine, family: Family, size: int, requests: int, steps: int) -> float:
     """Seconds for ``requests`` queued edits to finish."""
     jobs = []
     started = time.perf_counter()
     for index in range(requests):
         options = EditOptions(prompt=f"edit number {index}", num_inference_steps=steps, seed=index)
         image = InputImage(rgb=Image.new("RGB", (size, size), (index * 13 % 256, 90, 30)), alpha=None)
-        (call,) = adapter.plan(adapter.resolve(options, [image], Size(size, size))).calls
+        (call,) = family.plan(family.resolve(options, [image], Size(size, size))).calls
         jobs.append(engine.submit([call]))
     for job in jobs:
         await engine.result(job, time.monotonic() + 3600)
@@ -51,19 +51,19 @@ async def main() -> None:
     parser.add_argument("--write", type=Path, help="put the results into this Markdown file")
     arguments = parser.parse_args()
 
-    adapter = load_adapter(arguments.model, arguments.steps)
+    family = load_family(arguments.model, arguments.steps)
     engines = {
-        batch: Engine(max_queue=arguments.requests, max_batch=batch, fusable=adapter.fusable)
+        batch: Engine(max_queue=arguments.requests, max_batch=batch, fusable=family.fusable)
         for batch in arguments.batches
     }
     rows = []
     for size in arguments.sizes:
         timings: dict[int, list[float]] = {batch: [] for batch in arguments.batches}
         for batch in arguments.batches:  # warm-up at this size
-            await burst(engines[batch], adapter, size, arguments.batches[-1], arguments.steps)
+            await burst(engines[batch], family, size, arguments.batches[-1], arguments.steps)
         for _ in range(arguments.repeats):
             for batch in arguments.batches:  # interleaved, so drift hits every setting alike
-                timings[batch].append(await burst(engines[batch], adapter, size, arguments.requests, arguments.steps))
+                timings[batch].append(await burst(engines[batch], family, size, arguments.requests, arguments.steps))
         base = statistics.median(timings[arguments.batches[0]])
         for batch in arguments.batches:
             median = statistics.median(timings[batch])

@@ -22,7 +22,7 @@ because compilation cannot be undone:
 ``--quantize fp8 int8`` adds one variant per method after those: the transformer
 rebuilt with the same random weights (same seed), converted in place with the
 torchao configuration ``IMGEDIT_QUANTIZE`` gives diffusers
-(:func:`imgedit.model.quantization.torchao_config`), run eager like ``eager``;
+(:func:`imgedit.weights.quantization.torchao_config`), run eager like ``eager``;
 every row gives the cosine similarity of its final latents to ``eager``'s
 (the fast path's too: its attention kernel may round differently).
 
@@ -64,8 +64,7 @@ from typing import Any
 import torch
 
 from bench.common import photo_like, report, table
-from imgedit.config import Settings
-from imgedit.model.acceleration import CUDA_ATTENTION_BACKENDS, apply_options
+from imgedit.model.acceleration import CUDA_ATTENTION_BACKENDS, AccelerationOptions, apply_options
 
 CONFIGS = Path(__file__).resolve().parent / "configs" / "qwen-image-edit-2511"
 PROMPT = "Replace the sky with a sunset and add a red kite flying above the house"
@@ -186,7 +185,7 @@ def quantized_transformer(
     """:func:`build_transformer`, its linear weights converted by ``IMGEDIT_QUANTIZE=method``'s torchao config."""
     from torchao.quantization import quantize_
 
-    from imgedit.model.quantization import torchao_config
+    from imgedit.weights.quantization import torchao_config
 
     transformer = build_transformer(configs, device, dtype)
     quantize_(transformer, torchao_config(method))  # every nn.Linear, as diffusers' quantizer converts them
@@ -363,8 +362,9 @@ def main(argv: list[str] | None = None) -> str:
     backend = fastest_attention(
         device, dtype, transformer["num_attention_heads"], transformer["attention_head_dim"], image_tokens + text_tokens
     )
-    settings = Settings(model="bench", attention_backend=backend, compile=not arguments.no_compile)
-    applied = apply_options(pipeline, settings, device)
+    applied = apply_options(
+        pipeline, AccelerationOptions(attention_backend=backend, compile=not arguments.no_compile), device
+    )
     warm_up(pipeline, image, arguments.size, device, arguments.warmups)
     results["fast"] = time_edit(pipeline, image, arguments.size, arguments.steps, device)
     for method in arguments.quantize:

@@ -23,13 +23,13 @@ from typing import Any
 
 from PIL import Image
 
-from bench.common import load_adapter, report, table
+from bench.common import load_family, report, table
 from devtools.lora_files import write_lora
 from imgedit.edit import EditOptions
+from imgedit.lora.registry import LoraRegistry
+from imgedit.lora.sources import spec_in_directory
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
-from imgedit.model.lora import spec_in_directory
-from imgedit.model.lora_registry import LoraRegistry
 
 SETTINGS = ("none loaded", "loaded, off", "per request", "per request, switching", "fused")
 
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="put the results into this Markdown file")
     arguments = parser.parse_args()
 
-    plain, unfused, fused = (load_adapter(arguments.model, arguments.steps) for _ in range(3))
+    plain, unfused, fused = (load_family(arguments.model, arguments.steps) for _ in range(3))
     with tempfile.TemporaryDirectory(prefix="imgedit-bench-lora-") as directory:
         for seed, name in enumerate(("ink", "light"), start=1):
             write_lora(plain.loaded, Path(directory) / name, seed, rank=arguments.rank)

@@ -31,7 +31,7 @@ import httpx
 import openai
 import torch
 
-from bench.common import direct_edit, edit_form, load_adapter, median, photo_like, png_bytes, report, seconds, table
+from bench.common import direct_edit, edit_form, load_family, median, photo_like, png_bytes, report, seconds, table
 from devtools.server import start_server, stop
 
 
@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="put the results into this Markdown file")
     arguments = parser.parse_args()
 
-    adapter = load_adapter(arguments.model, arguments.steps)
+    adapter = load_family(arguments.model, arguments.steps)
     with tempfile.TemporaryDirectory(prefix="imgedit-bench-") as tmp:
         server = start_server(Path(tmp), IMGEDIT_MODEL=arguments.model)
         try:

@@ -8,7 +8,7 @@ Two parts:
   ``1 rank`` (this process, one PyTorch thread per core), ``1 rank, 1 thread``
   and ``2 ranks`` (Ulysses over gloo: this process as rank 0 and one child
   process, one thread each, through the server's own
-  :class:`~imgedit.serving.ranks.RankGroup`, checkpoints included). Two ranks
+  :class:`~imgedit.ranks.group.RankGroup`, checkpoints included). Two ranks
   on two cores do the same work plus the all-to-alls and checkpoints: no speed-up
   is expected; the table shows what the split costs. It also gives the largest
   pixel difference between the two ranks' images and one rank's.
@@ -39,32 +39,33 @@ from imgedit.edit import EditOptions
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
 from imgedit.model.call import PipelineCall
-from imgedit.model.families.base import FamilyAdapter
-from imgedit.model.parallel import Layout
-from imgedit.serving.ranks import RankGroup
-from imgedit.serving.startup import prepare_model
+from imgedit.model.families.base import Family
+from imgedit.ranks.group import RankGroup
+from imgedit.serving.options import rank_layout
+from imgedit.serving.recipe import ModelRecipe, prepare_model
+from imgedit.serving.startup import rank_setup
 
 MODEL = "tiny:qwen-image-edit-plus"
 PROMPT = "make the sky a deep orange"
 GiB = 2**30
 
 
-def plan(adapter: FamilyAdapter, size: int, steps: int) -> list[PipelineCall]:
+def plan(family: Family, size: int, steps: int) -> list[PipelineCall]:
     images = [InputImage(photo_like(size, size, seed), None) for seed in (0, 1)]
     options = EditOptions(prompt=PROMPT, seed=SEED, num_inference_steps=steps)
-    return adapter.plan(adapter.resolve(options, images, Size(size, size))).calls
+    return family.plan(family.resolve(options, images, Size(size, size))).calls
 
 
 def measured(sizes: list[int], rounds: int, warmup: int, steps: int) -> str:
     load_before = os.getloadavg()[0]
     cores = torch.get_num_threads()
     settings = Settings(model=MODEL, device="cpu", ulysses_degree=2)
-    layout = Layout.from_settings(settings)
-    single = prepare_model(Settings(model=MODEL, device="cpu"), 0, Layout())[1]
-    group = RankGroup(settings, 0, layout, torch.device("cpu"), on_fatal=_raise)
+    recipe = ModelRecipe.from_settings(settings)
+    single = prepare_model(ModelRecipe.from_settings(Settings(model=MODEL, device="cpu")), 0).family
+    group = RankGroup(rank_setup(settings, recipe, rank_layout(settings)), 0, torch.device("cpu"), on_fatal=_raise)
     group.start()
     try:
-        split = prepare_model(settings, 0, layout, group.loaded)[1]
+        split = prepare_model(recipe, 0, group.loaded).family
         group.attach(split)
         rows = []
         for size in sizes:

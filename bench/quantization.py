@@ -2,12 +2,12 @@
 
 Measured (``--write``): for each tiny model and option (none, ``IMGEDIT_QUANTIZE=int8`` on the denoiser,
 int8 on the denoiser and text encoders, a GGUF Q8_0 denoiser), the bytes of each component as loaded
-(:func:`imgedit.model.memory.parameter_bytes`), seconds per denoising step (median of the gaps between step
+(:func:`imgedit.weights.memory.parameter_bytes`), seconds per denoising step (median of the gaps between step
 ends, options alternated run by run), and how far the result is from the unquantized one: the mean
 difference of the pictures in levels of 255, and one minus the cosine similarity of the final latents.
 
 Computed (``--gpu-table``): the README's "which GPU" table, from the memory plan's own arithmetic
-(:mod:`imgedit.model.memory`) applied to the full-size models built on the meta device:
+(:mod:`imgedit.weights.memory`) applied to the full-size models built on the meta device:
 Qwen-Image-Edit-2511 from ``bench/configs/``, FLUX.1-Kontext-dev from the configs below (they reproduce
 the published counts: transformer 11.9B, T5-XXL encoder 4.76B, CLIP-L 0.123B, VAE 0.084B), and
 FLUX.2-klein from its published sizes (transformer 4B or 9B, counted as linear weights) with the
@@ -37,10 +37,11 @@ from imgedit.config import Settings
 from imgedit.edit import EditOptions
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
-from imgedit.model import memory
-from imgedit.model.families import adapter_class_for
-from imgedit.model.loader import load_model
+from imgedit.model.families import family_class_for
 from imgedit.model.spec import Defaults
+from imgedit.serving.options import load_options
+from imgedit.weights import memory
+from imgedit.weights.loader import load_model
 
 CONFIGS = Path(__file__).resolve().parent / "configs" / "qwen-image-edit-2511"
 #: Usable memory of common cards, GiB: the total less about half a GiB for the CUDA context.
@@ -73,7 +74,7 @@ def write_gguf(transformer: torch.nn.Module, path: Path) -> int:
 
 def timed_edit(pipeline: Any, size: int, steps: int) -> tuple[list[float], np.ndarray, torch.Tensor]:
     """One seeded edit: the gaps between step ends (s), the picture, and the final latents."""
-    adapter = adapter_class_for(pipeline)(pipeline, overrides=Defaults(steps=steps))
+    adapter = family_class_for(pipeline)(pipeline, overrides=Defaults(steps=steps))
     image = InputImage(rgb=Image.new("RGB", (size, size), (40, 150, 220)), alpha=None)
     spec = adapter.resolve(EditOptions(prompt="a red roof", seed=7), [image], Size(size, size))
     (call,) = adapter.plan(spec).calls
@@ -93,7 +94,7 @@ def measure(arguments: argparse.Namespace) -> str:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for model in arguments.models:
-            built = load_model(Settings(model=model)).pipeline
+            built = load_model(load_options(Settings(model=model))).pipeline
             denoiser = "transformer" if hasattr(built, "transformer") else "unet"
             encoders = [name for name in built.components if name.startswith("text_encoder") and built.components[name]]
             options: dict[str, dict[str, Any]] = {
@@ -105,7 +106,9 @@ def measure(arguments: argparse.Namespace) -> str:
                 path = Path(scratch) / f"{model.replace(':', '-')}.gguf"
                 write_gguf(built.transformer, path)
                 options["GGUF Q8_0"] = {"transformer": str(path)}
-            loaded = {name: load_model(Settings(model=model, **values)) for name, values in options.items()}
+            loaded = {
+                name: load_model(load_options(Settings(model=model, **values))) for name, values in options.items()
+            }
             gaps: dict[str, list[float]] = {name: [] for name in options}
             results = {}
             for name in options:  # warm-up

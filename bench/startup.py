@@ -25,13 +25,13 @@ from devtools.server import ROOT, server_environment, start_server, stop
 BARE = """
 import sys
 import torch
-from imgedit.config import Settings
-from imgedit.model.families import adapter_class_for
-from imgedit.model.loader import load_model
+from imgedit.model.families import family_class_for
+from imgedit.weights.loader import load_model
+from imgedit.weights.options import LoadOptions
 
 torch.set_grad_enabled(False)
-loaded = load_model(Settings(model=sys.argv[1]))
-adapter = adapter_class_for(loaded.pipeline)(loaded.pipeline)
+loaded = load_model(LoadOptions(model=sys.argv[1]))
+adapter = family_class_for(loaded.pipeline)(loaded.pipeline)
 for plan in adapter.warmup_plans():
     for call in plan.calls:
         call.pipeline(**call.kwargs)

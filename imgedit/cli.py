@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _import_model(arguments: argparse.Namespace) -> int:
-    from imgedit.model.store import ModelImportError, import_model
+    from imgedit.weights.store import ModelImportError, import_model
 
     try:
         tag = import_model(arguments.source, arguments.name, arguments.revision, progress=not arguments.quiet)

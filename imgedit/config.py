@@ -17,12 +17,11 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from imgedit.edit import HARD_MAX_IMAGES
+
 ENV_PREFIX = "IMGEDIT_"
 DEFAULT_MODEL = "Qwen/Qwen-Image-Edit-2511"
-TINY_MODEL = "tiny:qwen-image-edit-plus"
 MiB = 1024 * 1024
-#: OpenAI caps the images of one edit at 16; no model may raise it further.
-HARD_MAX_IMAGES = 16
 
 
 class ConfigError(Exception):
@@ -73,7 +72,7 @@ class Settings(BaseSettings):
     cache_threshold: float = Field(0.05, gt=0, le=1)
     cache_interval: int = Field(5, ge=1, le=50)
 
-    # Weights: quantization, a single-file denoiser, the memory check (see imgedit/model/quantization.py, memory.py).
+    # Weights: quantization, a single-file denoiser, the memory check (see imgedit/weights/quantization.py, memory.py).
     quantize: Literal["none", "int8", "fp8", "nf4"] = "none"
     quantize_components: str | None = Field(None, min_length=1)
     transformer: str | None = Field(None, min_length=1)
@@ -101,7 +100,7 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(600.0, ge=0, le=24 * 3600)
     progress_log_seconds: float = Field(30.0, gt=0)
 
-    # Several ranks per edit (see imgedit.model.parallel): their product is the ranks, one GPU each.
+    # Several ranks per edit (see imgedit.ranks.plans): their product is the ranks, one GPU each.
     ulysses_degree: int = Field(1, ge=1, le=64)
     ring_degree: int = Field(1, ge=1, le=64)
     tp_degree: int = Field(1, ge=1, le=64)

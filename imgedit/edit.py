@@ -17,6 +17,8 @@ from typing import Literal
 MAX_SEED = 2**64 - 1
 #: The most denoising steps a request may ask for, directly or through ``quality``.
 MAX_STEPS = 200
+#: OpenAI caps the images of one edit at 16; no model may raise it further.
+HARD_MAX_IMAGES = 16
 
 #: LoRA adapter names: letters, digits, ``.``, ``_`` and ``-``, as requests, settings and the load endpoint write them.
 LORA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -27,7 +29,7 @@ Quality = Literal["auto", "low", "medium", "high", "xhigh", "max"]
 InputFidelity = Literal["high", "low"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EditOptions:
     """What the caller asked of the model; None leaves the family's default.
 
@@ -78,3 +80,7 @@ class LoraChoice:
     name: str | None
     scale: float | None = None
     path: str | None = None
+
+
+#: The LoRAs a run uses, as (name, scale) pairs in the order the request named them; empty: the base model.
+Loras = tuple[tuple[str, float], ...]

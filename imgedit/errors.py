@@ -1,75 +1,44 @@
-"""The one error type of the request path, and the body it is sent as.
+"""The errors every layer may raise, with no HTTP in them.
 
-Every failure a client can see is an :class:`ApiError`, raised from whichever
-layer finds it (a bad field, an undecodable image, a prompt the model cannot
-take). Its body is what the ``openai`` SDK reads (``{"error": {"message",
-"type", "param", "code"}}``) plus the API spec's top-level ``detail``, which
-repeats the message. Turning it into an HTTP response is the API layer's job
-(:func:`imgedit.api.responses.error_response`), so that no layer below it
-depends on a web framework.
+* :class:`RequestError`: what the client sent cannot be served (a bad field, an
+  undecodable image, a prompt the model cannot take); it names the field
+  (``param``) and carries a short code. Whichever layer finds it raises it; the
+  API layer alone turns it into an HTTP answer (:func:`imgedit.api.errors.http_error`):
+  400, or 404 for :class:`NotFound`.
+* :class:`StartupError`: serving cannot start as configured; one line for the
+  operator, naming the setting.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
-
-@dataclass(eq=False)
-class ApiError(Exception):
-    """A failure to report to the client.
+class RequestError(Exception):
+    """The request cannot be served as sent.
 
     Attributes:
-        status: HTTP status code.
-        message: human-readable sentence; never contains internals.
+        message: a sentence for the client; never contains internals.
         param: the request field at fault (``"image[1]"``, ``"size"``...), if any.
         code: a short machine-readable code such as ``"invalid_value"``.
-        headers: extra response headers (``Retry-After``, ``x-should-retry``...).
     """
 
-    status: int
-    message: str
-    param: str | None = None
-    code: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        super().__init__(self.message)
-
-    @property
-    def type(self) -> str:
-        """OpenAI's error type for the status (a wrong API key is an ``invalid_request_error`` there too)."""
-        if self.status == 404:
-            return "not_found_error"
-        if self.status == 429:
-            return "rate_limit_error"
-        if self.status >= 500:
-            return "server_error"
-        return "invalid_request_error"
-
-    def body(self) -> dict[str, object]:
-        return {
-            "error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code},
-            "detail": self.message,
-        }
+    def __init__(self, message: str, *, param: str | None = None, code: str = "invalid_value") -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
 
 
-def invalid(param: str | None, message: str, code: str = "invalid_value") -> ApiError:
-    """A 400 for a bad value of ``param``."""
-    return ApiError(400, message, param=param, code=code)
+class NotFound(RequestError):
+    """The request names something this server does not have (a LoRA that is not loaded, say)."""
 
 
-def internal_error() -> ApiError:
-    """The 500 sent for an unexpected failure; details stay in the server log.
+class StartupError(Exception):
+    """Serving cannot start; the message is one line for the operator."""
 
-    ``x-should-retry: false`` stops the ``openai`` SDK from running the same
-    failing edit three times.
-    """
-    return ApiError(
-        500,
-        "The server failed to process the request; the failure was logged.",
-        code="server_error",
-        headers={"x-should-retry": "false"},
-    )
+
+def invalid(param: str | None, message: str, code: str = "invalid_value") -> RequestError:
+    """A bad value of ``param``."""
+    return RequestError(message, param=param, code=code)
 
 
 def one_line(error: BaseException, limit: int = 300) -> str:

@@ -2,7 +2,7 @@
 
 The request being handled lives in a context variable (:data:`current_request`),
 set by the API layer's access-log middleware; every line logged while handling
-it carries its id (worker threads copy the context), and :func:`note` adds
+it carries its id (worker threads copy the context), and :func:`add_to_access_line` adds
 details to its access line. Prompts and other user text are logged only at
 debug level (``IMGEDIT_LOG_LEVEL=debug``); info level carries ids, sizes and timings.
 """
@@ -37,7 +37,7 @@ def current_request_id() -> str:
     return context.id if context is not None else "-"
 
 
-def note(**details: object) -> None:
+def add_to_access_line(**details: object) -> None:
     """Add ``details`` to the current request's access line (no-op outside a request)."""
     context = current_request.get()
     if context is not None:

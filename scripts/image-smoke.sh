@@ -34,7 +34,7 @@ cd "$root"
 python - "$work/tiny-ip2p" <<'PY'
 import sys
 
-from imgedit.tiny import build_tiny
+from imgedit.model.tiny import build_tiny
 
 build_tiny("tiny:instruct-pix2pix").pipeline.save_pretrained(sys.argv[1])
 PY

@@ -12,7 +12,9 @@ from PIL import Image
 from starlette.requests import Request
 from starlette.types import Message
 
+from imgedit.api.errors import ApiError, http_error
 from imgedit.api.multipart import Form, Part
+from imgedit.errors import RequestError
 
 
 def image_bytes(
@@ -134,3 +136,12 @@ def form_request(*parts: tuple[str, str | bytes]) -> Request:
         (name, value, "upload") if isinstance(value, bytes) else (name, value.encode(), None) for name, value in parts
     ]
     return http_request(*multipart_body(encoded))
+
+
+#: What a refusal of the request is, whichever layer made it: the API's own errors, or a layer's below.
+Refused = (ApiError, RequestError)
+
+
+def status_of(error: ApiError | RequestError) -> int:
+    """The HTTP status the client gets for ``error``."""
+    return error.status if isinstance(error, ApiError) else http_error(error).status

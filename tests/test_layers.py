@@ -1,4 +1,4 @@
-"""The package's shape: layers as packages, imports that run one way, small modules."""
+"""The package's shape: a package per layer or feature, one-way imports, small modules, one name per meaning."""
 
 from __future__ import annotations
 
@@ -8,27 +8,53 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "imgedit"
-#: What each layer must not import (module name prefixes).
-FORBIDDEN = {
-    # The bottom: settings, errors, logs, metrics, the edit the model sees. It knows no layer above it
+#: The packages of imgedit and the ones each may import (the bottom modules, such as ``imgedit.errors``,
+#: every one may). An import of any other imgedit package is against the direction.
+MAY_IMPORT: dict[str, tuple[str, ...]] = {
+    # The bottom: settings, errors, logs, metrics, the edit a request asks for. It knows no layer above it
     # (settings may come from a Bento's arguments, through BentoML's documented ``use_arguments``).
-    "": ("imgedit.api", "imgedit.media", "imgedit.model", "imgedit.serving", "starlette", "_bentoml", "torch"),
-    # The command line is an entry point, like service.py: it may use any layer.
-    "cli": (),
-    # Pixels in and out: no HTTP server types, no torch, nothing above it.
-    "media": ("imgedit.api", "imgedit.model", "imgedit.serving", "starlette", "bentoml", "torch", "diffusers"),
-    # The model on its device: nothing of HTTP.
-    "model": ("imgedit.api", "imgedit.serving", "starlette", "_bentoml", "bentoml._internal"),
-    # The wire format: no model, no device, no BentoML.
-    "api": ("imgedit.model", "imgedit.serving", "torch", "diffusers", "bentoml", "_bentoml"),
-    # Serving uses every layer; only the seam reaches into BentoML (checked below).
-    "serving": (),
-    "playground": ("imgedit.model", "imgedit.serving", "torch", "bentoml"),
+    "": (),
+    # Pixels in and out.
+    "media": (),
+    # The model on its device: the call, the families, the tiny models, the acceleration options.
+    "model": ("media",),
+    # Features of the model: LoRAs and ranks; then the weights, which load a model with both.
+    "lora": ("model",),
+    "ranks": ("model", "media"),
+    "weights": ("model", "media", "lora", "ranks"),
+    # What runs when.
+    "scheduling": ("model", "media"),
+    # The wire format: no model, no device.
+    "api": ("media",),
+    # Serving ties every layer to BentoML; the command line is an entry point like service.py.
+    "serving": ("media", "model", "lora", "ranks", "weights", "scheduling", "api"),
+    "cli": ("model", "weights"),
+    "playground": (),
 }
+#: Libraries each layer must not import (module name prefixes).
+FORBIDDEN_LIBRARIES = {
+    "": ("starlette", "_bentoml", "torch"),
+    "media": ("starlette", "bentoml", "torch", "diffusers"),
+    "model": ("starlette", "_bentoml", "bentoml"),
+    "lora": ("starlette", "_bentoml", "bentoml._internal"),
+    "ranks": ("starlette", "_bentoml", "bentoml"),
+    "weights": ("starlette", "_bentoml", "bentoml._internal"),
+    "scheduling": ("starlette", "_bentoml", "bentoml"),
+    "api": ("torch", "diffusers", "bentoml", "_bentoml"),
+    "serving": (),
+    "cli": (),
+    "playground": ("torch", "bentoml"),
+}
+#: Only these read the server's settings; every other layer is handed small option objects.
+SETTINGS_READERS = ("serving", "cli")
 #: The one module allowed to use what BentoML does not document.
 SEAM = PACKAGE / "serving" / "bentoml_seam.py"
 MAX_TOP_LEVEL_MODULES = 8
 MAX_LINES = 400
+#: Records with more fields than this are built with keywords only.
+MAX_POSITIONAL_FIELDS = 4
+#: Names with "adapter" in them that others fix: a setting (IMGEDIT_LORA_ADAPTERS) and diffusers' LoRA methods.
+FIXED_ADAPTER_NAMES = {"lora_adapters", "set_adapters", "delete_adapters", "get_list_adapters"}
 
 
 def modules() -> list[Path]:
@@ -52,11 +78,31 @@ def imported(path: Path) -> set[str]:
     return names
 
 
+def imgedit_layer(name: str) -> str | None:
+    """The layer an imported imgedit module belongs to ('' for the bottom modules); None outside imgedit."""
+    parts = name.split(".")
+    if parts[0] != "imgedit":
+        return None
+    if len(parts) == 1 or (PACKAGE / f"{parts[1]}.py").is_file():
+        return "cli" if parts[1:2] == ["cli"] else ""
+    return parts[1]
+
+
 @pytest.mark.parametrize("path", modules(), ids=lambda path: str(path.relative_to(PACKAGE)))
 def test_imports_run_one_way(path):
-    forbidden = FORBIDDEN[layer(path)]
-    wrong = sorted(name for name in imported(path) if any(_within(name, prefix) for prefix in forbidden))
+    own = layer(path)
+    allowed = {own, "", *MAY_IMPORT[own]}
+    wrong = sorted(name for name in imported(path) if (imgedit_layer(name) or "") not in allowed)
+    forbidden = FORBIDDEN_LIBRARIES[own]
+    wrong += sorted(name for name in imported(path) if any(_within(name, prefix) for prefix in forbidden))
     assert not wrong, f"{path.relative_to(PACKAGE)} imports {wrong}"
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda path: str(path.relative_to(PACKAGE)))
+def test_only_serving_reads_the_settings(path):
+    if layer(path) in SETTINGS_READERS or path.name == "config.py":
+        return
+    assert "imgedit.config" not in imported(path), f"{path.relative_to(PACKAGE)} reads the settings"
 
 
 def test_only_the_seam_uses_bentoml_internals_or_request_hooks():
@@ -72,7 +118,7 @@ def test_the_architecture_shows_in_the_top_level():
     top = sorted(path.name for path in PACKAGE.glob("*.py"))
     packages = sorted(path.name for path in PACKAGE.iterdir() if (path / "__init__.py").is_file())
     assert len(top) <= MAX_TOP_LEVEL_MODULES, top
-    assert packages == ["api", "media", "model", "playground", "serving"]
+    assert packages == sorted(name for name in MAY_IMPORT if name not in ("", "cli"))
 
 
 @pytest.mark.parametrize("path", modules(), ids=lambda path: str(path.relative_to(PACKAGE)))
@@ -82,8 +128,49 @@ def test_no_module_is_long(path):
 
 def test_the_tests_mirror_the_packages():
     tests = Path(__file__).resolve().parent
-    for package in ("api", "media", "model", "serving"):
-        assert (tests / package / "__init__.py").is_file(), package
+    for package in MAY_IMPORT:
+        if package not in ("", "cli", "playground"):
+            assert (tests / package / "__init__.py").is_file(), package
+
+
+def test_no_two_public_classes_share_a_name():
+    seen: dict[str, Path] = {}
+    for path in modules():
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                assert node.name not in seen, f"{node.name} in {path} and {seen[node.name]}"
+                seen[node.name] = path
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda path: str(path.relative_to(PACKAGE)))
+def test_records_with_many_fields_are_built_with_keywords(path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.ClassDef) or not _is_dataclass(node):
+            continue
+        fields = [item for item in node.body if isinstance(item, ast.AnnAssign) and "ClassVar" not in ast.unparse(item)]
+        if len(fields) > MAX_POSITIONAL_FIELDS:
+            assert _keyword_only(node), f"{node.name} ({path.relative_to(PACKAGE)}) has {len(fields)} fields"
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda path: str(path.relative_to(PACKAGE)))
+def test_adapter_never_names_a_lora_or_a_family(path):
+    """The model family is a family and a LoRA a lora: "adapter" names neither (but where the wire says it)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Name | ast.arg | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(getattr(node, "id", None) or getattr(node, "arg", None) or getattr(node, "name", ""))
+        elif isinstance(node, ast.Attribute):
+            names.add(node.attr)
+    wrong = sorted(name for name in names if "adapter" in name.lower() and name not in FIXED_ADAPTER_NAMES)
+    assert not wrong, f"{path.relative_to(PACKAGE)} names {wrong}"
+
+
+def _is_dataclass(node: ast.ClassDef) -> bool:
+    return any("dataclass" in ast.unparse(decorator) for decorator in node.decorator_list)
+
+
+def _keyword_only(node: ast.ClassDef) -> bool:
+    return any("kw_only=True" in ast.unparse(decorator) for decorator in node.decorator_list)
 
 
 def _within(name: str, prefix: str) -> bool:

@@ -1,5 +1,5 @@
 """Optional keys: with ``IMGEDIT_API_KEY`` set, ``/v1/*`` needs ``Authorization: Bearer <key>``;
-the adapter endpoints (``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``) always need
+the LoRA endpoints (``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``) always need
 an ``IMGEDIT_ADMIN_KEY`` instead, which no API key replaces.
 
 This is how the ``openai`` SDK sends its ``api_key``. Health probes, metrics
@@ -13,8 +13,8 @@ import hmac
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from imgedit.api.errors import ApiError
 from imgedit.api.responses import error_response
-from imgedit.errors import ApiError
 
 PROTECTED_PREFIX = "/v1/"
 #: Paths that only an admin key opens.

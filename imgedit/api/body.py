@@ -13,42 +13,18 @@ every failure, a client that hangs up included, is an
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from imgedit.api.errors import ApiError
 from imgedit.api.multipart import Form, MultipartLimits, paced, read_multipart, too_large
-from imgedit.api.parse import IMAGE_FIELDS, MASK_FIELD, URL_FIELDS
-from imgedit.config import Settings
-from imgedit.errors import ApiError, invalid
+from imgedit.errors import invalid
 
-#: Room for ``data:image/...;base64,`` around a base64 payload.
-_DATA_URL_OVERHEAD = 1024
 MULTIPART = "multipart/form-data"
 JSON = "application/json"
-
-
-def multipart_limits(settings: Settings) -> MultipartLimits:
-    """Per-part caps: image bytes for files, a base64 image for URLs, the field cap otherwise."""
-    data_url_bytes = math.ceil(settings.max_image_bytes / 3) * 4 + _DATA_URL_OVERHEAD
-
-    def part_bytes(name: str) -> int:
-        if name in IMAGE_FIELDS or name == MASK_FIELD:
-            return settings.max_image_bytes
-        if name in URL_FIELDS:
-            return max(settings.max_field_bytes, data_url_bytes)
-        return settings.max_field_bytes
-
-    return MultipartLimits(
-        settings.max_body_bytes,
-        settings.max_parts,
-        part_bytes,
-        idle_seconds=settings.body_idle_timeout,
-        total_seconds=settings.body_timeout,
-    )
 
 
 async def read_body(request: Request, limits: MultipartLimits) -> Form | dict[str, Any]:

@@ -2,8 +2,8 @@
 
 Each :class:`Field` says its name, type, bounds, default, description and the
 model families that use it. Everything else is made from this table: the body
-parser (:mod:`imgedit.api.parse`), the OpenAPI form published at ``/docs.json``
-(:func:`openapi_form`) and the parameter table of the README
+parser (:mod:`imgedit.api.parse`), the OpenAPI bodies published at ``/docs.json``
+(:mod:`imgedit.api.openapi`) and the parameter table of the README
 (:func:`readme_table`; ``python -m imgedit.api.fields`` prints it, and a test
 keeps the README equal to it).
 """
@@ -32,7 +32,7 @@ _NEGATIVE_PROMPT_FAMILIES = (
 SCALAR_MAX_CHARS = 100
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Field:
     """One field of the edit request.
 
@@ -87,242 +87,218 @@ class Field:
 
 FIELDS: tuple[Field, ...] = (
     Field(
-        "image",
-        "images",
-        "Image(s) to edit: PNG, JPEG, WebP, BMP, TIFF or GIF (first frame), detected from the bytes; filename "
-        "and part type are ignored, EXIF rotation is applied. Any mix of `image` and `image[]`, in arrival order. "
-        'In JSON: `images`, a list of `{"image_url": URL}`.',
+        name="image",
+        kind="images",
+        description=(
+            "Image(s) to edit: PNG, JPEG, WebP, BMP, TIFF or GIF (first frame), detected from the bytes; filename and "
+            "part type are ignored, EXIF rotation is applied. Any mix of `image` and `image[]`, in arrival order. In "
+            'JSON: `images`, a list of `{"image_url": URL}`.'
+        ),
         also=("image[]",),
         json_name="images",
     ),
     Field(
-        "url",
-        "urls",
-        "Image URLs, `http(s)://` or `data:image/...;base64,...`, used after the uploads (in JSON: a string or "
-        "a list).",
+        name="url",
+        kind="urls",
+        description=(
+            "Image URLs, `http(s)://` or `data:image/...;base64,...`, used after the uploads (in JSON: a string or a "
+            "list)."
+        ),
         also=("url[]",),
         max_chars=None,
     ),
     Field(
-        "prompt",
-        "text",
-        "What to change, kept verbatim. At most `IMGEDIT_MAX_PROMPT_CHARS` characters, and no more tokens than "
-        "the model takes (about 4,000 for Qwen, the vision tokens of the images included).",
+        name="prompt",
+        kind="text",
+        description=(
+            "What to change, kept verbatim. At most `IMGEDIT_MAX_PROMPT_CHARS` characters, and no more tokens than the "
+            "model takes (about 4,000 for Qwen, the vision tokens of the images included)."
+        ),
         required=True,
         max_chars=None,
     ),
-    Field("model", "text", "The served name or the full model id.", shown_default="served model", max_chars=256),
-    Field("n", "integer", "Images to make; image *i* uses seed + *i*.", default=1, low=1, high=10),
     Field(
-        "size",
-        "size",
-        "`auto` (the model's native area, about 1 MP, at the first image's aspect ratio; the first image's own "
-        "size with `IMGEDIT_AUTO_SIZE=input`) or `WxH` (`x` or `X`), each side 64 to `IMGEDIT_MAX_SIDE`, area "
-        "at most `IMGEDIT_MAX_OUTPUT_PIXELS`. Rounded to the model's multiple (16 for Qwen); the response "
-        "reports the size produced.",
+        name="model",
+        kind="text",
+        description="The served name or the full model id.",
+        shown_default="served model",
+        max_chars=256,
+    ),
+    Field(
+        name="n", kind="integer", description="Images to make; image *i* uses seed + *i*.", default=1, low=1, high=10
+    ),
+    Field(
+        name="size",
+        kind="size",
+        description=(
+            "`auto` (the model's native area, about 1 MP, at the first image's aspect ratio; the first image's own size"
+            " with `IMGEDIT_AUTO_SIZE=input`) or `WxH` (`x` or `X`), each side 64 to `IMGEDIT_MAX_SIDE`, area at most "
+            "`IMGEDIT_MAX_OUTPUT_PIXELS`. Rounded to the model's multiple (16 for Qwen); the response reports the size "
+            "produced."
+        ),
         default="auto",
         max_chars=64,
     ),
-    Field("response_format", "choice", "Images come back as base64 only.", default="b64_json", choices=("b64_json",)),
     Field(
-        "output_format",
-        "choice",
-        "The encoding of the output images.",
+        name="response_format",
+        kind="choice",
+        description="Images come back as base64 only.",
+        default="b64_json",
+        choices=("b64_json",),
+    ),
+    Field(
+        name="output_format",
+        kind="choice",
+        description="The encoding of the output images.",
         default="png",
         choices=("png", "jpeg", "webp"),
         aliases=(("jpg", "jpeg"),),
     ),
     Field(
-        "output_compression",
-        "integer",
-        "JPEG and WebP quality; PNG is always lossless.",
+        name="output_compression",
+        kind="integer",
+        description="JPEG and WebP quality; PNG is always lossless.",
         default=100,
         low=0,
         high=100,
     ),
     Field(
-        "background",
-        "choice",
-        "`transparent` copies the first image's alpha into the output (not with JPEG, which has no alpha); "
-        "`opaque` writes no alpha; `auto` keeps alpha when the first image had transparency.",
+        name="background",
+        kind="choice",
+        description=(
+            "`transparent` copies the first image's alpha into the output (not with JPEG, which has no alpha); `opaque`"
+            " writes no alpha; `auto` keeps alpha when the first image had transparency."
+        ),
         default="auto",
         choices=("auto", "transparent", "opaque"),
     ),
     Field(
-        "quality",
-        "choice",
-        "`low`, `medium`, `high`, `xhigh` and `max` run 1/4, 1/2, 1, 1.5 and 2 times the model's default steps "
-        "(at most 200); `auto` and `standard` run the default (see Models). The response reports what ran.",
+        name="quality",
+        kind="choice",
+        description=(
+            "`low`, `medium`, `high`, `xhigh` and `max` run 1/4, 1/2, 1, 1.5 and 2 times the model's default steps (at "
+            "most 200); `auto` and `standard` run the default (see Models). The response reports what ran."
+        ),
         default="auto",
         choices=("auto", "low", "medium", "high", "xhigh", "max"),
         aliases=(("standard", "auto"),),
     ),
     Field(
-        "input_fidelity",
-        "choice",
-        "How closely the output keeps the input: InstructPix2Pix's `image_guidance_scale` (`high` 2, `low` 1.2), "
-        "Stable Diffusion's img2img `strength` (`high` 0.5, `low` 0.9); an explicit value of either wins. The "
-        "other families have no such knob: it changes nothing there.",
+        name="input_fidelity",
+        kind="choice",
+        description=(
+            "How closely the output keeps the input: InstructPix2Pix's `image_guidance_scale` (`high` 2, `low` 1.2), "
+            "Stable Diffusion's img2img `strength` (`high` 0.5, `low` 0.9); an explicit value of either wins. The other"
+            " families have no such knob: it changes nothing there."
+        ),
         shown_default="family default",
         choices=("high", "low"),
         families=("instruct-pix2pix", "stable-diffusion"),
     ),
     Field(
-        "moderation",
-        "choice",
-        "Accepted and checked for OpenAI compatibility; this server does no content moderation.",
+        name="moderation",
+        kind="choice",
+        description="Accepted and checked for OpenAI compatibility; this server does no content moderation.",
         default="auto",
         choices=("auto", "low"),
     ),
-    Field("user", "text", "Accepted; logged at debug level only.", max_chars=512),
+    Field(name="user", kind="text", description="Accepted; logged at debug level only.", max_chars=512),
     Field(
-        "safety_identifier",
-        "text",
-        "OpenAI's successor of `user`: accepted, logged at debug level only.",
+        name="safety_identifier",
+        kind="text",
+        description="OpenAI's successor of `user`: accepted, logged at debug level only.",
         max_chars=512,
     ),
     Field(
-        "mask",
-        "file",
-        "OpenAI's mask: an image the size of the first one whose fully transparent pixels (alpha 0) mark where "
-        "to edit. Works on every family (see Models).",
+        name="mask",
+        kind="file",
+        description=(
+            "OpenAI's mask: an image the size of the first one whose fully transparent pixels (alpha 0) mark where to "
+            "edit. Works on every family (see Models)."
+        ),
     ),
     Field(
-        "negative_prompt",
-        "text",
-        'What to steer away from. With Qwen and `true_cfg_scale` > 1, `" "` is used when none is given '
-        "(the model card's advice).",
+        name="negative_prompt",
+        kind="text",
+        description=(
+            'What to steer away from. With Qwen and `true_cfg_scale` > 1, `" "` is used when none is given (the model '
+            "card's advice)."
+        ),
         max_chars=None,
         families=_NEGATIVE_PROMPT_FAMILIES,
     ),
     Field(
-        "num_inference_steps",
-        "integer",
-        "Denoising steps; wins over `quality`.",
+        name="num_inference_steps",
+        kind="integer",
+        description="Denoising steps; wins over `quality`.",
         shown_default="family default (see Models)",
         low=1,
         high=200,
     ),
     Field(
-        "guidance_scale",
-        "number",
-        "Guidance strength (for Qwen, only guidance-distilled checkpoints use it).",
+        name="guidance_scale",
+        kind="number",
+        description="Guidance strength (for Qwen, only guidance-distilled checkpoints use it).",
         shown_default="family default",
         low=0,
         high=20,
     ),
     Field(
-        "true_cfg_scale",
-        "number",
-        "True classifier-free guidance: above 1 it runs the negative prompt too (twice the work per step).",
+        name="true_cfg_scale",
+        kind="number",
+        description="True classifier-free guidance: above 1 it runs the negative prompt too (twice the work per step).",
         shown_default="family default",
         low=0,
         high=20,
         families=("qwen-image-edit-plus", "qwen-image-edit", "flux-kontext"),
     ),
     Field(
-        "image_guidance_scale",
-        "number",
-        "How closely to follow the input image.",
+        name="image_guidance_scale",
+        kind="number",
+        description="How closely to follow the input image.",
         shown_default="1.5",
         low=0,
         high=20,
         families=("instruct-pix2pix",),
     ),
     Field(
-        "strength",
-        "number",
-        "How much of the image is re-noised: img2img always, the others when they inpaint a mask.",
+        name="strength",
+        kind="number",
+        description="How much of the image is re-noised: img2img always, the others when they inpaint a mask.",
         shown_default="family default",
         low=0,
         high=1,
         families=("qwen-image-edit", "flux-kontext", "flux2-klein", "stable-diffusion"),
     ),
-    Field("seed", "integer", "The first image's seed.", shown_default="random", low=0, high=MAX_SEED),
     Field(
-        "lora",
-        "lora",
-        "LoRA adapters to run with, by name (see LoRA adapters): `name`, `name:scale` or several "
-        '(`a:1,b:0.5`); in JSON also a list of `{"name", "scale"}`; vLLM-Omni\'s object form too. '
-        "A `model` that names an adapter selects it at its loaded scale.",
+        name="seed", kind="integer", description="The first image's seed.", shown_default="random", low=0, high=MAX_SEED
+    ),
+    Field(
+        name="lora",
+        kind="lora",
+        description=(
+            "LoRA adapters to run with, by name (see LoRA adapters): `name`, `name:scale` or several (`a:1,b:0.5`); in "
+            'JSON also a list of `{"name", "scale"}`; vLLM-Omni\'s object form too. A `model` that names an adapter '
+            "selects it at its loaded scale."
+        ),
         shown_default="none",
         max_chars=2048,
     ),
-    Field("stream", "boolean", "Answer with server-sent events (see Streaming).", default=False),
-    Field("partial_images", "integer", "Previews per output image while streaming.", default=0, low=0, high=3),
+    Field(name="stream", kind="boolean", description="Answer with server-sent events (see Streaming).", default=False),
+    Field(
+        name="partial_images",
+        kind="integer",
+        description="Previews per output image while streaming.",
+        default=0,
+        low=0,
+        high=3,
+    ),
 )
 
 FIELDS_BY_NAME: dict[str, Field] = {field.name: field for field in FIELDS}
 #: The fields that change what the model makes: its inputs and :class:`~imgedit.edit.EditOptions`.
 #: The others only change how the server answers (encoding, streaming, logs).
 MODEL_FIELDS = frozenset({"image", "url", "mask", "size", *(option.name for option in dataclasses.fields(EditOptions))})
-
-
-# -- the OpenAPI bodies -----------------------------------------------------------------------
-
-#: An image in a JSON body: a data: or http(s) URL, or an OpenAI file id (which this server refuses).
-_JSON_IMAGE = {
-    "type": "object",
-    "properties": {"image_url": {"type": "string"}, "file_id": {"type": "string"}},
-    "description": "An image: 'image_url' is a data: URL or an http(s) URL.",
-}
-
-
-def openapi_form() -> dict[str, Any]:
-    """The documented multipart form of ``POST /v1/images/edits``: every field, with its bounds."""
-    return {
-        "type": "object",
-        "title": "ImageEditForm",
-        "required": [field.name for field in FIELDS if field.required],
-        "properties": {field.name: _openapi_property(field, "form") for field in FIELDS},
-    }
-
-
-def openapi_json() -> dict[str, Any]:
-    """The documented JSON body of ``POST /v1/images/edits``: the same fields, with JSON types."""
-    return {
-        "type": "object",
-        "title": "ImageEditJson",
-        "required": [field.key for field in FIELDS if field.required],
-        "properties": {field.key: _openapi_property(field, "json") for field in FIELDS},
-    }
-
-
-def _openapi_property(field: Field, encoding: Literal["form", "json"]) -> dict[str, Any]:
-    schema: dict[str, Any]
-    if field.kind == "images":
-        files = {"type": "string", "format": "binary"}
-        schema = {"type": "array", "items": files if encoding == "form" else _JSON_IMAGE}
-    elif field.kind == "urls":
-        schema = {"type": "array", "items": {"type": "string"}}
-    elif field.kind == "file":
-        schema = {"type": "string", "format": "binary"} if encoding == "form" else dict(_JSON_IMAGE)
-    elif field.kind == "choice":
-        schema = {"type": "string", "enum": list(field.spellings)}
-    elif field.kind == "size":
-        schema = {"type": "string", "pattern": "^(auto|[0-9]+[xX][0-9]+)$"}
-    elif field.kind == "lora" and encoding == "json":
-        adapter = {"type": "object", "properties": {"name": {"type": "string"}, "scale": {"type": "number"}}}
-        schema = {"anyOf": [{"type": "string"}, {"type": "array", "items": adapter}, adapter]}
-    elif field.kind == "lora":
-        schema = {"type": "string", "maxLength": field.max_chars}
-    elif field.kind == "text":
-        schema = {"type": "string"} if field.max_chars is None else {"type": "string", "maxLength": field.max_chars}
-    else:
-        schema = {"type": field.kind}
-    if field.low is not None:
-        schema["minimum"] = field.low
-    if field.high is not None:
-        schema["maximum"] = field.high
-    if field.default is not None:
-        schema["default"] = field.default
-    also = f" Also accepted as '{field.also[0]}'." if field.also and encoding == "form" else ""
-    schema["description"] = _plain(field.description) + also
-    return schema
-
-
-def _plain(markdown: str) -> str:
-    return markdown.replace("`", "'").replace("*", "")
 
 
 # -- the README table ------------------------------------------------------------------------

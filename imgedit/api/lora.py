@@ -17,7 +17,7 @@ import math
 from typing import Any
 
 from imgedit.edit import LORA_NAME, LoraChoice
-from imgedit.errors import ApiError, invalid
+from imgedit.errors import RequestError, invalid
 
 PARAM = "lora"
 #: Scales beyond this are surely typos (LoRA scales are about 0 to 1.5).
@@ -33,7 +33,7 @@ def parse_lora(value: Any) -> tuple[LoraChoice, ...]:
     """The adapters ``value`` names (a string, a list, or an object), in order.
 
     Raises:
-        ApiError: 400 naming ``lora`` for anything else.
+        RequestError: 400 naming ``lora`` for anything else.
     """
     if isinstance(value, str):
         text = value.strip()
@@ -108,5 +108,5 @@ def _scale(scale: Any) -> float:
     return float(scale)
 
 
-def _bad(reason: str) -> ApiError:
+def _bad(reason: str) -> RequestError:
     return invalid(PARAM, f"Invalid value for 'lora': {reason}.")

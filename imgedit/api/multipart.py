@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from imgedit.errors import ApiError, invalid
+from imgedit.api.errors import ApiError
+from imgedit.errors import invalid
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class Form:
         return [part for part in self.parts if part.name in names]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MultipartLimits:
     """Caps applied while reading.
 
@@ -65,7 +66,7 @@ def too_large(what: str, limit: int, param: str | None = None) -> ApiError:
     return ApiError(413, f"{what} exceeds the limit of {limit} bytes.", param=param, code="payload_too_large")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _PartsCollector:
     limits: MultipartLimits
     parts: list[Part] = field(default_factory=list)
@@ -159,7 +160,7 @@ async def read_multipart(
     if content_length is not None and content_length.isdigit() and int(content_length) > limits.max_body_bytes:
         raise too_large("The request body", limits.max_body_bytes)
 
-    collector = _PartsCollector(limits)
+    collector = _PartsCollector(limits=limits)
     parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
     received = 0
     try:

@@ -22,11 +22,12 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
+from imgedit.api.errors import ApiError
 from imgedit.api.fields import FIELDS, FIELDS_BY_NAME, Field
 from imgedit.api.lora import parse_lora
 from imgedit.api.multipart import Form, Part
 from imgedit.edit import EditOptions, LoraChoice
-from imgedit.errors import ApiError, invalid
+from imgedit.errors import RequestError, invalid
 from imgedit.media.encode import Background, OutputFormat
 from imgedit.media.inputs import ImageSource
 from imgedit.media.sizing import Size, SizeLimits, parse_size
@@ -44,19 +45,26 @@ _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 _IMAGE_URL, _FILE_ID = "image_url", "file_id"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RequestLimits:
-    """What this server accepts; the model's own caps are folded in by the caller."""
+    """What this server accepts; the model's own caps are folded in by the caller.
+
+    Attributes:
+        max_images: input images per request.
+        max_prompt_chars: the longest prompt and negative prompt.
+        size: the output size limits.
+        model_names: the names ``model`` may give.
+        lora_names: the LoRAs loaded now, which ``model`` may name too (they change while serving).
+    """
 
     max_images: int
     max_prompt_chars: int
     size: SizeLimits
     model_names: tuple[str, ...]
-    #: The LoRA adapters loaded now, which ``model`` may name too (they change while serving).
-    adapter_names: Callable[[], Collection[str]] = dataclasses.field(default=lambda: ())
+    lora_names: Callable[[], Collection[str]] = dataclasses.field(default=lambda: ())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EditRequest:
     """A validated ``POST /v1/images/edits`` request: what to ask of the model, and how to answer.
 
@@ -102,8 +110,8 @@ def parse_edit_request(body: Form | dict[str, Any], limits: RequestLimits) -> Ed
     """Check every field of a multipart ``Form`` or a JSON object and build the request.
 
     Raises:
-        ApiError: 400 naming the field (``param``) for any malformed or
-            out-of-range value; 422 when there is no image at all.
+        RequestError: naming the field (``param``) for any malformed or out-of-range value.
+        ApiError: 422 when there is no image at all.
     """
     reader: _Body = _FormBody(body) if isinstance(body, Form) else _JsonBody(body)
     mask = reader.mask()
@@ -152,11 +160,11 @@ def _in_range(field: Field, number: float) -> Any:
     return number
 
 
-def _invalid_value(field: Field, written: object, expected: str) -> ApiError:
+def _invalid_value(field: Field, written: object, expected: str) -> RequestError:
     return invalid(field.name, f"Invalid value for '{field.name}': {written!r}; expected {expected}.")
 
 
-def _too_many_images(param: str, count: int, max_images: int) -> ApiError:
+def _too_many_images(param: str, count: int, max_images: int) -> RequestError:
     what = "a single input image" if max_images == 1 else f"at most {max_images} input images"
     return invalid(param, f"Received {count} input images; this model accepts {what}.", code="too_many_images")
 
@@ -181,8 +189,8 @@ def _require_prompt(prompt: str | None, values: dict[str, Any], limits: RequestL
 
 
 def _served_model(model: str | None, values: dict[str, Any], limits: RequestLimits) -> None:
-    if model is not None and model not in limits.model_names and model not in limits.adapter_names():
-        served = ", ".join(repr(name) for name in (*limits.model_names, *limits.adapter_names()))
+    if model is not None and model not in limits.model_names and model not in limits.lora_names():
+        served = ", ".join(repr(name) for name in (*limits.model_names, *limits.lora_names()))
         raise invalid(
             "model", f"Model {model!r} is not served here; this server serves {served}.", code="model_not_found"
         )

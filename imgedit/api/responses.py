@@ -1,9 +1,11 @@
 """What the API answers: OpenAI's ``ImagesResponse``, its stream events, and errors.
 
-Metadata fields carry only concrete values from OpenAI's allowed sets, so the
-body validates under the ``openai`` SDK's strict response validation, and the
-SDK parses each streamed event into its own classes. Every error, whichever
-layer raised it, is sent by :func:`error_response`.
+The success body is declared once, as the pydantic model :class:`ImagesResponse`:
+the OpenAPI document at ``/docs.json`` shows it, and every answer is built
+from it. Metadata fields carry only concrete values from OpenAI's allowed sets,
+so the body validates under the ``openai`` SDK's strict response validation,
+and the SDK parses each streamed event into its own classes. Every error,
+whichever layer raised it, is sent by :func:`error_response`.
 """
 
 from __future__ import annotations
@@ -12,15 +14,70 @@ import base64
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
+from pydantic import BaseModel, ConfigDict
 from starlette.responses import Response
 
+from imgedit.api.errors import ApiError
 from imgedit.edit import Quality
-from imgedit.errors import ApiError
 from imgedit.media.encode import OutputFormat, ResolvedBackground
 from imgedit.media.sizing import Size
 
 SEEDS_HEADER = "x-imgedit-seeds"
+#: The ``quality`` a response reports: OpenAI's values, never ``auto``.
+ReportedQuality = Literal["low", "medium", "high", "xhigh", "max"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class InputTokensDetails(_Body):
+    """The input tokens, by kind."""
+
+    text_tokens: int
+    image_tokens: int
+
+
+class Usage(_Body):
+    """Tokens behind the images: text and image tokens of the inputs, latent tokens of the outputs."""
+
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, text_tokens: int, image_tokens: int, output_tokens: int) -> Usage:
+        """The usage of these counts, with the totals OpenAI reports."""
+        inputs = text_tokens + image_tokens
+        return cls(
+            input_tokens=inputs,
+            input_tokens_details=InputTokensDetails(text_tokens=text_tokens, image_tokens=image_tokens),
+            output_tokens=output_tokens,
+            total_tokens=inputs + output_tokens,
+        )
+
+
+class ImageData(_Body):
+    """One image of the answer, base64-encoded; ``url`` and ``revised_prompt`` are always null here."""
+
+    b64_json: str
+    url: None = None
+    revised_prompt: None = None
+
+
+class ImagesResponse(_Body):
+    """The body of a successful ``POST /v1/images/edits`` (OpenAI's ``ImagesResponse``)."""
+
+    created: int
+    data: list[ImageData]
+    output_format: OutputFormat
+    size: str
+    background: ResolvedBackground
+    quality: ReportedQuality
+    usage: Usage
 
 
 def error_response(error: ApiError) -> Response:
@@ -33,49 +90,32 @@ def error_response(error: ApiError) -> Response:
     )
 
 
-def reported_quality(quality: Quality) -> str:
+def reported_quality(quality: Quality) -> ReportedQuality:
     """The ``quality`` that ran, as OpenAI reports it: ``auto`` runs the model's default steps, which is ``high``."""
     return "high" if quality == "auto" else quality
 
 
-def images_response(
-    encoded: Sequence[bytes],
-    *,
-    created: int,
-    output_format: OutputFormat,
-    size: Size,
-    background: ResolvedBackground,
-    quality: str,
-    usage: dict[str, object],
-    seeds: Sequence[int],
-) -> Response:
-    """A 200 JSON response with one ``b64_json`` item per encoded image, the quality that ran, and the tokens.
-
-    The seed of each image is listed, in order, in the ``x-imgedit-seeds`` header.
-    """
-    body = {
-        "created": created,
-        "data": [{"b64_json": _b64(image), "url": None, "revised_prompt": None} for image in encoded],
-        "output_format": output_format,
-        "size": str(size),
-        "background": background,
-        "quality": quality,
-        "usage": usage,
-    }
+def images_response(body: ImagesResponse, seeds: Sequence[int]) -> Response:
+    """A 200 JSON response carrying ``body``; the seed of each image is listed, in order, in ``x-imgedit-seeds``."""
     return Response(
-        json.dumps(body, separators=(",", ":")).encode(),
+        body.model_dump_json().encode(),
         media_type="application/json",
         headers={SEEDS_HEADER: ",".join(str(seed) for seed in seeds)},
     )
 
 
-@dataclass(frozen=True)
+def b64(image: bytes) -> str:
+    """An encoded image as the API carries it: standard base64, as ASCII text."""
+    return base64.b64encode(image).decode("ascii")
+
+
+@dataclass(frozen=True, kw_only=True)
 class StreamInfo:
     """What every event of one streamed edit repeats."""
 
     created_at: int
     size: Size
-    quality: str
+    quality: ReportedQuality
     background: ResolvedBackground
     output_format: OutputFormat
 
@@ -96,20 +136,16 @@ def sse(event_type: str, payload: dict[str, object]) -> bytes:
 
 def partial_image_event(image: bytes, index: int, info: StreamInfo) -> bytes:
     """``image_edit.partial_image``: a preview of an image in progress; ``index`` counts from 0 per request."""
-    payload = {"type": "image_edit.partial_image", "b64_json": _b64(image), "partial_image_index": index}
+    payload = {"type": "image_edit.partial_image", "b64_json": b64(image), "partial_image_index": index}
     return sse("image_edit.partial_image", {**payload, **info.fields()})
 
 
-def completed_event(image: bytes, info: StreamInfo, usage: dict[str, object]) -> bytes:
+def completed_event(image: bytes, info: StreamInfo, usage: Usage) -> bytes:
     """``image_edit.completed``: one finished image, with the tokens it took."""
-    payload = {"type": "image_edit.completed", "b64_json": _b64(image), "usage": usage}
+    payload = {"type": "image_edit.completed", "b64_json": b64(image), "usage": usage.model_dump()}
     return sse("image_edit.completed", {**payload, **info.fields()})
 
 
 def error_event(body: dict[str, object]) -> bytes:
     """A failure after the stream started: the OpenAI error body as the event's data."""
     return f"data: {json.dumps(body, separators=(',', ':'))}\n\n".encode()
-
-
-def _b64(image: bytes) -> str:
-    return base64.b64encode(image).decode("ascii")

@@ -19,18 +19,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from imgedit.api.errors import ApiError
 from imgedit.api.responses import error_response
-from imgedit.errors import ApiError
 
 EDITS_PATH = "/images/edits"
-#: vLLM's adapter endpoints, answered only with an admin key.
+#: vLLM's LoRA endpoints, answered only with an admin key.
 LOAD_LORA_PATH, UNLOAD_LORA_PATH = "/load_lora_adapter", "/unload_lora_adapter"
-#: The largest body the adapter endpoints read.
+#: The largest body the LoRA endpoints read.
 MAX_ADMIN_BODY_BYTES = 64 * 1024
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelCard:
     """One entry of ``GET /v1/models`` (OpenAI's ``Model`` object)."""
 
@@ -38,17 +38,17 @@ class ModelCard:
     created: int
     owned_by: str = "imgedit"
     object: str = "model"
-    #: For a LoRA adapter (vLLM's convention): the served model it runs on.
+    #: For a LoRA (vLLM's convention): the served model it runs on.
     root: str | None = None
     parent: str | None = None
 
 
 class LoraEndpoints(Protocol):
-    """What the adapter endpoints call: each returns the answer's body or raises an ApiError."""
+    """What the LoRA endpoints call: each returns the answer's body or raises an ApiError."""
 
-    async def load(self, name: Any, path: Any, scale: Any = 1.0) -> dict[str, Any]: ...
+    async def load_lora(self, name: Any, path: Any, scale: Any = 1.0) -> dict[str, Any]: ...
 
-    async def unload(self, name: Any) -> dict[str, Any]: ...
+    async def unload_lora(self, name: Any) -> dict[str, Any]: ...
 
 
 def create_v1_app(models: Callable[[], list[ModelCard]], loras: Callable[[], LoraEndpoints] | None = None) -> Starlette:
@@ -57,7 +57,7 @@ def create_v1_app(models: Callable[[], list[ModelCard]], loras: Callable[[], Lor
     Args:
         models: returns the served models; called per request, because the
             model is loaded after this app is created.
-        loras: returns what loads and unloads adapters; None leaves the adapter endpoints out (404).
+        loras: returns what loads and unloads LoRAs; None leaves the LoRA endpoints out (404).
     """
 
     async def list_models(request: Request) -> Response:
@@ -75,12 +75,14 @@ def create_v1_app(models: Callable[[], list[ModelCard]], loras: Callable[[], Lor
     async def load_lora(request: Request) -> Response:
         assert loras is not None
         body = await _admin_body(request)
-        return JSONResponse(await loras().load(body.get("lora_name"), body.get("lora_path"), body.get("scale", 1.0)))
+        return JSONResponse(
+            await loras().load_lora(body.get("lora_name"), body.get("lora_path"), body.get("scale", 1.0))
+        )
 
     async def unload_lora(request: Request) -> Response:
         assert loras is not None
         body = await _admin_body(request)
-        return JSONResponse(await loras().unload(body.get("lora_name")))
+        return JSONResponse(await loras().unload_lora(body.get("lora_name")))
 
     async def fallback(request: Request) -> Response:
         path = "/" + request.path_params["path"]
@@ -99,7 +101,7 @@ def create_v1_app(models: Callable[[], list[ModelCard]], loras: Callable[[], Lor
         assert isinstance(error, ApiError)
         return error_response(error)
 
-    adapter_routes = [
+    lora_routes = [
         Route(LOAD_LORA_PATH, load_lora, methods=["POST"]),
         Route(UNLOAD_LORA_PATH, unload_lora, methods=["POST"]),
     ]
@@ -107,7 +109,7 @@ def create_v1_app(models: Callable[[], list[ModelCard]], loras: Callable[[], Lor
         routes=[
             Route("/models", list_models, methods=["GET"]),
             Route("/models/{model_id:path}", get_model, methods=["GET"]),
-            *(adapter_routes if loras is not None else []),
+            *(lora_routes if loras is not None else []),
             Route("/{path:path}", fallback, methods=_ALL_METHODS),
         ],
         exception_handlers={ApiError: api_error},
@@ -115,7 +117,7 @@ def create_v1_app(models: Callable[[], list[ModelCard]], loras: Callable[[], Lor
 
 
 async def _admin_body(request: Request) -> dict[str, Any]:
-    """The JSON object an adapter endpoint was sent.
+    """The JSON object a LoRA endpoint was sent.
 
     Raises:
         ApiError: 413 past :data:`MAX_ADMIN_BODY_BYTES`, 400 for anything but a JSON object.

@@ -49,7 +49,7 @@ _LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
 _HOST = re.compile(rb"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FetchPolicy:
     """Limits of URL inputs. ``enabled=False`` refuses http(s) URLs; data URLs still work.
 
@@ -239,7 +239,7 @@ class Fetcher:
         """The bytes behind ``url``.
 
         Raises:
-            ApiError: 400 with ``param`` for a malformed, refused, failing,
+            RequestError: with ``param`` for a malformed, refused, failing,
                 too slow or too large URL.
         """
         if url[:5].lower() == "data:":

@@ -16,7 +16,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageOps
 
-from imgedit.errors import ApiError, invalid
+from imgedit.errors import RequestError, invalid
 from imgedit.media.sizing import Size
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
@@ -56,7 +56,7 @@ def decode_image(data: bytes, param: str, max_pixels: int) -> InputImage:
         max_pixels: the largest width x height accepted.
 
     Raises:
-        ApiError: 400 with ``param`` when the bytes are empty, not an accepted
+        RequestError: with ``param`` when the bytes are empty, not an accepted
             format, corrupt or truncated, or declare too many pixels.
     """
     return open_image(data, param, max_pixels, lambda image: _to_input_image(image, param))
@@ -88,7 +88,7 @@ def open_image(data: bytes, param: str, max_pixels: int, convert: Callable[[Imag
         # In place: the default returns a full copy even when nothing turns, and a 20 MP copy is 60 MB.
         ImageOps.exif_transpose(image, in_place=True)
         return convert(image)
-    except (MemoryError, ApiError):
+    except (MemoryError, RequestError):
         raise
     except Exception:  # Pillow's decoders raise many kinds (struct.error from bad EXIF, for one)
         raise invalid(param, f"The image in '{param}' is truncated or corrupt.", code="invalid_image") from None
@@ -99,7 +99,7 @@ def has_transparency(image: Image.Image) -> bool:
     return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
 
 
-def _too_many_pixels(param: str, max_pixels: int, size: str = "") -> ApiError:
+def _too_many_pixels(param: str, max_pixels: int, size: str = "") -> RequestError:
     declared = f" ({size})" if size else ""
     return invalid(
         param,

@@ -13,7 +13,7 @@ import anyio
 import anyio.to_thread
 from PIL import Image
 
-from imgedit.errors import ApiError
+from imgedit.errors import RequestError
 from imgedit.media.fetch import Fetcher
 from imgedit.media.images import InputImage, decode_image
 from imgedit.media.masking import decode_mask
@@ -56,7 +56,7 @@ async def load_inputs(
     """Fetch and decode the images of ``sources`` (at least one) and the ``mask``, if any.
 
     Raises:
-        ApiError: 400 naming the first source that cannot be fetched or decoded, or the mask.
+        RequestError: naming the first source that cannot be fetched or decoded, or the mask.
     """
     payloads = await _fetch_all([*sources, *([mask] if mask is not None else [])], fetcher)
     image_payloads, mask_payload = payloads[: len(sources)], payloads[len(sources) :]
@@ -86,13 +86,13 @@ async def _fetch_all(sources: Sequence[ImageSource], fetcher: Fetcher) -> list[b
                     group.start_soon(fetch, index, source)
     except ExceptionGroup as failures:
         # The first failed fetch cancels the others; report it alone.
-        api_errors = failures.subgroup(ApiError)
-        if api_errors is None:
+        refusals = failures.subgroup(RequestError)
+        if refusals is None:
             raise
-        raise _first_leaf(api_errors) from None
+        raise _first_leaf(refusals) from None
     return payloads
 
 
-def _first_leaf(group: BaseExceptionGroup[ApiError]) -> ApiError:
+def _first_leaf(group: BaseExceptionGroup[RequestError]) -> RequestError:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

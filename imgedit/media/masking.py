@@ -25,7 +25,7 @@ def decode_mask(data: bytes, first_image: Size, max_pixels: int) -> Image.Image:
     """The edit region of ``data``: mode ``L``, 255 where the mask is fully transparent.
 
     Raises:
-        ApiError: 400 with ``param="mask"`` when the mask cannot be decoded, has
+        RequestError: with ``param="mask"`` when the mask cannot be decoded, has
             no alpha channel, differs in size from the first image, or marks
             nothing to edit.
     """

@@ -42,7 +42,7 @@ def parse_size(value: str, limits: SizeLimits) -> Size | None:
     """Parse ``"auto"`` (returns None) or ``"WxH"``.
 
     Raises:
-        ApiError: 400 with ``param="size"`` for a malformed or out-of-range size.
+        RequestError: with ``param="size"`` for a malformed or out-of-range size.
     """
     if value.strip().lower() == "auto":
         return None

@@ -11,12 +11,13 @@ the loader's.)
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 
-from imgedit.config import Settings
 from imgedit.errors import one_line
+from imgedit.model.pipeline import Pipeline, denoiser
 
 #: Backends that need a CUDA device; ``native`` and ``_native_math`` run anywhere.
 CUDA_ATTENTION_BACKENDS = frozenset(
@@ -28,44 +29,59 @@ class OptionError(Exception):
     """An option cannot be applied to this model or machine; the message names the variable."""
 
 
-def denoiser(pipeline: Any) -> Any:
-    """The pipeline's transformer or UNet: the model every denoising step runs."""
-    model = getattr(pipeline, "transformer", None) or getattr(pipeline, "unet", None)
-    if model is None:
-        raise OptionError(f"{type(pipeline).__name__} has neither a transformer nor a UNet")
-    return model
+@dataclass(frozen=True, kw_only=True)
+class AccelerationOptions:
+    """What to turn on; every field is the ``IMGEDIT_`` setting of the same name.
+
+    Attributes:
+        attention_backend: diffusers' attention backend (None: PyTorch's choice).
+        cache: ``none``, ``first_block`` (FirstBlockCache) or ``taylorseer``.
+        cache_threshold: FirstBlockCache's threshold.
+        cache_interval: TaylorSeer's steps between full computations.
+        vae_tiling: decode in tiles.
+        vae_slicing: decode a batch one image at a time.
+        compile: ``torch.compile`` the denoiser's repeated blocks.
+    """
+
+    attention_backend: str | None = None
+    cache: Literal["none", "first_block", "taylorseer"] = "none"
+    cache_threshold: float = 0.05
+    cache_interval: int = 5
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    compile: bool = False
 
 
-def check_options(settings: Settings, device: torch.device) -> None:
+def check_options(options: AccelerationOptions, device: torch.device) -> None:
     """What can be checked before loading anything: options that need a CUDA device.
 
     Raises:
         OptionError: naming the variable.
     """
-    backend = settings.attention_backend
+    backend = options.attention_backend
     if backend in CUDA_ATTENTION_BACKENDS and device.type != "cuda":
         raise OptionError(f"IMGEDIT_ATTENTION_BACKEND: {backend!r} needs a CUDA device, and this one is {device}")
 
 
-def apply_options(pipeline: Any, settings: Settings, device: torch.device) -> list[str]:
-    """Apply every option ``settings`` turns on; return a short description of each, for the log.
+def apply_options(pipeline: Pipeline, options: AccelerationOptions, device: torch.device) -> list[str]:
+    """Apply every option turned on; return a short description of each, for the log.
 
     Compilation comes last, so that it sees the attention backend and cache hooks it will trace.
 
     Raises:
         OptionError: an option does not fit the model or the device.
     """
-    check_options(settings, device)
+    check_options(options, device)
     applied = []
-    if settings.attention_backend is not None:
-        _set_attention_backend(pipeline, settings.attention_backend)
-        applied.append(f"attention={settings.attention_backend}")
-    if settings.cache != "none":
-        _enable_cache(pipeline, settings)
-        applied.append(f"cache={settings.cache}")
+    if options.attention_backend is not None:
+        _set_attention_backend(pipeline, options.attention_backend)
+        applied.append(f"attention={options.attention_backend}")
+    if options.cache != "none":
+        _enable_cache(pipeline, options)
+        applied.append(f"cache={options.cache}")
     for enabled, variable, method in (
-        (settings.vae_tiling, "IMGEDIT_VAE_TILING", "enable_tiling"),
-        (settings.vae_slicing, "IMGEDIT_VAE_SLICING", "enable_slicing"),
+        (options.vae_tiling, "IMGEDIT_VAE_TILING", "enable_tiling"),
+        (options.vae_slicing, "IMGEDIT_VAE_SLICING", "enable_slicing"),
     ):
         if enabled:
             vae = getattr(pipeline, "vae", None)
@@ -73,13 +89,20 @@ def apply_options(pipeline: Any, settings: Settings, device: torch.device) -> li
                 raise OptionError(f"{variable}: the VAE of {type(pipeline).__name__} does not support it")
             getattr(vae, method)()
             applied.append(variable.removeprefix("IMGEDIT_").lower())
-    if settings.compile:
+    if options.compile:
         applied.append(_compile(pipeline))
     return applied
 
 
-def _set_attention_backend(pipeline: Any, backend: str) -> None:
-    model = denoiser(pipeline)
+def _denoiser(pipeline: Pipeline, variable: str) -> Any:
+    try:
+        return denoiser(pipeline)
+    except ValueError as error:
+        raise OptionError(f"{variable}: {error}") from None
+
+
+def _set_attention_backend(pipeline: Pipeline, backend: str) -> None:
+    model = _denoiser(pipeline, "IMGEDIT_ATTENTION_BACKEND")
     if not hasattr(model, "set_attention_backend"):
         raise OptionError(f"IMGEDIT_ATTENTION_BACKEND: {type(model).__name__} cannot switch attention backends")
     try:
@@ -88,29 +111,29 @@ def _set_attention_backend(pipeline: Any, backend: str) -> None:
         raise OptionError(f"IMGEDIT_ATTENTION_BACKEND: {backend!r} is not usable here: {one_line(exc)}") from None
 
 
-def _enable_cache(pipeline: Any, settings: Settings) -> None:
+def _enable_cache(pipeline: Pipeline, options: AccelerationOptions) -> None:
     from diffusers import FirstBlockCacheConfig, TaylorSeerCacheConfig
 
-    model = denoiser(pipeline)
+    model = _denoiser(pipeline, "IMGEDIT_CACHE")
     if not hasattr(model, "enable_cache"):
         raise OptionError(f"IMGEDIT_CACHE: {type(model).__name__} does not support diffusers' caching")
-    if settings.cache == "first_block":
-        config: Any = FirstBlockCacheConfig(threshold=settings.cache_threshold)
+    if options.cache == "first_block":
+        config: Any = FirstBlockCacheConfig(threshold=options.cache_threshold)
     else:
-        config = TaylorSeerCacheConfig(cache_interval=settings.cache_interval)
+        config = TaylorSeerCacheConfig(cache_interval=options.cache_interval)
     try:
         model.enable_cache(config)
     except (ValueError, RuntimeError, TypeError) as exc:
-        raise OptionError(f"IMGEDIT_CACHE: {settings.cache!r} does not work with this model: {one_line(exc)}") from None
+        raise OptionError(f"IMGEDIT_CACHE: {options.cache!r} does not work with this model: {one_line(exc)}") from None
 
 
-def _compile(pipeline: Any) -> str:
+def _compile(pipeline: Pipeline) -> str:
     """Compile the denoiser's repeated blocks (regional compilation), or the whole denoiser when it has none.
 
     Regional compilation compiles one block and reuses it for all of them: the
     same speed as compiling the whole model, in a fraction of the time.
     """
-    model = denoiser(pipeline)
+    model = _denoiser(pipeline, "IMGEDIT_COMPILE")
     if getattr(model, "_repeated_blocks", None):
         model.compile_repeated_blocks(fullgraph=True)
         return "compile=regional"

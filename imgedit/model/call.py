@@ -2,7 +2,7 @@
 
 A :class:`PipelineCall` is a diffusers pipeline with its keyword arguments,
 ready to run; an :class:`EditPlan` is the calls that make one request's images.
-Adapters make them (:mod:`imgedit.model.families`), the engine runs them.
+Families make them (:mod:`imgedit.model.families`), the engine runs them.
 """
 
 from __future__ import annotations
@@ -17,14 +17,20 @@ import torch
 from PIL import Image
 
 from imgedit.media.sizing import Size
+from imgedit.model.pipeline import Pipeline
 
 #: Called after every denoising step with the step index (from 0), the number
-#: of steps the call runs, and the current latents; raising from it stops the run.
+#: of steps the call runs, and the current latents; raising from it stops the run
+#: (:class:`RunCancelled` when nobody waits for the images any more).
 StepHook = Callable[[int, int, torch.Tensor], None]
 #: ``native`` when the pipeline inpaints the mask itself, ``composite`` when
 #: the edit is composited back onto the original outside the mask afterwards,
 #: ``none`` without a mask.
 MaskMode = Literal["none", "native", "composite"]
+
+
+class RunCancelled(Exception):
+    """The run was dropped or stopped because nobody waits for its result any more."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,7 @@ class PipelineCall:
     then resized to the requested one).
     """
 
-    pipeline: Any
+    pipeline: Pipeline
     kwargs: dict[str, Any]
     num_images: int
     generated_size: Size
@@ -48,7 +54,9 @@ class PipelineCall:
             parameters = call_parameters(type(self.pipeline))
             if "callback_on_step_end" in parameters:
 
-                def on_step_end(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+                def on_step_end(
+                    pipeline: Pipeline, step: int, timestep: Any, tensors: dict[str, Any]
+                ) -> dict[str, Any]:
                     on_step(step, self._total_steps(), tensors["latents"])
                     return tensors
 
@@ -87,25 +95,16 @@ class EditPlan:
 
 
 @dataclass(frozen=True)
-class Usage:
-    """Tokens behind one output image, as OpenAI's ``usage`` reports them."""
+class Tokens:
+    """Tokens behind one output image: the prompt's, the inputs' latent patches and vision tokens, the output's."""
 
     text_tokens: int
     image_tokens: int
     output_tokens: int
 
-    def times(self, count: int) -> Usage:
-        """The usage of ``count`` such images (each is made by its own pass over the inputs)."""
-        return Usage(self.text_tokens * count, self.image_tokens * count, self.output_tokens * count)
-
-    def as_openai(self) -> dict[str, Any]:
-        inputs = self.text_tokens + self.image_tokens
-        return {
-            "input_tokens": inputs,
-            "input_tokens_details": {"text_tokens": self.text_tokens, "image_tokens": self.image_tokens},
-            "output_tokens": self.output_tokens,
-            "total_tokens": inputs + self.output_tokens,
-        }
+    def times(self, count: int) -> Tokens:
+        """The tokens of ``count`` such images (each is made by its own pass over the inputs)."""
+        return Tokens(self.text_tokens * count, self.image_tokens * count, self.output_tokens * count)
 
 
 @functools.cache
@@ -122,6 +121,7 @@ def generators(seeds: Sequence[int]) -> list[torch.Generator]:
     return [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
 
 
-def postprocess(pipeline: Any, decoded: torch.Tensor) -> list[Image.Image]:
+def postprocess(pipeline: Pipeline, decoded: torch.Tensor) -> list[Image.Image]:
     """Pictures from a VAE decode in [-1, 1], with the pipeline's own image processor."""
-    return pipeline.image_processor.postprocess(decoded.float(), output_type="pil")
+    pictures: list[Image.Image] = pipeline.image_processor.postprocess(decoded.float(), output_type="pil")
+    return pictures

@@ -22,7 +22,7 @@ from imgedit.model.call import MaskMode
 QUALITY_STEP_SHARE = {"low": 0.25, "medium": 0.5, "high": 1.0, "auto": 1.0, "xhigh": 1.5, "max": 2.0}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Defaults:
     """A family's defaults, or an operator's overrides of them; None means "none given".
 
@@ -46,9 +46,9 @@ class Defaults:
         return dataclasses.replace(self, **given)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EditSpec:
-    """One edit, resolved: what an adapter turns into pipeline arguments.
+    """One edit, resolved: what a family turns into pipeline arguments.
 
     Attributes:
         prompt: the prompt, verbatim.

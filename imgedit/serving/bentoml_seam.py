@@ -28,7 +28,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, ClassVar, Literal, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 import bentoml
 from pydantic import ConfigDict
@@ -91,38 +91,6 @@ def _document_every_body_type() -> None:
 
     openapi_request.documents_every_body_type = True  # type: ignore[attr-defined]
     APIMethod.openapi_request = openapi_request  # type: ignore[method-assign]
-
-
-class ImageItem(bentoml.IODescriptor):
-    b64_json: str
-    url: None = None
-    revised_prompt: None = None
-
-
-class UsageDetails(bentoml.IODescriptor):
-    text_tokens: int
-    image_tokens: int
-
-
-class Usage(bentoml.IODescriptor):
-    """Tokens behind the images: text and image tokens of the inputs, latent tokens of the outputs."""
-
-    input_tokens: int
-    input_tokens_details: UsageDetails
-    output_tokens: int
-    total_tokens: int
-
-
-class ImagesResponse(bentoml.IODescriptor):
-    """The documented success body; the handler writes it itself (see :mod:`imgedit.api.responses`)."""
-
-    created: int
-    data: list[ImageItem]
-    output_format: Literal["png", "jpeg", "webp"]
-    size: str
-    background: Literal["transparent", "opaque"]
-    quality: Literal["low", "medium", "high", "xhigh", "max"]
-    usage: Usage
 
 
 def worker_index() -> int:

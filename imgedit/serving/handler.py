@@ -23,11 +23,16 @@ from PIL import Image
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from imgedit.api.body import multipart_limits, read_body
+from imgedit.api.body import read_body
+from imgedit.api.errors import ApiError, http_error, internal_error
 from imgedit.api.parse import EditRequest, RequestLimits, parse_edit_request
 from imgedit.api.responses import (
     SEEDS_HEADER,
+    ImageData,
+    ImagesResponse,
     StreamInfo,
+    Usage,
+    b64,
     completed_event,
     error_event,
     error_response,
@@ -35,24 +40,24 @@ from imgedit.api.responses import (
     partial_image_event,
     reported_quality,
 )
-from imgedit.api.routes import ModelCard
 from imgedit.config import Settings
-from imgedit.edit import LoraChoice
-from imgedit.errors import ApiError, internal_error, invalid
-from imgedit.logs import get_logger, note
+from imgedit.edit import LoraChoice, Loras
+from imgedit.errors import RequestError, invalid
+from imgedit.logs import add_to_access_line, get_logger
+from imgedit.lora.admin import LoraAdmin, PartlyApplied
+from imgedit.lora.registry import LoraRegistry, UnknownLora
+from imgedit.lora.sources import LoraError
 from imgedit.media.encode import EncodeOptions, encode_image, resolve_background
 from imgedit.media.fetch import Fetcher
 from imgedit.media.inputs import Inputs, load_inputs
 from imgedit.media.masking import fit, keep_outside
 from imgedit.media.sizing import SizeLimits, output_size
-from imgedit.model.call import EditPlan, Usage
-from imgedit.model.families import FamilyAdapter
-from imgedit.model.lora import LoraError
-from imgedit.model.lora_registry import Adapters, LoraRegistry, UnknownAdapter
+from imgedit.model.call import EditPlan, RunCancelled, Tokens
+from imgedit.model.families import Family
 from imgedit.model.spec import EditSpec
-from imgedit.serving.engine import Engine
-from imgedit.serving.jobs import DeadlineExceeded, Draining, Job, OutOfMemory, PreviewSink, QueueFull, RunCancelled
-from imgedit.serving.lora_admin import LoraAdmin
+from imgedit.scheduling.engine import Engine
+from imgedit.scheduling.jobs import DeadlineExceeded, Draining, Job, OutOfMemory, PreviewSink, QueueFull
+from imgedit.serving.options import multipart_limits
 
 log = get_logger(__name__)
 
@@ -62,19 +67,27 @@ OUT_OF_MEMORY_RETRY_SECONDS = 10
 DRAINING_RETRY_SECONDS = 5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _Prepared:
-    """A validated request with its inputs loaded and its plan made: ready to run."""
+    """A validated request with its inputs loaded and its plan made: ready to run.
+
+    Attributes:
+        tokens: the tokens behind one output image.
+        loras: the LoRAs the request runs with.
+    """
 
     request: EditRequest
     inputs: Inputs
     spec: EditSpec
     plan: EditPlan
     encoding: EncodeOptions
-    #: The tokens behind one output image.
-    usage: Usage
-    #: The LoRA adapters the request runs with.
-    adapters: Adapters
+    tokens: Tokens
+    loras: Loras
+
+    def usage(self, images: int = 1) -> Usage:
+        """OpenAI's ``usage`` of ``images`` output images."""
+        tokens = self.tokens.times(images)
+        return Usage.of(tokens.text_tokens, tokens.image_tokens, tokens.output_tokens)
 
     def finish(self, output: Image.Image) -> bytes:
         """Bring a generated (or preview) image to the output size, keep the original outside the mask, encode."""
@@ -89,55 +102,46 @@ class EditHandler:
 
     Args:
         settings: the server settings.
-        model_id: the configured model (``IMGEDIT_MODEL``).
-        adapter: the family adapter of the loaded pipeline.
+        family: the family of the loaded pipeline.
         engine: runs the pipeline.
         fetcher: reads URL inputs.
+        lora_admin: loads and unloads LoRAs; by default one for this process alone.
     """
 
     def __init__(
         self,
         settings: Settings,
-        model_id: str,
-        adapter: FamilyAdapter,
+        family: Family,
         engine: Engine,
         fetcher: Fetcher,
-        admin: LoraAdmin | None = None,
+        lora_admin: LoraAdmin | None = None,
     ) -> None:
         self.settings = settings
-        self.model_id = model_id
-        self.adapter = adapter
+        self.family = family
         self.engine = engine
         self.fetcher = fetcher
-        #: Loads and unloads LoRA adapters; its registry holds the ones requests may choose.
-        self.admin = admin or LoraAdmin(
-            LoraRegistry(adapter.loaded, max_loras=settings.max_loras), engine, settings.lora_dir
+        #: Loads and unloads LoRAs; its registry holds the ones requests may choose.
+        self.lora_admin = lora_admin or LoraAdmin(
+            LoraRegistry(family.loaded, max_loras=settings.max_loras), engine, settings.lora_dir
         )
-        self.loras = self.admin.registry
+        self.loras = self.lora_admin.registry
         self.body_limits = multipart_limits(settings)
         #: The area ``size=auto`` aims at: the model's native one, or None for the first image's own size.
-        self.auto_pixels = adapter.native_pixels if settings.auto_size == "native" else None
+        self.auto_pixels = family.native_pixels if settings.auto_size == "native" else None
         self.limits = RequestLimits(
-            max_images=adapter.max_images,
+            max_images=family.max_images,
             max_prompt_chars=settings.max_prompt_chars,
             size=SizeLimits(max_side=settings.max_side, max_pixels=settings.max_output_pixels),
-            model_names=tuple(dict.fromkeys((settings.served_name, model_id))),
-            adapter_names=self.loras.names,
+            model_names=tuple(dict.fromkeys((settings.served_name, settings.model))),
+            lora_names=self.loras.names,
         )
-
-    def model_cards(self, base: ModelCard) -> list[ModelCard]:
-        """``GET /v1/models``: the served model, then every LoRA adapter as a model of its own on top of it."""
-        return [base] + [
-            ModelCard(id=entry.name, created=entry.created, root=base.id, parent=base.id)
-            for entry in self.loras.registered()
-        ]
 
     async def handle(self, connection: Request) -> Response:
         """Serve one request, reading its body from ``connection``, which is watched for a hang-up.
 
         Never raises: every failure becomes an OpenAI-shaped error response.
         """
-        note(model=self.settings.served_name)
+        add_to_access_line(model=self.settings.served_name)
         try:
             body = await read_body(connection, self.body_limits)
             deadline = time.monotonic() + self.settings.request_timeout
@@ -145,6 +149,8 @@ class EditHandler:
             if prepared.request.stream:
                 return self._stream(prepared, deadline)
             return await self._respond(prepared, deadline, connection)
+        except RequestError as error:
+            return error_response(http_error(error))
         except ApiError as error:
             if error.status >= 500:
                 log.warning("edit failed with %d: %s", error.status, error.message)
@@ -155,7 +161,7 @@ class EditHandler:
 
     async def _prepare(self, request: EditRequest) -> _Prepared:
         options = request.options
-        note(n=options.n)
+        add_to_access_line(n=options.n)
         log.debug(
             "prompt=%r negative_prompt=%r user=%r safety_identifier=%r",
             options.prompt,
@@ -165,27 +171,37 @@ class EditHandler:
         )
         inputs = await load_inputs(request.sources, request.mask, self.fetcher, self.settings.max_input_pixels)
         size = output_size(
-            request.size, inputs.first.size, self.adapter.size_multiple, self.limits.size, self.auto_pixels
+            request.size, inputs.first.size, self.family.size_multiple, self.limits.size, self.auto_pixels
         )
-        spec = self.adapter.resolve(options, inputs.images, size, inputs.mask_region)
-        plan = self.adapter.plan(spec)
-        note(size=size, steps=plan.steps, **({"mask": plan.mask_mode} if plan.mask_mode != "none" else {}))
+        spec = self.family.resolve(options, inputs.images, size, inputs.mask_region)
+        plan = self.family.plan(spec)
+        add_to_access_line(
+            size=size, steps=plan.steps, **({"mask": plan.mask_mode} if plan.mask_mode != "none" else {})
+        )
         encoding = EncodeOptions(
             output_format=request.output_format,
             quality=request.output_compression,
             background=resolve_background(request.background, inputs.first.alpha, request.output_format),
             png_compress_level=self.settings.png_compress_level,
         )
-        adapters = await self._adapters(request)
-        if adapters:
-            note(lora=",".join(f"{name}:{scale:g}" for name, scale in adapters))
-        return _Prepared(request, inputs, spec, plan, encoding, self.adapter.usage(spec), adapters)
+        loras = await self._loras(request)
+        if loras:
+            add_to_access_line(lora=",".join(f"{name}:{scale:g}" for name, scale in loras))
+        return _Prepared(
+            request=request,
+            inputs=inputs,
+            spec=spec,
+            plan=plan,
+            encoding=encoding,
+            tokens=self.family.tokens(spec),
+            loras=loras,
+        )
 
-    async def _adapters(self, request: EditRequest) -> Adapters:
-        """The LoRA adapters the request chose: ``model`` naming one, then ``lora``; paths are loaded first.
+    async def _loras(self, request: EditRequest) -> Loras:
+        """The LoRAs the request chose: ``model`` naming one, then ``lora``; paths are loaded first.
 
         Raises:
-            ApiError: 400 naming ``lora`` (or ``model``) for an adapter that is not loaded or cannot be.
+            RequestError: naming ``lora`` for a LoRA that is not loaded or cannot be.
         """
         choices = list(request.lora)
         if request.model is not None and self.loras.has(request.model):
@@ -195,26 +211,28 @@ class EditHandler:
                 name = choice.name or _name_of(choice.path)
                 if not self.loras.has(name):
                     try:
-                        await self.admin.load(name, choice.path)
-                    except ApiError as error:
-                        raise invalid("lora", error.message, code=error.code or "invalid_value") from None
+                        await self.lora_admin.load(name, choice.path)
+                    except RequestError as error:
+                        raise invalid("lora", error.message, code=error.code) from None
+                    except PartlyApplied as error:
+                        raise invalid("lora", str(error), code="lora_partly_applied") from None
                 choices[index] = LoraChoice(name, choice.scale)
         try:
             return self.loras.selection([(choice.name, choice.scale) for choice in choices if choice.name])
-        except UnknownAdapter as error:
+        except UnknownLora as error:
             raise invalid("lora", f"{error}.", code="lora_not_found") from None
         except LoraError as error:
             raise invalid("lora", f"This model cannot run LoRA adapters: {error}.", code="lora_not_supported") from None
 
     def _submit(self, prepared: _Prepared, previews: int = 0, sink: PreviewSink | None = None) -> Job:
-        # Counted before admission, so that unloading an adapter waits for every request admitted with it.
-        self.loras.acquire(prepared.adapters)
+        # Counted before admission, so that unloading a LoRA waits for every request admitted with it.
+        self.loras.acquire(prepared.loras)
         try:
             job = self._admit(prepared, previews, sink)
         except BaseException:
-            self.loras.release(prepared.adapters)
+            self.loras.release(prepared.loras)
             raise
-        job.future.add_done_callback(lambda _: self.loras.release(prepared.adapters))
+        job.future.add_done_callback(lambda _: self.loras.release(prepared.loras))
         return job
 
     def _admit(self, prepared: _Prepared, previews: int, sink: PreviewSink | None) -> Job:
@@ -222,7 +240,7 @@ class EditHandler:
         may_fuse = prepared.request.options.seed is None
         try:
             return self.engine.submit(
-                prepared.plan.calls, previews=previews, sink=sink, may_fuse=may_fuse, adapters=prepared.adapters
+                prepared.plan.calls, previews=previews, sink=sink, may_fuse=may_fuse, loras=prepared.loras
             )
         except QueueFull as full:
             raise ApiError(
@@ -261,16 +279,16 @@ class EditHandler:
         job = self._submit(prepared)
         async with _stop_on_disconnect(connection, job):
             outputs = await self._run(job, deadline)
-        return images_response(
-            await _encode(prepared, outputs),
+        body = ImagesResponse(
             created=int(time.time()),
+            data=[ImageData(b64_json=b64(image)) for image in await _encode(prepared, outputs)],
             output_format=prepared.request.output_format,
-            size=prepared.plan.size,
+            size=str(prepared.plan.size),
             background=prepared.encoding.background,
             quality=reported_quality(prepared.request.options.quality),
-            usage=prepared.usage.times(len(outputs)).as_openai(),
-            seeds=prepared.spec.seeds,
+            usage=prepared.usage(len(outputs)),
         )
+        return images_response(body, prepared.spec.seeds)
 
     def _stream(self, prepared: _Prepared, deadline: float) -> Response:
         """Answer with server-sent events: previews while the run goes, then one event per image."""
@@ -284,7 +302,7 @@ class EditHandler:
             background=prepared.encoding.background,
             output_format=request.output_format,
         )
-        usage = prepared.usage.as_openai()
+        usage = prepared.usage()
 
         async def events() -> AsyncIterator[bytes]:
             result = asyncio.ensure_future(self._run(job, deadline))
@@ -294,6 +312,8 @@ class EditHandler:
                         yield partial_image_event(encoded, index * len(pictures) + offset, info)
                 for encoded in await _encode(prepared, result.result()):
                     yield completed_event(encoded, info, usage)
+            except RequestError as error:
+                yield error_event(http_error(error).body())
             except ApiError as error:
                 yield error_event(error.body())
             except Exception:
@@ -302,7 +322,7 @@ class EditHandler:
             finally:
                 if not result.done():  # the client went away (Starlette cancels this generator)
                     log.info("client disconnected from the stream; stopping its edit")
-                    note(stream="disconnected")
+                    add_to_access_line(stream="disconnected")
                     job.cancel("disconnect")
                     result.cancel()
 
@@ -311,7 +331,7 @@ class EditHandler:
 
 
 def _name_of(path: str) -> str:
-    """An adapter name for a request that gave only a path: the file's or directory's name, made safe."""
+    """A LoRA name for a request that gave only a path: the file's or directory's name, made safe."""
     stem = Path(path).stem or "adapter"
     return re.sub(r"[^A-Za-z0-9._-]", "-", stem).lstrip("._-")[:128] or "adapter"
 

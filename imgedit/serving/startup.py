@@ -1,63 +1,105 @@
-"""Start-up: check, load the model, pick its adapter, warm it up, build the request handler.
+"""Start-up: check the settings, load the model, warm it up, and build the :class:`~imgedit.serving.worker.Worker`.
 
 ``bentoml serve`` runs :func:`preflight` once in its own process before any
-worker starts, and each worker then runs :func:`start`. A worker that fails
-there stops the whole server with one line (:func:`start_or_stop_server`).
+worker starts, and each worker then runs :func:`start_worker`. A worker that
+fails there stops the whole server with one line (:func:`start_or_stop_server`).
 """
 
 from __future__ import annotations
 
+import functools
 import signal
 import time
 import traceback
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from imgedit import metrics
-from imgedit.api.routes import ModelCard
 from imgedit.config import Settings
-from imgedit.errors import one_line
+from imgedit.errors import StartupError, one_line
 from imgedit.logs import get_logger
-from imgedit.media.fetch import Fetcher, FetchPolicy
-from imgedit.model.acceleration import OptionError, apply_options
-from imgedit.model.families import FamilyAdapter, UnsupportedPipeline, adapter_class_for
-from imgedit.model.loader import LoadedModel, ModelLoadError, check_model_source, load_model, pick_device
-from imgedit.model.lora import LoraError, parse_named_loras
-from imgedit.model.lora_registry import LoraRegistry
-from imgedit.model.parallel import Layout, ParallelError, check_layout, check_model, enable_parallelism
-from imgedit.model.spec import Defaults
+from imgedit.lora.admin import LoraAdmin
+from imgedit.lora.registry import LoraRegistry
+from imgedit.lora.sources import LoraError, parse_named_loras
+from imgedit.lora.sync import LoraSync, prepare_directory
+from imgedit.media.fetch import Fetcher
+from imgedit.model.acceleration import OptionError, check_options
+from imgedit.model.devices import DeviceError, pick_device, visible_gpus
+from imgedit.model.families import family_names
+from imgedit.ranks.group import RankGroup, RankSetup, RankStartupError
+from imgedit.ranks.plans import ParallelError, RankLayout, check_layout
+from imgedit.scheduling.engine import Engine
 from imgedit.serving.bentoml_seam import arrange_exit_status, stop_server
-from imgedit.serving.engine import Engine
 from imgedit.serving.handler import EditHandler
-from imgedit.serving.lora_admin import LoraAdmin
-from imgedit.serving.lora_sync import LoraSync, prepare_directory
-from imgedit.serving.ranks import RankGroup, RankStartupError
+from imgedit.serving.options import acceleration_options, fetch_policy, load_options, rank_layout
+from imgedit.serving.recipe import ModelRecipe, PreparedModel, prepare_family, prepare_model
+from imgedit.serving.worker import Worker
+from imgedit.weights.loader import check_placement, check_source
+from imgedit.weights.sources import ModelLoadError
 
 log = get_logger(__name__)
 
 
-class StartupError(Exception):
-    """Serving cannot start; the message is one line for the operator."""
-
-
 def preflight(settings: Settings) -> None:
-    """Checks run once in the ``bentoml serve`` process before workers start.
-
-    Also arranges for that process to exit with status 1 if a worker later
-    fails to start.
+    """What runs once in the ``bentoml serve`` process before workers start: :func:`check_settings`, then
+    arrange for that process to exit with status 1 if a worker later fails to start.
 
     Raises:
-        StartupError: the device or the model source is not available.
+        StartupError: the device, the model source or a combination of settings is not available.
     """
-    try:
-        check_model_source(settings)
-        check_layout(settings, pick_device(settings.device), _visible_gpus())
-    except (ModelLoadError, ParallelError) as error:
-        raise StartupError(str(error)) from None
+    check_settings(settings)
     arrange_exit_status()
     prepare_directory(worker_count(settings))
+
+
+def check_settings(settings: Settings) -> None:
+    """Everything that can be checked before a model loads: the device, the model source, the combinations.
+
+    Raises:
+        StartupError: naming the variable at fault.
+    """
+    try:
+        device = pick_device(settings.device)
+        check_options(acceleration_options(settings), device)
+        load = load_options(settings)
+        check_placement(load, device)
+        if settings.device_map != "none" and (settings.workers or 1) > 1:
+            raise StartupError(
+                "IMGEDIT_WORKERS: a model spread over the GPUs (IMGEDIT_DEVICE_MAP) is served by one worker"
+            )
+        if settings.family is not None and settings.family not in family_names():
+            raise StartupError(
+                f"IMGEDIT_FAMILY: unknown family {settings.family!r}; known: {', '.join(family_names())}"
+            )
+        _check_chosen_loras(settings)
+        check_source(load, device)
+        check_ranks(settings, device, visible_gpus())
+    except (DeviceError, OptionError, ModelLoadError, ParallelError) as error:
+        raise StartupError(str(error)) from None
+
+
+def check_ranks(settings: Settings, device: torch.device, gpus: int | None) -> RankLayout:
+    """The layout of ranks the settings ask for, checked against the device and the other settings.
+
+    Args:
+        gpus: CUDA devices visible to the server; None in a worker, which sees only its own.
+
+    Raises:
+        ParallelError: naming the variable.
+    """
+    layout = rank_layout(settings)
+    check_layout(
+        layout,
+        device,
+        gpus,
+        workers=settings.workers,
+        device_map=settings.device_map,
+        offload=settings.offload,
+        acceleration=acceleration_options(settings),
+        fixed_loras=bool(settings.lora),
+    )
+    return layout
 
 
 def worker_count(settings: Settings) -> int:
@@ -73,15 +115,11 @@ def worker_count(settings: Settings) -> int:
     return max(1, torch.cuda.device_count() // settings.ranks_per_edit)
 
 
-def _visible_gpus() -> int:
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def start(settings: Settings, worker: int = 0) -> tuple[EditHandler, ModelCard]:
-    """Load and warm up the configured model on worker ``worker``'s device; return its handler and model card.
+def start_worker(settings: Settings, index: int = 0) -> Worker:
+    """Load and warm up the configured model on worker ``index``'s device; return the worker serving it.
 
     With several ranks per edit, the worker starts the others first (see
-    :mod:`imgedit.serving.ranks`); each loads the model beside it.
+    :mod:`imgedit.ranks.group`); each loads the model beside it.
 
     Raises:
         StartupError: the model cannot be loaded or served as configured.
@@ -89,20 +127,22 @@ def start(settings: Settings, worker: int = 0) -> tuple[EditHandler, ModelCard]:
     """
     started = time.monotonic()
     try:
-        layout = check_layout(settings, pick_device(settings.device), gpus=None)
-    except (ModelLoadError, ParallelError) as error:
+        device = pick_device(settings.device)
+        layout = check_ranks(settings, device, gpus=None)
+    except (DeviceError, ParallelError) as error:
         raise StartupError(str(error)) from None
+    recipe = ModelRecipe.from_settings(settings)
     ranks = None
     try:
         if layout.ranks > 1:
-            ranks = RankGroup(settings, worker, layout, pick_device(settings.device))
+            ranks = RankGroup(rank_setup(settings, recipe, layout), index, device, on_fatal=_stop_server)
             ranks.start()
         # With several ranks, a worker's devices are its own (claim_gpus): rank 0 has the first.
-        slot = worker if ranks is None else 0
-        loaded, adapter, options = prepare_model(settings, slot, layout, ranks.loaded if ranks else None)
+        slot = index if ranks is None else 0
+        model = prepare_model(recipe, slot, ranks.loaded if ranks else None)
         if ranks is not None:
-            ranks.attach(adapter)
-        return _serve(settings, worker, started, loaded, adapter, options, layout, ranks)
+            ranks.attach(model.family)
+        return _serve(settings, index, started, model, layout, ranks)
     except BaseException as error:
         if ranks is not None:
             ranks.close(kill=True)
@@ -111,72 +151,37 @@ def start(settings: Settings, worker: int = 0) -> tuple[EditHandler, ModelCard]:
         raise
 
 
-def prepare_model(
-    settings: Settings, slot: int, layout: Layout, loaded_everywhere: Callable[[], None] | None = None
-) -> tuple[LoadedModel, FamilyAdapter, list[str]]:
-    """Load the model on device ``slot``, split it over the ranks, apply the options, build its adapter.
-
-    Every rank of a worker runs this, rank 0 as part of :func:`start`.
-
-    Args:
-        loaded_everywhere: called once the model is loaded and checked here,
-            before the ranks split it together; it returns once every rank is there.
-
-    Raises:
-        StartupError: the model cannot be loaded or served as configured.
-    """
-    try:
-        loaded = load_model(settings, slot)
-        adapter_class = adapter_class_for(loaded.pipeline, settings.family)
-        check_model(loaded.pipeline, layout)
-        if loaded_everywhere is not None:
-            loaded_everywhere()
-        enable_parallelism(loaded.pipeline, layout, loaded.device)
-        options = [*loaded.options, *apply_options(loaded.pipeline, settings, loaded.device)]
-    except (ModelLoadError, UnsupportedPipeline, OptionError, ParallelError) as error:
-        raise StartupError(str(error)) from None
-    if layout.ranks > 1:
-        options.append(layout.describe())
-    overrides = Defaults(
-        steps=settings.default_steps or loaded.default_steps,
-        guidance_scale=settings.default_guidance_scale,
-        true_cfg_scale=settings.default_true_cfg_scale,
+def rank_setup(settings: Settings, recipe: ModelRecipe, layout: RankLayout) -> RankSetup:
+    """What the extra ranks of a worker start with: they prepare the model from the same ``recipe``."""
+    return RankSetup(
+        layout=layout,
+        device=settings.device,
+        timeout=settings.rank_timeout,
+        log_level=settings.log_level,
+        prepare=functools.partial(prepare_family, recipe),
     )
-    try:
-        adapter = adapter_class(
-            loaded.pipeline, overrides=overrides, max_images=settings.max_images, native_pixels=loaded.native_pixels
-        )
-    except ValueError as error:  # the only setting an adapter can refuse
-        raise StartupError(f"IMGEDIT_MAX_IMAGES: {error}") from None
-    return loaded, adapter, options
 
 
 def _serve(
-    settings: Settings,
-    worker: int,
-    started: float,
-    loaded: LoadedModel,
-    adapter: FamilyAdapter,
-    options: list[str],
-    layout: Layout,
-    ranks: RankGroup | None,
-) -> tuple[EditHandler, ModelCard]:
-    """Warm up the prepared model and build the handler serving it."""
-    # Per-request adapters switch on this process's model alone, so they need one rank per edit.
+    settings: Settings, index: int, started: float, model: PreparedModel, layout: RankLayout, ranks: RankGroup | None
+) -> Worker:
+    """Warm up the prepared model and build the worker serving it."""
+    loaded, family = model.loaded, model.family
+    # Per-request LoRAs switch on this process's model alone, so they need one rank per edit.
     refusal = "per-request adapters need one rank per edit (IMGEDIT_*_DEGREE=1)" if layout.ranks > 1 else None
     loras = LoraRegistry(loaded.pipeline, max_loras=settings.max_loras, always_on=loaded.always_on, refusal=refusal)
     engine = Engine(
         max_queue=settings.max_queue,
         max_batch=settings.max_batch,
         progress_interval=settings.progress_log_seconds,
-        previewer=adapter.preview,
-        fusable=adapter.fusable,
+        previewer=family.preview,
+        fusable=family.fusable,
         prepare=loras.activate,
         runner=ranks,
     )
-    admin = _lora_admin(settings, loras, engine, worker)
+    lora_admin = _lora_admin(settings, loras, engine, index)
     try:
-        for plan in adapter.warmup_plans():
+        for plan in family.warmup_plans():
             engine.run_now(plan.calls)
     except Exception as error:
         if settings.family is None:
@@ -190,54 +195,52 @@ def _serve(
         loaded.model_id,
         settings.served_name,
         type(loaded.pipeline).__name__,
-        adapter.name,
+        family.name,
         str(loaded.dtype).removeprefix("torch."),
         loaded.device,
-        "".join(f", {option}" for option in options),
+        "".join(f", {option}" for option in model.options),
         time.monotonic() - started,
     )
-    fetcher = Fetcher(
-        FetchPolicy(
-            enabled=settings.url_fetch,
-            allow_private=settings.url_allow_private,
-            timeout=settings.url_timeout,
-            max_bytes=settings.url_max_bytes,
-            max_redirects=settings.url_max_redirects,
-            allowed_hosts=settings.allowed_hosts,
+    handler = EditHandler(settings, family, engine, Fetcher(fetch_policy(settings)), lora_admin)
+    return Worker(served_name=settings.served_name, model=model, engine=engine, handler=handler, ranks=layout.ranks)
+
+
+def _check_chosen_loras(settings: Settings) -> None:
+    """``IMGEDIT_LORA_ADAPTERS``, ``IMGEDIT_LORA_DIR`` and ``IMGEDIT_MAX_LORAS`` agree.
+
+    Raises:
+        StartupError: naming the variable.
+    """
+    named = []
+    if settings.lora_adapters:
+        try:
+            named = parse_named_loras(settings.lora_adapters)
+        except LoraError as error:
+            raise StartupError(f"IMGEDIT_LORA_ADAPTERS: {error}") from None
+    if len(named) > settings.max_loras:
+        raise StartupError(
+            f"IMGEDIT_MAX_LORAS: {settings.max_loras} is fewer than the {len(named)} adapters of IMGEDIT_LORA_ADAPTERS"
         )
-    )
-    metrics.model_info.labels(
-        model=loaded.model_id,
-        served_name=settings.served_name,
-        family=adapter.name,
-        pipeline=type(loaded.pipeline).__name__,
-        device=str(loaded.device),
-        dtype=str(loaded.dtype).removeprefix("torch."),
-        options=",".join(options) or "none",
-    ).set(1)
-    for component, size in loaded.parameter_bytes.items():
-        metrics.model_parameter_bytes.labels(component=component).set(size)
-    metrics.parallel_degree.set(layout.ranks)
-    card = ModelCard(id=settings.served_name, created=int(time.time()))
-    return EditHandler(settings, loaded.model_id, adapter, engine, fetcher, admin), card
+    if settings.lora_dir and not Path(settings.lora_dir).expanduser().is_dir():
+        raise StartupError(f"IMGEDIT_LORA_DIR: {settings.lora_dir!r} is not a directory")
 
 
-def _lora_admin(settings: Settings, loras: LoraRegistry, engine: Engine, worker: int) -> LoraAdmin:
+def _lora_admin(settings: Settings, loras: LoraRegistry, engine: Engine, index: int) -> LoraAdmin:
     """Load ``IMGEDIT_LORA_ADAPTERS`` (on the engine thread, like every change to the model), then follow the
     commands every worker shares, replaying those given before this worker started.
 
     Raises:
-        StartupError: an adapter does not load.
+        StartupError: a LoRA does not load.
     """
     for name, spec in parse_named_loras(settings.lora_adapters or ""):
         try:
             engine.between_runs(lambda name=name, spec=spec: loras.load(name, spec)).result()
         except LoraError as error:
             raise StartupError(f"IMGEDIT_LORA_ADAPTERS: {error}") from None
-    admin = LoraAdmin(loras, engine, settings.lora_dir)
-    admin.sync = LoraSync.from_environment(admin.apply, worker)
-    admin.sync.start()
-    return admin
+    lora_admin = LoraAdmin(loras, engine, settings.lora_dir)
+    lora_admin.sync = LoraSync.from_environment(lora_admin.apply, index)
+    lora_admin.sync.start()
+    return lora_admin
 
 
 def drain_on_signals(engine: Engine, grace: float) -> None:
@@ -262,12 +265,19 @@ def drain_on_signals(engine: Engine, grace: float) -> None:
         chain(signum)
 
 
-def start_or_stop_server(settings: Settings, worker: int = 0) -> tuple[EditHandler, ModelCard]:
-    """:func:`start`, or stop the whole server with a one-line message when it fails."""
+def start_or_stop_server(settings: Settings, index: int = 0) -> Worker:
+    """:func:`start_worker`, draining on SIGTERM; or stop the whole server with a one-line message when it fails."""
     try:
-        return start(settings, worker)
+        worker = start_worker(settings, index)
     except StartupError as error:
         stop_server(f"imgedit: {error}")
     except Exception as error:
         traceback.print_exc()
         stop_server(f"imgedit: start-up failed: {type(error).__name__}: {one_line(error)}")
+    drain_on_signals(worker.engine, settings.shutdown_grace)
+    return worker
+
+
+def _stop_server(message: str) -> None:
+    """What a worker does when its ranks fail while serving: stop the whole server, so that it is restarted."""
+    stop_server(f"imgedit: {message}; stopping the server")

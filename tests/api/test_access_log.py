@@ -8,13 +8,13 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from imgedit.api.access_log import MAX_LENGTH, AccessLogMiddleware, sanitize
-from imgedit.logs import configure_logging, current_request_id, get_logger, note
+from imgedit.logs import add_to_access_line, configure_logging, current_request_id, get_logger
 
 
 def _app() -> Starlette:
     async def echo(request):
         get_logger("tests").info("handling")
-        note(model="m", n=2)
+        add_to_access_line(model="m", n=2)
         return PlainTextResponse(current_request_id(), status_code=418)
 
     app = Starlette(routes=[Route("/", echo)])

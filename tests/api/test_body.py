@@ -6,11 +6,13 @@ import json
 
 import pytest
 
-from imgedit.api.body import multipart_limits, read_body
+from imgedit.api.body import read_body
+from imgedit.api.errors import ApiError
 from imgedit.api.multipart import Form
 from imgedit.config import Settings
-from imgedit.errors import ApiError
-from tests.helpers import http_request, multipart_body
+from imgedit.errors import RequestError
+from imgedit.serving.options import multipart_limits
+from tests.helpers import Refused, http_request, multipart_body, status_of
 
 pytestmark = pytest.mark.anyio
 LIMITS = multipart_limits(Settings(max_body_bytes=4096))
@@ -23,8 +25,8 @@ async def read(body: bytes, content_type: str, chunk_bytes: int = 65536, limits=
     return await read_body(http_request(body, content_type, chunk_bytes, declare_length), limits)
 
 
-async def error_of(body: bytes, content_type: str, **options) -> ApiError:
-    with pytest.raises(ApiError) as caught:
+async def error_of(body: bytes, content_type: str, **options) -> ApiError | RequestError:
+    with pytest.raises(Refused) as caught:
         await read(body, content_type, **options)
     return caught.value
 
@@ -47,14 +49,14 @@ async def test_a_form_is_still_read():
 )
 async def test_malformed_json_is_a_400(body):
     error = await error_of(body, "application/json", limits=LARGE)
-    assert (error.status, error.code) == (400, "invalid_json")
+    assert (status_of(error), error.code) == (400, "invalid_json")
     assert error.message.startswith("The request body is not valid JSON")
 
 
 @pytest.mark.parametrize("body", [b"[]", b'"prompt"', b"3", b"null", b"true"])
 async def test_json_that_is_not_an_object_is_a_400(body):
     error = await error_of(body, "application/json")
-    assert (error.status, error.code, error.message) == (
+    assert (status_of(error), error.code, error.message) == (
         400,
         "invalid_json",
         "The JSON body must be an object of fields.",
@@ -63,7 +65,7 @@ async def test_json_that_is_not_an_object_is_a_400(body):
 
 async def test_a_number_too_long_to_read_is_a_400():
     error = await error_of(b'{"seed": ' + b"9" * 4400 + b"}", "application/json", limits=LARGE)
-    assert (error.status, error.code) == (400, "invalid_json")
+    assert (status_of(error), error.code) == (400, "invalid_json")
 
 
 async def test_an_oversized_json_body_is_a_413_declared_or_streamed():
@@ -76,5 +78,5 @@ async def test_an_oversized_json_body_is_a_413_declared_or_streamed():
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", ""])
 async def test_other_content_types_are_a_400_naming_both(content_type):
     error = await error_of(b"prompt=p", content_type)
-    assert (error.status, error.code) == (400, "invalid_content_type")
+    assert (status_of(error), error.code) == (400, "invalid_content_type")
     assert "multipart/form-data or application/json" in error.message

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from imgedit.api.fields import FIELDS, MODEL_FIELDS, openapi_form, readme_table
+from imgedit.api.fields import FIELDS, MODEL_FIELDS, readme_table
+from imgedit.api.openapi import openapi_form
 from imgedit.api.parse import EditRequest, RequestLimits, parse_edit_request
 from imgedit.edit import EditOptions
-from imgedit.errors import ApiError
 from imgedit.media.sizing import SizeLimits
-from tests.helpers import form
+from tests.helpers import Refused, form, status_of
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 LIMITS = RequestLimits(
@@ -64,9 +64,9 @@ def test_the_parser_takes_exactly_the_declared_range(field):
     assert parsed(field.low) == field.low and parsed(field.high) == field.high
     step = 1 if field.kind == "integer" else 0.001
     for outside in (field.low - step, field.high + step):
-        with pytest.raises(ApiError) as caught:
+        with pytest.raises(Refused) as caught:
             parsed(outside)
-        assert (caught.value.status, caught.value.param) == (400, field.name)
+        assert (status_of(caught.value), caught.value.param) == (400, field.name)
 
 
 @pytest.mark.parametrize("field", [field for field in FIELDS if field.kind == "choice"], ids=lambda field: field.name)
@@ -76,7 +76,7 @@ def test_the_parser_takes_exactly_the_declared_choices(field):
         holder = request.options if field.name in OPTIONS else request
         expected = dict(field.aliases).get(spelling, spelling)
         assert field.name in ("response_format", "moderation") or getattr(holder, field.name) == expected
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(Refused) as caught:
         parse_edit_request(form(("image", b"x"), ("prompt", "p"), (field.name, "surely-not")), LIMITS)
     assert caught.value.param == field.name
     assert ", ".join(field.spellings) in caught.value.message

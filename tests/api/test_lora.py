@@ -6,7 +6,7 @@ import pytest
 
 from imgedit.api.lora import parse_lora
 from imgedit.edit import LoraChoice
-from imgedit.errors import ApiError
+from tests.helpers import Refused, status_of
 
 
 @pytest.mark.parametrize(
@@ -49,7 +49,7 @@ def test_every_spelling(value, expected):
     ],
 )
 def test_bad_values_are_a_400_naming_lora(value):
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(Refused) as caught:
         parse_lora(value)
-    assert (caught.value.status, caught.value.param) == (400, "lora")
+    assert (status_of(caught.value), caught.value.param) == (400, "lora")
     assert caught.value.message.startswith("Invalid value for 'lora'")

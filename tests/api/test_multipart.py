@@ -7,8 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imgedit.api.multipart import MultipartLimits, read_multipart
-from imgedit.errors import ApiError
-from tests.helpers import multipart_body
+from tests.helpers import Refused, multipart_body, status_of
 
 pytestmark = pytest.mark.anyio
 
@@ -52,9 +51,9 @@ async def test_binary_part_without_filename_stays_bytes():
     ["application/json", "text/plain", None, "multipart/form-data"],
 )
 async def test_not_multipart_or_no_boundary_is_400(content_type):
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(Refused) as caught:
         await _read(b"{}", content_type)
-    assert caught.value.status == 400
+    assert status_of(caught.value) == 400
 
 
 async def test_declared_length_over_the_limit_is_413_before_reading():
@@ -63,51 +62,51 @@ async def test_declared_length_over_the_limit_is_413_before_reading():
         yield b""
 
     _, content_type = multipart_body([("prompt", b"x", None)])
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(Refused) as caught:
         await read_multipart(content_type, "10001", never(), LIMITS)
-    assert caught.value.status == 413
+    assert status_of(caught.value) == 413
 
 
 async def test_streamed_body_over_the_limit_is_413():
     body, content_type = multipart_body([("image", b"x" * 3_000, "a")] * 4)
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(Refused) as caught:
         await _read(body, content_type, length=None)
-    assert caught.value.status == 413
+    assert status_of(caught.value) == 413
 
 
 async def test_part_over_its_limit_names_the_field():
     body, content_type = multipart_body([("prompt", b"x" * 101, None)])
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(Refused) as caught:
         await _read(body, content_type)
-    assert (caught.value.status, caught.value.param) == (413, "prompt")
+    assert (status_of(caught.value), caught.value.param) == (413, "prompt")
 
 
 async def test_too_many_parts_is_400():
     body, content_type = multipart_body([("n", b"1", None)] * 6)
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(Refused) as caught:
         await _read(body, content_type)
-    assert caught.value.status == 400
+    assert status_of(caught.value) == 400
     assert "more than 5 parts" in caught.value.message
 
 
 async def test_truncated_body_is_400():
     body, content_type = multipart_body([("prompt", b"hello", None)])
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(Refused) as caught:
         await _read(body[:-10], content_type)
-    assert caught.value.status == 400
+    assert status_of(caught.value) == 400
 
 
 async def test_garbage_body_is_400():
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(Refused) as caught:
         await _read(b"this is not multipart at all", "multipart/form-data; boundary=abc")
-    assert caught.value.status == 400
+    assert status_of(caught.value) == 400
 
 
 async def test_part_without_a_name_is_400():
     body = b'--b\r\nContent-Disposition: form-data; filename="x"\r\n\r\ndata\r\n--b--\r\n'
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(Refused) as caught:
         await _read(body, "multipart/form-data; boundary=b")
-    assert caught.value.status == 400
+    assert status_of(caught.value) == 400
 
 
 async def test_a_body_that_stalls_is_cut_off():
@@ -118,10 +117,12 @@ async def test_a_body_that_stalls_is_cut_off():
         await asyncio.sleep(5)
         yield body[10:]
 
-    limits = MultipartLimits(10_000, 5, lambda name: 100, idle_seconds=0.2, total_seconds=10)
-    with pytest.raises(ApiError) as caught:
+    limits = MultipartLimits(
+        max_body_bytes=10_000, max_parts=5, part_bytes=lambda name: 100, idle_seconds=0.2, total_seconds=10
+    )
+    with pytest.raises(Refused) as caught:
         await read_multipart(content_type, None, stalls(), limits)
-    assert caught.value.status == 408
+    assert status_of(caught.value) == 408
 
 
 async def test_a_body_that_trickles_too_long_is_cut_off():
@@ -132,10 +133,12 @@ async def test_a_body_that_trickles_too_long_is_cut_off():
             await asyncio.sleep(0.02)
             yield bytes([byte])
 
-    limits = MultipartLimits(10_000, 5, lambda name: 100, idle_seconds=1, total_seconds=0.3)
-    with pytest.raises(ApiError) as caught:
+    limits = MultipartLimits(
+        max_body_bytes=10_000, max_parts=5, part_bytes=lambda name: 100, idle_seconds=1, total_seconds=0.3
+    )
+    with pytest.raises(Refused) as caught:
         await read_multipart(content_type, None, trickles(), limits)
-    assert caught.value.status == 408 and "too slowly" in caught.value.message
+    assert status_of(caught.value) == 408 and "too slowly" in caught.value.message
 
 
 # -- properties -------------------------------------------------------------------------------
@@ -176,5 +179,5 @@ def test_multipart_garbage_is_a_4xx_never_a_crash(body, chunk):
     limits = MultipartLimits(max_body_bytes=10**6, max_parts=10, part_bytes=lambda name: 1000)
     try:
         asyncio.run(read_multipart("multipart/form-data; boundary=zz", None, stream(), limits))
-    except ApiError as error:
-        assert 400 <= error.status < 500
+    except Refused as error:
+        assert 400 <= status_of(error) < 500

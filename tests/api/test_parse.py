@@ -4,12 +4,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from imgedit.api.errors import ApiError
 from imgedit.api.parse import RequestLimits, parse_edit_request
 from imgedit.edit import MAX_SEED
-from imgedit.errors import ApiError
+from imgedit.errors import RequestError
 from imgedit.media.inputs import ImageSource
 from imgedit.media.sizing import Size, SizeLimits
-from tests.helpers import form
+from tests.helpers import Refused, form, status_of
 
 LIMITS = RequestLimits(
     max_images=4,
@@ -24,8 +25,8 @@ def parse(*parts):
     return parse_edit_request(form(*parts), LIMITS)
 
 
-def error_of(*parts) -> ApiError:
-    with pytest.raises(ApiError) as caught:
+def error_of(*parts) -> ApiError | RequestError:
+    with pytest.raises(Refused) as caught:
         parse(*parts)
     return caught.value
 
@@ -107,12 +108,12 @@ def test_every_field_is_parsed():
 
 def test_no_image_and_no_url_is_422_with_the_spec_wording():
     error = error_of(("prompt", "p"))
-    assert (error.status, error.message, error.param) == (422, "Field 'image' or 'url' is required", "image")
+    assert (status_of(error), error.message, error.param) == (422, "Field 'image' or 'url' is required", "image")
 
 
 def test_too_many_images_is_400_before_any_fetch():
     error = error_of(("prompt", "p"), *[("image", PNG)] * 3, ("url", "http://10.0.0.1/a.png"), ("url", "x"))
-    assert (error.status, error.param, error.code) == (400, "image", "too_many_images")
+    assert (status_of(error), error.param, error.code) == (400, "image", "too_many_images")
     assert "5 input images" in error.message and "at most 4" in error.message
 
 
@@ -162,7 +163,7 @@ def test_too_many_images_is_400_before_any_fetch():
 )
 def test_bad_values_are_400_naming_the_field(parts, param):
     error = error_of(("image", PNG), *parts)
-    assert error.status == 400
+    assert status_of(error) == 400
     assert error.param == param
     assert error.message
 
@@ -190,7 +191,7 @@ def test_seed_parses_exactly_the_64_bit_unsigned_integers(value, padding):
     text = f"{padding}{value}" if value >= 0 or padding != "+" else str(value)
     try:
         request = parse_edit_request(form(("image", b"x"), ("prompt", "p"), ("seed", text)), PROPERTY_LIMITS)
-    except ApiError as error:
+    except Refused as error:
         assert not 0 <= value <= MAX_SEED and error.param == "seed"
     else:
         assert 0 <= value <= MAX_SEED and request.options.seed == value
@@ -201,8 +202,8 @@ def test_guidance_is_a_finite_number_from_0_to_20_or_a_400(value):
     text = repr(value) if isinstance(value, float) else value
     try:
         request = parse_edit_request(form(("image", b"x"), ("prompt", "p"), ("guidance_scale", text)), PROPERTY_LIMITS)
-    except ApiError as error:
-        assert error.status == 400 and error.param == "guidance_scale"
+    except Refused as error:
+        assert status_of(error) == 400 and error.param == "guidance_scale"
     else:
         assert request.options.guidance_scale is None or 0 <= request.options.guidance_scale <= 20
 
@@ -216,8 +217,8 @@ def parse_json(body: dict):
     return parse_edit_request(body, LIMITS)
 
 
-def json_error(body: dict) -> ApiError:
-    with pytest.raises(ApiError) as caught:
+def json_error(body: dict) -> ApiError | RequestError:
+    with pytest.raises(Refused) as caught:
         parse_json(body)
     return caught.value
 
@@ -323,7 +324,7 @@ def test_json_nulls_empty_strings_and_unknown_keys_count_as_absent():
 def test_bad_json_values_name_their_field(body, param, status):
     body = {"images": [{"image_url": DATA_URL}], **body} if "images" not in body and status == 400 else body
     error = json_error(body)
-    assert (error.status, error.param) == (status, param)
+    assert (status_of(error), error.param) == (status, param)
     assert error.message
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from imgedit.config import Settings
-from imgedit.serving.capacity import replica_concurrency
+from imgedit.scheduling.capacity import replica_concurrency
 from tests.integration.test_bento import build_bento
 
 ROOT = Path(__file__).resolve().parents[2]

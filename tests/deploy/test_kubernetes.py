@@ -19,7 +19,7 @@ import kubernetes_validate
 import pytest
 
 from imgedit.config import Settings
-from imgedit.serving.capacity import replica_concurrency
+from imgedit.scheduling.capacity import replica_concurrency
 from tests.deploy.support import OVERLAYS, crd_schemas, environment, kubectl, one, render
 
 #: The Kubernetes versions every manifest must be valid for: image volumes are on by default from 1.35.

@@ -71,7 +71,7 @@ def decoded(b64: str) -> np.ndarray:
 
 def extra_ranks(server: Server) -> list[psutil.Process]:
     processes = psutil.Process(server.process.pid).children(recursive=True)
-    return [process for process in processes if "imgedit.serving.rank_main" in " ".join(process.cmdline())]
+    return [process for process in processes if "imgedit.ranks.main" in " ".join(process.cmdline())]
 
 
 def gone(process: psutil.Process) -> bool:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from devtools.server import start_server, stop
-from imgedit.model.memory import component_bytes, footprint
 from imgedit.model.tiny import build_tiny
+from imgedit.weights.memory import component_bytes, footprint
 from tests.helpers import gradient_png
 from tests.integration.test_startup import run_until_exit
 

@@ -8,9 +8,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from imgedit.errors import ApiError
+from imgedit.errors import RequestError
 from imgedit.media.fetch import Fetcher, FetchPolicy, forbidden_reason
-from tests.helpers import image_bytes
+from tests.helpers import Refused, image_bytes, status_of
 
 pytestmark = pytest.mark.anyio
 
@@ -83,10 +83,10 @@ def fake_resolver(answers: dict[str, list[str]], calls: list[str] | None = None)
     return resolve
 
 
-async def error_of(fetcher: Fetcher, url: str) -> ApiError:
-    with pytest.raises(ApiError) as caught:
+async def error_of(fetcher: Fetcher, url: str) -> RequestError:
+    with pytest.raises(Refused) as caught:
         await fetcher.read(url, "url[1]")
-    assert caught.value.status == 400
+    assert status_of(caught.value) == 400
     assert caught.value.param == "url[1]"
     return caught.value
 
@@ -306,7 +306,7 @@ async def test_non_image_content_is_fetched_but_fails_to_decode(origin):
 
     data = await Fetcher(FetchPolicy(allow_private=True)).read(f"http://{origin}/page.html", "url[0]")
     assert data.startswith(b"<html>")
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(Refused) as caught:
         decode_image(data, "url[0]", 1000)
     assert (caught.value.param, caught.value.code) == ("url[0]", "invalid_image_format")
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgedit.errors import ApiError
+from imgedit.errors import RequestError
 from imgedit.media.images import decode_image
-from tests.helpers import image_bytes, png_declaring
+from tests.helpers import Refused, image_bytes, png_declaring, status_of
 
 MAX_PIXELS = 10_000_000
 
@@ -19,10 +19,10 @@ def decode(data: bytes):
     return decode_image(data, "image[0]", MAX_PIXELS)
 
 
-def error_of(data: bytes, max_pixels: int = MAX_PIXELS) -> ApiError:
-    with pytest.raises(ApiError) as caught:
+def error_of(data: bytes, max_pixels: int = MAX_PIXELS) -> RequestError:
+    with pytest.raises(Refused) as caught:
         decode_image(data, "image[2]", max_pixels)
-    assert caught.value.status == 400
+    assert status_of(caught.value) == 400
     assert caught.value.param == "image[2]"
     return caught.value
 
@@ -158,8 +158,8 @@ def test_mutated_images_decode_or_get_a_400(fmt):
             data = data[: rng.randrange(len(data))]
         try:
             decode_image(bytes(data), "image[0]", MAX_PIXELS)
-        except ApiError as error:
-            assert error.status == 400
+        except Refused as error:
+            assert status_of(error) == 400
 
 
 def test_animated_webp_gives_its_first_frame():

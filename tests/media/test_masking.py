@@ -5,9 +5,10 @@ import io
 import pytest
 from PIL import Image
 
-from imgedit.errors import ApiError
+from imgedit.errors import RequestError
 from imgedit.media.masking import decode_mask, fit, keep_outside
 from imgedit.media.sizing import Size
+from tests.helpers import Refused, status_of
 
 
 def mask_png(size=(64, 48), hole=(0, 0, 32, 48), mode="RGBA", fmt="PNG") -> bytes:
@@ -22,10 +23,10 @@ def mask_png(size=(64, 48), hole=(0, 0, 32, 48), mode="RGBA", fmt="PNG") -> byte
 FIRST = Size(64, 48)
 
 
-def mask_error(data: bytes, first: Size = FIRST) -> ApiError:
-    with pytest.raises(ApiError) as caught:
+def mask_error(data: bytes, first: Size = FIRST) -> RequestError:
+    with pytest.raises(Refused) as caught:
         decode_mask(data, first, 10_000_000)
-    assert (caught.value.status, caught.value.param) == (400, "mask")
+    assert (status_of(caught.value), caught.value.param) == (400, "mask")
     return caught.value
 
 

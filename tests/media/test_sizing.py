@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imgedit.errors import ApiError
 from imgedit.media.sizing import MIN_SIDE, Size, SizeLimits, output_size, parse_size
+from tests.helpers import Refused, status_of
 
 LIMITS = SizeLimits(max_side=4096, max_pixels=2048 * 2048)
 
@@ -28,9 +28,9 @@ def test_parse_size(text, expected):
     "text", ["1024x", "x1024", "1024*1024", "big", "-64x64", "63x64", "64x4097", "4096x4096", "1e3x64"]
 )
 def test_parse_size_rejects(text):
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(Refused) as caught:
         parse_size(text, LIMITS)
-    assert (caught.value.status, caught.value.param) == (400, "size")
+    assert (status_of(caught.value), caught.value.param) == (400, "size")
 
 
 @pytest.mark.parametrize(
@@ -76,8 +76,8 @@ def test_parse_size_accepts_exactly_the_sizes_within_limits(width, height, separ
     )
     try:
         parsed = parse_size(text, PROPERTY_LIMITS)
-    except ApiError as error:
-        assert not fits and error.status == 400 and error.param == "size"
+    except Refused as error:
+        assert not fits and status_of(error) == 400 and error.param == "size"
     else:
         assert fits and parsed == Size(width, height)
 
@@ -86,7 +86,7 @@ def test_parse_size_accepts_exactly_the_sizes_within_limits(width, height, separ
 def test_parse_size_never_crashes(text):
     try:
         parse_size(text, PROPERTY_LIMITS)
-    except ApiError as error:
+    except Refused as error:
         assert error.param == "size"
 
 

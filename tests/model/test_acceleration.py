@@ -5,8 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from imgedit.config import Settings
-from imgedit.model.acceleration import OptionError, apply_options, check_options
+from imgedit.model.acceleration import AccelerationOptions, OptionError, apply_options, check_options
 from imgedit.model.tiny import build_tiny
 
 CPU = torch.device("cpu")
@@ -32,21 +31,21 @@ def edit(pipeline, steps: int = 6) -> np.ndarray:
 
 
 def test_nothing_is_applied_by_default():
-    assert apply_options(fresh(), Settings(), CPU) == []
+    assert apply_options(fresh(), AccelerationOptions(), CPU) == []
 
 
 @pytest.mark.parametrize("backend", ["native", "_native_math"])
 def test_portable_attention_backends_work_on_cpu(backend):
     pipeline = fresh()
     reference = edit(pipeline)
-    assert apply_options(pipeline, Settings(attention_backend=backend), CPU) == [f"attention={backend}"]
+    assert apply_options(pipeline, AccelerationOptions(attention_backend=backend), CPU) == [f"attention={backend}"]
     assert np.abs(edit(pipeline).astype(int) - reference).max() <= 2
 
 
 @pytest.mark.parametrize("backend", ["_native_cudnn", "flash", "sage", "_flash_3"])
 def test_cuda_attention_backends_are_refused_without_cuda(backend):
     with pytest.raises(OptionError, match=f"IMGEDIT_ATTENTION_BACKEND: '{backend}' needs a CUDA device"):
-        check_options(Settings(attention_backend=backend), CPU)
+        check_options(AccelerationOptions(attention_backend=backend), CPU)
 
 
 def test_hub_attention_kernels_cannot_even_be_configured(monkeypatch):
@@ -63,8 +62,8 @@ def test_hub_attention_kernels_cannot_even_be_configured(monkeypatch):
 def test_caches_run_and_change_the_computation(cache, expected):
     pipeline = fresh()
     reference = edit(pipeline, steps=12)
-    settings = Settings(cache=cache, cache_threshold=0.5, cache_interval=3)
-    assert apply_options(pipeline, settings, CPU) == [expected]
+    options = AccelerationOptions(cache=cache, cache_threshold=0.5, cache_interval=3)
+    assert apply_options(pipeline, options, CPU) == [expected]
     cached = edit(pipeline, steps=12)
     assert cached.shape == reference.shape
     assert not np.array_equal(cached, reference)  # steps were skipped or predicted
@@ -72,7 +71,7 @@ def test_caches_run_and_change_the_computation(cache, expected):
 
 def test_vae_tiling_and_slicing_are_switched_on():
     pipeline = fresh()
-    applied = apply_options(pipeline, Settings(vae_tiling=True, vae_slicing=True), CPU)
+    applied = apply_options(pipeline, AccelerationOptions(vae_tiling=True, vae_slicing=True), CPU)
     assert applied == ["vae_tiling", "vae_slicing"]
     assert pipeline.vae.use_tiling and pipeline.vae.use_slicing
     assert edit(pipeline).shape == (64, 64, 3)
@@ -84,14 +83,14 @@ def test_a_vae_without_tiling_is_refused():
         transformer = object()
 
     with pytest.raises(OptionError, match="IMGEDIT_VAE_TILING"):
-        apply_options(Plain(), Settings(vae_tiling=True), CPU)
+        apply_options(Plain(), AccelerationOptions(vae_tiling=True), CPU)
 
 
 def test_regional_compilation_is_chosen_when_the_model_has_repeated_blocks(monkeypatch):
     pipeline = fresh()
     compiled = []
     monkeypatch.setattr(type(pipeline.transformer), "compile_repeated_blocks", lambda self, **kw: compiled.append(kw))
-    assert apply_options(pipeline, Settings(compile=True), CPU) == ["compile=regional"]
+    assert apply_options(pipeline, AccelerationOptions(compile=True), CPU) == ["compile=regional"]
     assert compiled == [{"fullgraph": True}]
 
 
@@ -99,5 +98,5 @@ def test_compiled_denoiser_still_edits():
     """A real regional compilation (slow: tens of seconds on a CPU)."""
     pipeline = fresh()
     reference = edit(pipeline, steps=2)
-    assert apply_options(pipeline, Settings(compile=True), CPU) == ["compile=regional"]
+    assert apply_options(pipeline, AccelerationOptions(compile=True), CPU) == ["compile=regional"]
     assert np.abs(edit(pipeline, steps=2).astype(int) - reference).max() <= 2

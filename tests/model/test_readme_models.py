@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from imgedit.model.families import ADAPTERS
+from imgedit.model.families import FAMILIES
 from imgedit.model.families.flux2 import DISTILLED_STEPS
 from imgedit.model.spec import QUALITY_STEP_SHARE
 
@@ -28,8 +28,8 @@ def rows() -> dict[str, list[str]]:
 
 def test_every_family_has_a_row_with_its_steps_per_quality():
     table = rows()
-    assert set(table) == {adapter.name for adapter in ADAPTERS}
-    for adapter in ADAPTERS:
+    assert set(table) == {adapter.name for adapter in FAMILIES}
+    for adapter in FAMILIES:
         quality = table[adapter.name][0]
         assert steps(adapter.defaults.steps) in quality, adapter.name
     assert f"distilled: {steps(DISTILLED_STEPS)}" in table["flux2-klein"][0]
@@ -37,7 +37,7 @@ def test_every_family_has_a_row_with_its_steps_per_quality():
 
 def test_input_fidelity_is_described_where_a_family_has_a_knob_and_only_there():
     table = rows()
-    for adapter in ADAPTERS:
+    for adapter in FAMILIES:
         described = table[adapter.name][1]
         if adapter.fidelity:
             levels = re.findall(r"(high|low) ([0-9.]+)", described)

@@ -11,13 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.testclient import TestClient
 
-from imgedit.serving.bentoml_seam import (
-    FAILURE_FILE_VARIABLE,
-    ImagesResponse,
-    RawRequestInput,
-    raw_request_input,
-    worker_index,
-)
+from imgedit.api.responses import ImagesResponse
+from imgedit.serving.bentoml_seam import FAILURE_FILE_VARIABLE, RawRequestInput, raw_request_input, worker_index
 
 SCHEMA = {"type": "object", "title": "SeamForm", "properties": {"word": {"type": "string", "maxLength": 9}}}
 JSON_SCHEMA = {"type": "object", "title": "SeamJson", "properties": {"count": {"type": "integer", "maximum": 3}}}
@@ -72,6 +67,14 @@ def test_the_openapi_document_shows_every_declared_body(client):
             schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
         assert schema["properties"] == declared["properties"]
     assert "connection" not in str(document)  # the descriptor's own field is never documented
+
+
+def test_the_openapi_document_shows_the_one_declared_response_body(client):
+    document = client.get("/docs.json").json()
+    schema = document["paths"]["/v1/probe"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    if "$ref" in schema:
+        schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    assert list(schema["properties"]) == list(ImagesResponse.model_fields)
 
 
 def test_worker_index_counts_from_zero(monkeypatch):

@@ -17,8 +17,8 @@ from imgedit.media.fetch import Fetcher, FetchPolicy
 from imgedit.media.sizing import Size
 from imgedit.model.call import PipelineCall
 from imgedit.model.families.base import Defaults
-from imgedit.model.families.qwen_image_edit import QwenImageEditPlusAdapter
-from imgedit.serving.engine import Engine
+from imgedit.model.families.qwen_image_edit import QwenImageEditPlusFamily
+from imgedit.scheduling.engine import Engine
 from imgedit.serving.handler import EditHandler
 from tests.helpers import decode, form_request, gradient_png, http_request, image_bytes, multipart_body
 
@@ -27,20 +27,20 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture(scope="module")
 def engine(tiny_model):
-    engine = Engine(previewer=QwenImageEditPlusAdapter(tiny_model.pipeline).preview)
+    engine = Engine(previewer=QwenImageEditPlusFamily(tiny_model.pipeline).preview)
     yield engine
     engine.close()
 
 
 def make_handler(tiny_model, engine, **settings) -> EditHandler:
     config = Settings(model="tiny:qwen-image-edit-plus", **settings)
-    adapter = QwenImageEditPlusAdapter(
+    family = QwenImageEditPlusFamily(
         tiny_model.pipeline,
         overrides=Defaults(steps=2),
         max_images=config.max_images,
         native_pixels=tiny_model.native_pixels,  # 64x64, as the server serves a tiny model
     )
-    return EditHandler(config, config.model, adapter, engine, Fetcher(FetchPolicy()))
+    return EditHandler(config, family, engine, Fetcher(FetchPolicy()))
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ async def test_success_body_and_headers(handler):
     usage = body["usage"]
     assert usage["input_tokens"] == sum(usage["input_tokens_details"].values()) > 0
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
-    patch = handler.adapter.size_multiple
+    patch = handler.family.size_multiple
     assert usage["output_tokens"] == (64 // patch) ** 2  # one 64x64 output in latent patches
     assert isinstance(body["created"], int)
     assert body["data"][0]["url"] is None and body["data"][0]["revised_prompt"] is None
@@ -273,7 +273,7 @@ async def test_draining_is_a_503(tiny_model):
 
 
 async def test_out_of_memory_is_a_503_with_retry_after(handler, monkeypatch):
-    from imgedit.serving.jobs import OutOfMemory
+    from imgedit.scheduling.jobs import OutOfMemory
 
     async def out_of_memory(*args, **kwargs):
         raise OutOfMemory

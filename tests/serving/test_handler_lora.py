@@ -1,4 +1,4 @@
-"""LoRA adapters through the request path: chosen per request, by ``lora`` or ``model``, loaded and unloaded."""
+"""LoRAs through the request path: chosen per request, by ``lora`` or ``model``, loaded and unloaded."""
 
 from __future__ import annotations
 
@@ -7,20 +7,23 @@ import json
 import threading
 
 import pytest
+import torch
 
 from devtools.lora_files import write_lora
-from imgedit.api.routes import ModelCard
+from imgedit.api.errors import ApiError
 from imgedit.config import Settings
-from imgedit.errors import ApiError
+from imgedit.lora.admin import LoraAdmin
+from imgedit.lora.registry import LoraRegistry
+from imgedit.lora.sources import spec_in_directory
 from imgedit.media.fetch import Fetcher, FetchPolicy
 from imgedit.model.call import PipelineCall
-from imgedit.model.families.qwen_image_edit import QwenImageEditPlusAdapter
-from imgedit.model.lora import spec_in_directory
-from imgedit.model.lora_registry import LoraRegistry
+from imgedit.model.families.qwen_image_edit import QwenImageEditPlusFamily
 from imgedit.model.spec import Defaults
-from imgedit.serving.engine import Engine
+from imgedit.scheduling.engine import Engine
 from imgedit.serving.handler import EditHandler
-from imgedit.serving.lora_admin import LoraAdmin
+from imgedit.serving.recipe import PreparedModel
+from imgedit.serving.worker import Worker
+from imgedit.weights.loader import LoadedModel
 from tests.helpers import form_request, gradient_png
 
 pytestmark = pytest.mark.anyio
@@ -36,19 +39,32 @@ def lora_dir(tiny_model, tmp_path_factory):
 
 @pytest.fixture
 def served(tiny_model, lora_dir):
-    """A handler whose engine switches adapters, with ``ink`` (scale 0.8) and ``light`` loaded."""
+    """A handler whose engine switches LoRAs, with ``ink`` (scale 0.8) and ``light`` loaded."""
     settings = Settings(model="tiny:qwen-image-edit-plus", lora_dir=str(lora_dir), max_loras=3)
-    adapter = QwenImageEditPlusAdapter(tiny_model.pipeline, overrides=Defaults(steps=2), native_pixels=64 * 64)
-    registry = LoraRegistry(adapter.loaded, max_loras=settings.max_loras)
-    engine = Engine(prepare=registry.activate, previewer=adapter.preview)
+    family = QwenImageEditPlusFamily(tiny_model.pipeline, overrides=Defaults(steps=2), native_pixels=64 * 64)
+    registry = LoraRegistry(family.loaded, max_loras=settings.max_loras)
+    engine = Engine(prepare=registry.activate, previewer=family.preview)
     for name, scale in (("ink", 0.8), ("light", 1.0)):
         engine.between_runs(lambda n=name, s=scale: registry.load(n, spec_in_directory(str(lora_dir), n, s))).result()
-    admin = LoraAdmin(registry, engine, settings.lora_dir)
-    yield EditHandler(settings, settings.model, adapter, engine, Fetcher(FetchPolicy()), admin)
+    lora_admin = LoraAdmin(registry, engine, settings.lora_dir)
+    yield EditHandler(settings, family, engine, Fetcher(FetchPolicy()), lora_admin)
     for name in registry.names():
         registry.retire(name)
         engine.between_runs(lambda n=name: registry.unload(n)).result()
     engine.close()
+
+
+@pytest.fixture
+def worker(served, tiny_model):
+    """The worker around ``served``: the model list and the LoRA endpoints."""
+    loaded = LoadedModel(
+        pipeline=tiny_model.pipeline,
+        model_id="tiny:qwen-image-edit-plus",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
+    model = PreparedModel(loaded=loaded, family=served.family, options=())
+    return Worker(served_name="qwen-image-edit-plus", model=model, engine=served.engine, handler=served)
 
 
 async def edit(handler: EditHandler, seed: int = 5, **fields: str) -> tuple[int, dict]:
@@ -61,7 +77,7 @@ def picture(body: dict) -> str:
     return body["data"][0]["b64_json"]
 
 
-async def test_a_request_without_an_adapter_after_one_with_is_exactly_the_base_model(served):
+async def test_a_request_without_a_lora_after_one_with_is_exactly_the_base_model(served):
     _, before = await edit(served)
     _, inked = await edit(served, lora="ink")
     _, after = await edit(served)
@@ -69,7 +85,7 @@ async def test_a_request_without_an_adapter_after_one_with_is_exactly_the_base_m
     assert picture(after) == picture(before)
 
 
-async def test_concurrent_requests_with_mixed_adapters_each_get_what_they_get_alone(served):
+async def test_concurrent_requests_with_mixed_loras_each_get_what_they_get_alone(served):
     choices = ["", "ink", "light", "ink:0.3", "ink,light:0.5", ""]
     alone = [
         picture((await edit(served, lora=choice))[1]) if choice else picture((await edit(served))[1])
@@ -80,11 +96,11 @@ async def test_concurrent_requests_with_mixed_adapters_each_get_what_they_get_al
     assert len(set(alone)) == len(choices) - 1  # only the two plain requests agree
 
 
-async def test_model_may_name_an_adapter_at_its_loaded_scale(served):
+async def test_model_may_name_a_lora_at_its_loaded_scale(served, worker):
     _, by_model = await edit(served, model="ink")
     _, by_lora = await edit(served, lora="ink:0.8")
     assert picture(by_model) == picture(by_lora)
-    cards = served.model_cards(ModelCard(id="qwen-image-edit-plus", created=1))
+    cards = worker.models()
     assert [(card.id, card.parent) for card in cards] == [
         ("qwen-image-edit-plus", None),
         ("ink", "qwen-image-edit-plus"),
@@ -101,7 +117,7 @@ async def test_model_may_name_an_adapter_at_its_loaded_scale(served):
         ({"lora": '{"name": "x", "path": "../escape"}'}, "lora", "invalid_value"),
     ],
 )
-async def test_unknown_or_bad_adapters_are_a_400(served, fields, param, code):
+async def test_unknown_or_bad_loras_are_a_400(served, fields, param, code):
     status, body = await edit(served, **fields)
     assert (status, body["error"]["param"], body["error"]["code"]) == (400, param, code)
 
@@ -113,21 +129,21 @@ async def test_a_path_under_the_lora_directory_is_loaded_on_first_use(served):
     assert picture(body) == picture((await edit(served, lora="extra:0.5"))[1])
 
 
-async def test_load_and_unload_with_the_cap(served, lora_dir):
+async def test_load_and_unload_with_the_cap(worker, lora_dir):
     with pytest.raises(ApiError) as exists:
-        await served.admin.load("ink", "ink")
-    assert exists.value.code == "lora_exists"
-    assert (await served.admin.load("extra", "extra"))["status"] == "loaded"
+        await worker.load_lora("ink", "ink")
+    assert (exists.value.status, exists.value.code) == (400, "lora_exists")
+    assert (await worker.load_lora("extra", "extra"))["status"] == "loaded"
     with pytest.raises(ApiError) as full:
-        await served.admin.load("more", "light")
-    assert full.value.code == "too_many_adapters"
-    assert (await served.admin.unload("extra"))["status"] == "unloaded"
+        await worker.load_lora("more", "light")
+    assert (full.value.status, full.value.code) == (400, "too_many_adapters")
+    assert (await worker.unload_lora("extra"))["status"] == "unloaded"
     with pytest.raises(ApiError) as gone:
-        await served.admin.unload("extra")
+        await worker.unload_lora("extra")
     assert gone.value.status == 404
 
 
-async def test_unloading_waits_for_the_requests_admitted_with_the_adapter(served, monkeypatch):
+async def test_unloading_waits_for_the_requests_admitted_with_the_lora(served, monkeypatch):
     reached, release = threading.Event(), threading.Event()
     invoke = PipelineCall.invoke
 
@@ -144,7 +160,7 @@ async def test_unloading_waits_for_the_requests_admitted_with_the_adapter(served
     monkeypatch.setattr(PipelineCall, "invoke", held_at_the_first_step)
     running = asyncio.ensure_future(edit(served, lora="light"))
     assert await asyncio.to_thread(reached.wait, 60)
-    unloading = asyncio.ensure_future(served.admin.unload("light"))
+    unloading = asyncio.ensure_future(served.lora_admin.unload("light"))
     while "light" in served.loras.names():  # refused to new requests at once
         await asyncio.sleep(0.01)
     status, body = await edit(served, lora="light", seed=6)

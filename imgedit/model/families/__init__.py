@@ -1,52 +1,51 @@
-"""Model-family adapters, chosen from the loaded pipeline's class (or by ``IMGEDIT_FAMILY``)."""
+"""Model families: one per module, chosen from the loaded pipeline's class (or by ``IMGEDIT_FAMILY``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from imgedit.model.families.base import Family
+from imgedit.model.families.flux2 import Flux2Family, Flux2KleinFamily
+from imgedit.model.families.flux_kontext import FluxKontextFamily
+from imgedit.model.families.qwen_image_edit import QwenImageEditFamily, QwenImageEditPlusFamily
+from imgedit.model.families.stable_diffusion import InstructPix2PixFamily, StableDiffusionFamily
+from imgedit.model.pipeline import Pipeline
 
-from imgedit.model.families.base import FamilyAdapter
-from imgedit.model.families.flux2 import Flux2Adapter, Flux2KleinAdapter
-from imgedit.model.families.flux_kontext import FluxKontextAdapter
-from imgedit.model.families.qwen_image_edit import QwenImageEditAdapter, QwenImageEditPlusAdapter
-from imgedit.model.families.stable_diffusion import InstructPix2PixAdapter, StableDiffusionAdapter
-
-ADAPTERS: tuple[type[FamilyAdapter], ...] = (
-    QwenImageEditPlusAdapter,
-    QwenImageEditAdapter,
-    FluxKontextAdapter,
-    Flux2Adapter,
-    Flux2KleinAdapter,
-    InstructPix2PixAdapter,
-    StableDiffusionAdapter,
+FAMILIES: tuple[type[Family], ...] = (
+    QwenImageEditPlusFamily,
+    QwenImageEditFamily,
+    FluxKontextFamily,
+    Flux2Family,
+    Flux2KleinFamily,
+    InstructPix2PixFamily,
+    StableDiffusionFamily,
 )
 
-__all__ = ["ADAPTERS", "FamilyAdapter", "UnsupportedPipeline", "adapter_class_for", "family_names"]
+__all__ = ["FAMILIES", "Family", "UnsupportedPipeline", "family_class_for", "family_names"]
 
 
 class UnsupportedPipeline(Exception):
-    """No adapter serves this pipeline, or the forced family does not exist."""
+    """No family serves this pipeline, or the forced family does not exist."""
 
 
 def family_names() -> list[str]:
-    return [adapter.name for adapter in ADAPTERS]
+    return [family.name for family in FAMILIES]
 
 
-def adapter_class_for(pipeline: Any, family: str | None = None) -> type[FamilyAdapter]:
-    """The adapter class serving ``pipeline``: the forced ``family``, or the one listing its class.
+def family_class_for(pipeline: Pipeline, name: str | None = None) -> type[Family]:
+    """The family serving ``pipeline``: the one called ``name`` when forced, or the one listing its class.
 
-    A pipeline class that subclasses a listed one is served by that class's adapter.
+    A pipeline class that subclasses a listed one is served by that class's family.
     """
-    if family is not None:
-        for adapter in ADAPTERS:
-            if adapter.name == family:
-                return adapter
-        raise UnsupportedPipeline(f"IMGEDIT_FAMILY: unknown family {family!r}; known: {', '.join(family_names())}")
+    if name is not None:
+        for family in FAMILIES:
+            if family.name == name:
+                return family
+        raise UnsupportedPipeline(f"IMGEDIT_FAMILY: unknown family {name!r}; known: {', '.join(family_names())}")
     for cls in type(pipeline).__mro__:
-        for adapter in ADAPTERS:
-            if cls.__name__ in adapter.pipeline_classes():
-                return adapter
-    supported = ", ".join(name for adapter in ADAPTERS for name in adapter.pipeline_classes())
+        for family in FAMILIES:
+            if cls.__name__ in family.pipeline_classes():
+                return family
+    supported = ", ".join(name for family in FAMILIES for name in family.pipeline_classes())
     raise UnsupportedPipeline(
-        f"no adapter serves the pipeline class {type(pipeline).__name__}; supported: {supported} "
+        f"no family serves the pipeline class {type(pipeline).__name__}; supported: {supported} "
         "(IMGEDIT_FAMILY forces one)"
     )

@@ -1,12 +1,12 @@
-"""What every model-family adapter provides.
+"""What every model family provides: the :class:`Family` base class.
 
-An adapter owns all model-specific knowledge: which diffusers pipeline classes
+A family owns all model-specific knowledge: which diffusers pipeline classes
 it serves, how many input images they take, the size multiple and what the
 requested size means to them, default steps and guidance, how a resolved edit
 (:class:`~imgedit.model.spec.EditSpec`) becomes pipeline arguments, whether a
 mask is inpainted natively, whether its calls may be fused into one batch, and
 how to turn intermediate latents into a preview picture. The request path asks
-the adapter and never branches on a model name itself.
+the family and never branches on a model name itself.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from imgedit.errors import invalid
 from imgedit.logs import get_logger
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
-from imgedit.model.call import EditPlan, PipelineCall, Usage, call_parameters
+from imgedit.model.call import EditPlan, PipelineCall, Tokens, call_parameters
+from imgedit.model.pipeline import Pipeline
 from imgedit.model.spec import Defaults, EditSpec, resolve
 
 log = get_logger(__name__)
@@ -34,11 +35,11 @@ log = get_logger(__name__)
 WARMUP_SIDE = 64
 
 
-def _from_pipe(class_name: str, pipeline: Any) -> Any:
+def _from_pipe(class_name: str, pipeline: Pipeline) -> Pipeline:
     return from_pipe(getattr(importlib.import_module("diffusers"), class_name), pipeline)
 
 
-def from_pipe(pipeline_class: Any, pipeline: Any) -> Any:
+def from_pipe(pipeline_class: Any, pipeline: Pipeline) -> Pipeline:
     """``pipeline_class.from_pipe(pipeline)`` (an auto class too), sharing the components as they are.
 
     diffusers' ``from_pipe`` ends by casting the new pipeline, so every shared
@@ -49,16 +50,17 @@ def from_pipe(pipeline_class: Any, pipeline: Any) -> Any:
     from diffusers import DiffusionPipeline
 
     cast = DiffusionPipeline.to
-    DiffusionPipeline.to = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
+    # A class attribute, replaced for the length of one call on the engine's own thread at start-up.
+    DiffusionPipeline.to = lambda self, *args, **kwargs: self  # type: ignore[method-assign]  # see above
     try:
-        built = pipeline_class.from_pipe(pipeline)
+        built: Pipeline = pipeline_class.from_pipe(pipeline)
     finally:
-        DiffusionPipeline.to = cast  # type: ignore[method-assign]
+        DiffusionPipeline.to = cast  # type: ignore[method-assign]  # restores diffusers' own method
     built.set_progress_bar_config(disable=True)
     return built
 
 
-class FamilyAdapter(ABC):
+class Family(ABC):
     """Maps resolved edits onto one family of diffusers pipelines.
 
     Args:
@@ -98,7 +100,7 @@ class FamilyAdapter(ABC):
 
     def __init__(
         self,
-        pipeline: Any,
+        pipeline: Pipeline,
         *,
         overrides: Defaults | None = None,
         max_images: int | None = None,
@@ -109,9 +111,9 @@ class FamilyAdapter(ABC):
             raise ValueError(f"{self.name} takes at most {self.max_images_supported} input images")
         self.loaded = pipeline
         #: Runs requests without a mask.
-        self.pipeline: Any
+        self.pipeline: Pipeline
         #: Runs requests with a mask, when the family inpaints natively.
-        self.inpaint_pipeline: Any | None
+        self.inpaint_pipeline: Pipeline | None
         self.pipeline, self.inpaint_pipeline = self.build_pipelines(pipeline)
         #: What an edit leaves unset becomes: the operator's overrides over the family's defaults.
         self.resolved_defaults = self.family_defaults().overridden_by(overrides or Defaults())
@@ -120,10 +122,10 @@ class FamilyAdapter(ABC):
 
     @classmethod
     def pipeline_classes(cls) -> tuple[str, ...]:
-        """Every diffusers pipeline class name this adapter can be given."""
+        """Every diffusers pipeline class name this family can be given."""
         return tuple(name for pair in cls.pipeline_pairs for name in pair if name is not None)
 
-    def build_pipelines(self, loaded: Any) -> tuple[Any, Any | None]:
+    def build_pipelines(self, loaded: Pipeline) -> tuple[Pipeline, Pipeline | None]:
         """The edit pipeline and the inpainting one (or None), one of them ``loaded``.
 
         The other is built with ``from_pipe``: it shares every component, so it costs no memory.
@@ -145,7 +147,7 @@ class FamilyAdapter(ABC):
         """Output width and height must be multiples of this."""
 
     @abstractmethod
-    def arguments(self, pipeline: Any, spec: EditSpec) -> dict[str, Any]:
+    def arguments(self, pipeline: Pipeline, spec: EditSpec) -> dict[str, Any]:
         """The family's arguments for ``pipeline(...)``, before filtering by its signature.
 
         Args:
@@ -173,13 +175,13 @@ class FamilyAdapter(ABC):
         return spec.size
 
     def check(self, spec: EditSpec) -> None:
-        """Refuse, with an :class:`~imgedit.errors.ApiError`, an edit this family cannot run.
+        """Refuse, with a :class:`~imgedit.errors.RequestError`, an edit this family cannot run.
 
         The default accepts everything; families override it for limits of their model.
         """
         return None
 
-    def generated_size(self, pipeline: Any, spec: EditSpec) -> Size:
+    def generated_size(self, pipeline: Pipeline, spec: EditSpec) -> Size:
         """The size ``pipeline`` will really generate for ``spec`` (by default, ``spec.size``)."""
         return spec.size
 
@@ -208,7 +210,7 @@ class FamilyAdapter(ABC):
         """How to serve ``spec``: its pipeline calls, one per image unless the family batches them.
 
         Raises:
-            ApiError: 400 when the family cannot run the edit (see :meth:`check`).
+            RequestError: the family cannot run the edit (see :meth:`check`).
         """
         self.check(spec)
         pipeline = self.inpaint_pipeline if spec.mask is not None else self.pipeline
@@ -220,7 +222,7 @@ class FamilyAdapter(ABC):
             calls.append(PipelineCall(pipeline, _accepted_only(pipeline, arguments), len(seeds), generated))
         return EditPlan(calls, spec.size, spec.steps, spec.mask_mode)
 
-    def usage(self, spec: EditSpec) -> Usage:
+    def tokens(self, spec: EditSpec) -> Tokens:
         """Token counts for one output image, as OpenAI's ``usage`` reports them.
 
         Text tokens are the prompt's tokens by the pipeline's tokenizer. Image
@@ -234,7 +236,7 @@ class FamilyAdapter(ABC):
         except Exception:  # a processor-style tokenizer with another call shape
             text = len(spec.prompt.split())
         image = sum(self.latent_tokens(self.reference_size(each, spec)) for each in spec.images)
-        return Usage(text_tokens=text, image_tokens=image, output_tokens=self.latent_tokens(spec.size))
+        return Tokens(text_tokens=text, image_tokens=image, output_tokens=self.latent_tokens(spec.size))
 
     def latent_tokens(self, size: Size) -> int:
         """Latent patches of an image of ``size``: one per ``size_multiple`` square."""
@@ -257,7 +259,7 @@ def _with_seeds(spec: EditSpec, seeds: tuple[int, ...]) -> EditSpec:
     return spec if seeds == spec.seeds else dataclasses.replace(spec, seeds=seeds)
 
 
-def _accepted_only(pipeline: Any, arguments: dict[str, Any]) -> dict[str, Any]:
+def _accepted_only(pipeline: Pipeline, arguments: dict[str, Any]) -> dict[str, Any]:
     """``arguments`` that ``pipeline`` takes and that are set; the others are logged at debug level."""
     accepted = call_parameters(type(pipeline))
     dropped = sorted(name for name, value in arguments.items() if name not in accepted and value is not None)
@@ -273,7 +275,7 @@ def require_a_denoising_step(steps: int, strength: float) -> None:
     schedule (their ``get_timesteps``) and fail when none is left.
 
     Raises:
-        ApiError: 400 naming ``strength``.
+        RequestError: naming ``strength``.
     """
     skipped = int(max(steps - min(steps * strength, steps), 0))
     if steps - skipped < 1:

@@ -46,12 +46,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from imgedit.config import HARD_MAX_IMAGES
+from imgedit.edit import HARD_MAX_IMAGES
 from imgedit.errors import invalid
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
 from imgedit.model.call import EditPlan, PipelineCall, StepHook, generators, postprocess
-from imgedit.model.families.base import FamilyAdapter, require_a_denoising_step
+from imgedit.model.families.base import Family, require_a_denoising_step
 from imgedit.model.spec import Defaults, EditSpec
 
 #: ``Flux2ImageProcessor.check_image_input``'s limits on every reference.
@@ -73,7 +73,7 @@ def _within_one_megapixel(size: Size, multiple: int) -> Size:
     return Size(width // multiple * multiple, height // multiple * multiple)
 
 
-class _Flux2Family(FamilyAdapter):
+class _Flux2(Family):
     """What every FLUX.2 pipeline shares: references, sizes, previews."""
 
     max_images_supported = HARD_MAX_IMAGES
@@ -132,7 +132,7 @@ class _Flux2Family(FamilyAdapter):
         }
 
 
-class Flux2Adapter(_Flux2Family):
+class Flux2Family(_Flux2):
     """FLUX.2-dev: several references, embedded guidance, no negative prompt; masks are composited."""
 
     name = "flux2"
@@ -166,7 +166,7 @@ class NegativePromptCall(PipelineCall):
         return PipelineCall(self.pipeline, kwargs, self.num_images, self.generated_size).invoke(on_step)
 
 
-class Flux2KleinAdapter(_Flux2Family):
+class Flux2KleinFamily(_Flux2):
     """FLUX.2-klein, base or step-distilled: several references; masks are inpainted natively."""
 
     name = "flux2-klein"

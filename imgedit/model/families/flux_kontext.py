@@ -53,14 +53,14 @@ from imgedit.errors import invalid
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
 from imgedit.model.call import PipelineCall, generators, postprocess
-from imgedit.model.families.base import FamilyAdapter, require_a_denoising_step
+from imgedit.model.families.base import Family, require_a_denoising_step
 from imgedit.model.spec import Defaults, EditSpec
 
 #: The unconditional prompt of true classifier-free guidance when the caller gives no negative prompt.
 EMPTY_NEGATIVE_PROMPT = ""
 
 
-class FluxKontextAdapter(FamilyAdapter):
+class FluxKontextFamily(Family):
     """FLUX.1 Kontext (dev and its fine-tunes): one input image; masks are inpainted natively."""
 
     name = "flux-kontext"

@@ -35,12 +35,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from imgedit.config import HARD_MAX_IMAGES
+from imgedit.edit import HARD_MAX_IMAGES
 from imgedit.errors import invalid
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
-from imgedit.model.call import PipelineCall, Usage, generators, postprocess
-from imgedit.model.families.base import FamilyAdapter, require_a_denoising_step
+from imgedit.model.call import PipelineCall, Tokens, generators, postprocess
+from imgedit.model.families.base import Family, require_a_denoising_step
 from imgedit.model.spec import Defaults, EditSpec
 
 EMPTY_NEGATIVE_PROMPT = " "
@@ -52,7 +52,7 @@ SINGLE_IMAGE_AREA = 1024 * 1024
 DISTILLED_GUIDANCE_SCALE = 1.0
 
 
-class _QwenImageEdit(FamilyAdapter):
+class _QwenImageEdit(Family):
     """What every Qwen-Image-Edit pipeline shares."""
 
     @property
@@ -95,11 +95,11 @@ class _QwenImageEdit(FamilyAdapter):
     def reference_size(self, image: InputImage, spec: EditSpec) -> Size:
         return self._reference_sizes(image.size)[1]
 
-    def usage(self, spec: EditSpec) -> Usage:
+    def tokens(self, spec: EditSpec) -> Tokens:
         """Also counts the vision tokens each image becomes in the text encoder."""
-        usage = super().usage(spec)
+        tokens = super().tokens(spec)
         vision = sum(self._vision_tokens(image) for image in spec.images)
-        return dataclasses.replace(usage, image_tokens=usage.image_tokens + vision)
+        return dataclasses.replace(tokens, image_tokens=tokens.image_tokens + vision)
 
     def check(self, spec: EditSpec) -> None:
         """Refuse what the pipeline would fail on: elongated references, prompts past the position table."""
@@ -171,7 +171,7 @@ class _QwenImageEdit(FamilyAdapter):
         raise NotImplementedError
 
 
-class QwenImageEditPlusAdapter(_QwenImageEdit):
+class QwenImageEditPlusFamily(_QwenImageEdit):
     """Qwen-Image-Edit-2509 and -2511: several reference images; masks are composited."""
 
     name = "qwen-image-edit-plus"
@@ -200,7 +200,7 @@ class QwenImageEditPlusAdapter(_QwenImageEdit):
         return tokens - self.pipeline.prompt_template_encode_start_idx - image_count
 
 
-class QwenImageEditAdapter(_QwenImageEdit):
+class QwenImageEditFamily(_QwenImageEdit):
     """The original Qwen-Image-Edit: one image; masks are inpainted natively."""
 
     name = "qwen-image-edit"

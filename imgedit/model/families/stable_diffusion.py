@@ -49,7 +49,7 @@ from imgedit.errors import invalid
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
 from imgedit.model.call import PipelineCall, generators, postprocess
-from imgedit.model.families.base import FamilyAdapter, from_pipe
+from imgedit.model.families.base import Family, from_pipe
 from imgedit.model.spec import Defaults, EditSpec
 
 #: ``guidance_scale`` the Stable Diffusion 1.x/2.x and SDXL models are tuned for.
@@ -96,7 +96,7 @@ def _schedule_length(steps: int, strength: float) -> int:
     return length
 
 
-class _StableDiffusion(FamilyAdapter):
+class _StableDiffusion(Family):
     """What every Stable Diffusion pipeline shares: size multiple, guidance, previews."""
 
     fusable = True
@@ -154,7 +154,7 @@ class _StableDiffusion(FamilyAdapter):
         return postprocess(pipeline, decoded)
 
 
-class InstructPix2PixAdapter(_StableDiffusion):
+class InstructPix2PixFamily(_StableDiffusion):
     """InstructPix2Pix on Stable Diffusion or SDXL: one image, an instruction; masks are composited."""
 
     name = "instruct-pix2pix"
@@ -178,7 +178,7 @@ class InstructPix2PixAdapter(_StableDiffusion):
         }
 
 
-class StableDiffusionAdapter(_StableDiffusion):
+class StableDiffusionFamily(_StableDiffusion):
     """Plain Stable Diffusion and SDXL checkpoints as img2img, with native inpainting of masks."""
 
     name = "stable-diffusion"

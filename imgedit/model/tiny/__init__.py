@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 PREFIX = "tiny:"
+#: The tiny model ``make serve`` serves, and start-up suggests when a real model cannot be had.
+TINY_DEFAULT = "tiny:qwen-image-edit-plus"
 #: Steps every tiny model defaults to: enough to exercise the scheduler, few enough to be quick.
 TINY_STEPS = 4
 #: The square side ``size=auto`` aims at with a tiny model: what its tests use, quick on any CPU.

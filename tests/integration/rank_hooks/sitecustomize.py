@@ -48,9 +48,9 @@ if _rank and (_oom or _early or _hang):
     PipelineCall.invoke = _faulty_invoke
 
 if _rank and _start_failure:
-    import imgedit.model.loader
+    import imgedit.weights.loader
 
     def _failing_load(*args, **kwargs):
         raise RuntimeError(_start_failure)
 
-    imgedit.model.loader.load_model = _failing_load
+    imgedit.weights.loader.load_model = _failing_load

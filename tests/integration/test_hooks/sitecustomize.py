@@ -31,7 +31,7 @@ if _gate or _delay or _oom_prompt or _step_gate or _concurrency_file:
     import torch
 
     from imgedit.model.call import PipelineCall
-    from imgedit.serving.engine import Engine
+    from imgedit.scheduling.engine import Engine
 
     if _gate:
         _run_now = Engine.run_now

@@ -12,7 +12,7 @@ from PIL import Image
 from imgedit.api.fields import FIELDS, MODEL_FIELDS
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
-from imgedit.model.families import ADAPTERS, adapter_class_for
+from imgedit.model.families import FAMILIES, family_class_for
 from imgedit.model.tiny import build_tiny
 from tests.model.families.conftest import plan
 
@@ -52,16 +52,16 @@ def adapters() -> dict[str, Any]:
     built = {}
     for family, model in TINY.items():
         pipeline = build_tiny(model).pipeline
-        built[family] = adapter_class_for(pipeline)(pipeline)
+        built[family] = family_class_for(pipeline)(pipeline)
     return built
 
 
 def test_every_family_has_a_tiny_model_here():
-    assert set(TINY) == {adapter.name for adapter in ADAPTERS}
+    assert set(TINY) == {adapter.name for adapter in FAMILIES}
 
 
 def test_the_declared_families_exist():
-    names = {adapter.name for adapter in ADAPTERS}
+    names = {adapter.name for adapter in FAMILIES}
     for field in FIELDS:
         assert set(field.families or ()) <= names, field.name
 

@@ -8,13 +8,13 @@ import torch
 from PIL import Image
 
 from imgedit.edit import EditOptions
-from imgedit.errors import ApiError
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
 from imgedit.model.call import PipelineCall
 from imgedit.model.families.base import _accepted_only
-from imgedit.model.families.flux2 import Flux2Adapter, Flux2KleinAdapter, NegativePromptCall
+from imgedit.model.families.flux2 import Flux2Family, Flux2KleinFamily, NegativePromptCall
 from imgedit.model.spec import Defaults, EditSpec
+from tests.helpers import Refused, status_of
 from tests.model.families.conftest import assert_repaints_where_the_mask_is_white, plan, spec
 
 
@@ -45,14 +45,14 @@ def pixels(image: Image.Image) -> np.ndarray:
 def flux2():
     from imgedit.model.tiny import build_tiny
 
-    return Flux2Adapter(build_tiny("tiny:flux2").pipeline, overrides=Defaults(steps=4))
+    return Flux2Family(build_tiny("tiny:flux2").pipeline, overrides=Defaults(steps=4))
 
 
 @pytest.fixture(scope="module")
 def klein():
     from imgedit.model.tiny import build_tiny
 
-    return Flux2KleinAdapter(build_tiny("tiny:flux2-klein").pipeline, overrides=Defaults(steps=4))
+    return Flux2KleinFamily(build_tiny("tiny:flux2-klein").pipeline, overrides=Defaults(steps=4))
 
 
 def distilled_pipeline(base):
@@ -153,22 +153,22 @@ def test_a_loaded_inpainting_pipeline_gets_its_edit_twin():
     from imgedit.model.tiny import build_tiny
 
     loaded = build_tiny("tiny:flux2-klein-inpaint").pipeline
-    adapter = Flux2KleinAdapter(loaded)
+    adapter = Flux2KleinFamily(loaded)
     assert type(adapter.pipeline).__name__ == "Flux2KleinPipeline"
     assert adapter.inpaint_pipeline is loaded and adapter.native_mask
 
 
 def test_max_images(flux2, klein):
-    assert Flux2Adapter(flux2.pipeline).max_images == 6
-    assert Flux2KleinAdapter(klein.pipeline).max_images == 4
-    assert Flux2KleinAdapter(klein.pipeline, max_images=16).max_images == 16
-    for adapter in (Flux2Adapter, Flux2KleinAdapter):
+    assert Flux2Family(flux2.pipeline).max_images == 6
+    assert Flux2KleinFamily(klein.pipeline).max_images == 4
+    assert Flux2KleinFamily(klein.pipeline, max_images=16).max_images == 16
+    for adapter in (Flux2Family, Flux2KleinFamily):
         with pytest.raises(ValueError, match="at most 16"):
-            adapter(flux2.pipeline if adapter is Flux2Adapter else klein.pipeline, max_images=17)
+            adapter(flux2.pipeline if adapter is Flux2Family else klein.pipeline, max_images=17)
 
 
 def test_flux2_defaults_and_what_it_ignores(flux2):
-    adapter = Flux2Adapter(flux2.pipeline)
+    adapter = Flux2Family(flux2.pipeline)
     assert adapter.resolved_defaults.steps == 50
     fields = {"negative_prompt": "blurry", "true_cfg_scale": 3.0, "strength": 0.5, "image_guidance_scale": 2.0}
     (call,) = plan(adapter, [picture()], Size(64, 48), [7], **fields).calls
@@ -181,7 +181,7 @@ def test_flux2_defaults_and_what_it_ignores(flux2):
 
 def test_request_and_operator_guidance_reach_flux2(flux2):
     (call,) = plan(
-        Flux2Adapter(flux2.pipeline, overrides=Defaults(guidance_scale=2.5)), [picture()], Size(64, 64), [1]
+        Flux2Family(flux2.pipeline, overrides=Defaults(guidance_scale=2.5)), [picture()], Size(64, 64), [1]
     ).calls
     assert call.kwargs["guidance_scale"] == 2.5
     (call,) = plan(flux2, [picture()], Size(64, 64), [1], guidance_scale=6.0, num_inference_steps=3).calls
@@ -189,20 +189,20 @@ def test_request_and_operator_guidance_reach_flux2(flux2):
 
 
 def test_klein_base_defaults(klein):
-    adapter = Flux2KleinAdapter(klein.pipeline)
+    adapter = Flux2KleinFamily(klein.pipeline)
     assert not adapter.distilled
     assert (adapter.resolved_defaults.steps, adapter.resolved_defaults.guidance_scale) == (50, 4.0)
 
 
 def test_distilled_klein_defaults_to_four_steps_without_guidance(klein):
-    adapter = Flux2KleinAdapter(distilled_pipeline(klein.pipeline))
+    adapter = Flux2KleinFamily(distilled_pipeline(klein.pipeline))
     assert adapter.distilled and adapter.inpaint_pipeline.config.is_distilled
     assert (adapter.resolved_defaults.steps, adapter.resolved_defaults.guidance_scale) == (4, 1.0)
     assert spec(adapter, [picture()], Size(64, 64), quality="medium").steps == 2
     (call,) = plan(adapter, [picture()], Size(64, 64), [1], negative_prompt="blurry").calls
     assert type(call) is PipelineCall  # a distilled model runs no CFG: the negative prompt is dropped
     assert call.kwargs["guidance_scale"] == 1.0
-    overridden = Flux2KleinAdapter(distilled_pipeline(klein.pipeline), overrides=Defaults(steps=8, guidance_scale=2.0))
+    overridden = Flux2KleinFamily(distilled_pipeline(klein.pipeline), overrides=Defaults(steps=8, guidance_scale=2.0))
     assert (overridden.resolved_defaults.steps, overridden.resolved_defaults.guidance_scale) == (8, 2.0)
 
 
@@ -282,8 +282,8 @@ def test_no_negative_prompt_without_guidance(klein):
 def _refused(adapter, edit: EditSpec) -> str | None:
     try:
         adapter.check(edit)
-    except ApiError as error:
-        assert error.status == 400
+    except Refused as error:
+        assert status_of(error) == 400
         return error.param
     return None
 
@@ -376,7 +376,7 @@ def test_zero_strength_is_refused_only_when_inpainting(klein):
 def test_inpainting_above_one_megapixel_generates_the_predicted_size():
     from imgedit.model.tiny import build_tiny
 
-    adapter = Flux2KleinAdapter(
+    adapter = Flux2KleinFamily(
         build_tiny("tiny:flux2-klein-inpaint").pipeline, overrides=Defaults(steps=1, guidance_scale=1.0)
     )
     size = Size(1040, 1024)  # just over 1 MP: shrunk to 1031x1016, then floored to the multiple
@@ -427,5 +427,5 @@ def test_references_count_at_the_size_the_pipeline_shrinks_them_to(flux2):
     edit = spec(flux2, [large, picture()], Size(64, 64))
     assert flux2.reference_size(large, edit) == Size(1440, 720)  # 1 MP, floored to 16
     assert flux2.reference_size(picture(), edit) == Size(64, 64)
-    usage = flux2.usage(edit)
+    usage = flux2.tokens(edit)
     assert usage.image_tokens == flux2.latent_tokens(Size(1440, 720)) + flux2.latent_tokens(Size(64, 64))

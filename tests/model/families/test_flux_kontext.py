@@ -5,13 +5,13 @@ import pytest
 import torch
 from PIL import Image
 
-from imgedit.errors import ApiError
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
 from imgedit.model.call import PipelineCall
 from imgedit.model.families.base import _accepted_only
-from imgedit.model.families.flux_kontext import FluxKontextAdapter
+from imgedit.model.families.flux_kontext import FluxKontextFamily
 from imgedit.model.spec import Defaults, EditSpec
+from tests.helpers import Refused, status_of
 from tests.model.families.conftest import assert_repaints_where_the_mask_is_white, plan, spec
 
 #: An input whose aspect ratio (3:2) differs from most requested sizes, so size bugs show.
@@ -34,7 +34,7 @@ def tiny_inpaint():
 
 @pytest.fixture(scope="module")
 def adapter(tiny):
-    return FluxKontextAdapter(tiny.pipeline)
+    return FluxKontextFamily(tiny.pipeline)
 
 
 def mask_region(size: tuple[int, int] = IMAGE.rgb.size, left_share: float = 0.5) -> Image.Image:
@@ -70,7 +70,7 @@ def test_either_pipeline_of_the_pair_gives_both(adapter, tiny_inpaint):
     assert type(adapter.inpaint_pipeline).__name__ == "FluxKontextInpaintPipeline"
     assert adapter.inpaint_pipeline.transformer is adapter.pipeline.transformer  # shared, not copied
     assert adapter.native_mask and adapter.max_images == 1
-    from_inpaint = FluxKontextAdapter(tiny_inpaint.pipeline)
+    from_inpaint = FluxKontextFamily(tiny_inpaint.pipeline)
     assert type(from_inpaint.pipeline).__name__ == "FluxKontextPipeline"
     assert from_inpaint.inpaint_pipeline is from_inpaint.loaded
 
@@ -100,8 +100,8 @@ def test_save_and_load_round_trips_offline(tiny, tmp_path):
     loaded.set_progress_bar_config(disable=True)
     assert type(loaded) is type(tiny.pipeline)
     assert loaded.tokenizer.model_max_length == 77
-    made = plan(FluxKontextAdapter(tiny.pipeline), [IMAGE], Size(64, 64), [3], num_inference_steps=2)
-    reloaded = plan(FluxKontextAdapter(loaded), [IMAGE], Size(64, 64), [3], num_inference_steps=2)
+    made = plan(FluxKontextFamily(tiny.pipeline), [IMAGE], Size(64, 64), [3], num_inference_steps=2)
+    reloaded = plan(FluxKontextFamily(loaded), [IMAGE], Size(64, 64), [3], num_inference_steps=2)
     assert np.array_equal(pixels(run(made.calls[0])[0]), pixels(run(reloaded.calls[0])[0]))
 
 
@@ -163,7 +163,7 @@ def test_a_negative_prompt_without_true_cfg_is_dropped(adapter):
 
 
 def test_operator_defaults_replace_the_family_defaults(tiny):
-    operated = FluxKontextAdapter(tiny.pipeline, overrides=Defaults(steps=12, guidance_scale=2.0, true_cfg_scale=1.5))
+    operated = FluxKontextFamily(tiny.pipeline, overrides=Defaults(steps=12, guidance_scale=2.0, true_cfg_scale=1.5))
     (call,) = plan(operated, [IMAGE], Size(64, 64), [1]).calls
     assert (call.kwargs["num_inference_steps"], call.kwargs["guidance_scale"], call.kwargs["true_cfg_scale"]) == (
         12,
@@ -230,8 +230,8 @@ def test_request_strength_reaches_the_inpainting_pipeline(adapter):
 def _refused_param(adapter, edit: EditSpec) -> str | None:
     try:
         adapter.check(edit)
-    except ApiError as error:
-        assert error.status == 400
+    except Refused as error:
+        assert status_of(error) == 400
         return error.param
     return None
 
@@ -252,7 +252,7 @@ def test_a_strength_leaving_no_step_is_refused_where_the_pipeline_fails(adapter,
     edit = spec(adapter, [IMAGE], Size(64, 64), [0], mask=mask_region(), strength=strength, num_inference_steps=4)
     assert _refused_param(adapter, edit) == "strength"
     assert not _inpaint_runs(adapter, edit)
-    with pytest.raises(ApiError):
+    with pytest.raises(Refused):
         adapter.plan(edit)
 
 
@@ -313,7 +313,7 @@ def test_kontext_repaints_where_the_mask_is_white(adapter):
 def test_inputs_narrower_than_one_multiple_are_refused_where_the_pipeline_fails(adapter, size):
     image = InputImage(rgb=Image.new("RGB", size), alpha=None)
     edit = spec(adapter, [image], Size(64, 64), [0], prompt="p", num_inference_steps=1)
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(Refused) as caught:
         adapter.plan(edit)
     assert caught.value.param == "image[0]"
     kwargs = _accepted_only(adapter.pipeline, adapter.arguments(adapter.pipeline, edit))

@@ -6,13 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
-from imgedit.errors import ApiError
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
-from imgedit.model.families import UnsupportedPipeline, adapter_class_for
+from imgedit.model.families import UnsupportedPipeline, family_class_for
 from imgedit.model.families.base import _accepted_only
-from imgedit.model.families.qwen_image_edit import QwenImageEditAdapter, QwenImageEditPlusAdapter
+from imgedit.model.families.qwen_image_edit import QwenImageEditFamily, QwenImageEditPlusFamily
 from imgedit.model.spec import Defaults
+from tests.helpers import Refused
 from tests.model.families.conftest import assert_repaints_where_the_mask_is_white, plan, spec
 
 IMAGE = InputImage(rgb=Image.new("RGB", (64, 64), (9, 9, 9)), alpha=None)
@@ -20,16 +20,16 @@ IMAGE = InputImage(rgb=Image.new("RGB", (64, 64), (9, 9, 9)), alpha=None)
 
 @pytest.fixture(scope="module")
 def adapter(tiny_model):
-    return QwenImageEditPlusAdapter(tiny_model.pipeline, overrides=Defaults(steps=40))
+    return QwenImageEditPlusFamily(tiny_model.pipeline, overrides=Defaults(steps=40))
 
 
 def test_adapter_is_chosen_from_the_pipeline_class(tiny_model):
-    assert adapter_class_for(tiny_model.pipeline) is QwenImageEditPlusAdapter
+    assert family_class_for(tiny_model.pipeline) is QwenImageEditPlusFamily
     with pytest.raises(UnsupportedPipeline, match="QwenImageEditPlusPipeline"):
-        adapter_class_for(object())
-    assert adapter_class_for(object(), family="qwen-image-edit") is QwenImageEditAdapter
+        family_class_for(object())
+    assert family_class_for(object(), name="qwen-image-edit") is QwenImageEditFamily
     with pytest.raises(UnsupportedPipeline, match="IMGEDIT_FAMILY"):
-        adapter_class_for(tiny_model.pipeline, family="nope")
+        family_class_for(tiny_model.pipeline, name="nope")
 
 
 def test_size_multiple_follows_the_vae(adapter):
@@ -37,11 +37,11 @@ def test_size_multiple_follows_the_vae(adapter):
 
 
 def test_max_images_defaults_to_four_and_may_be_raised_to_sixteen(tiny_model):
-    assert QwenImageEditPlusAdapter(tiny_model.pipeline).max_images == 4
-    assert QwenImageEditPlusAdapter(tiny_model.pipeline, max_images=2).max_images == 2
-    assert QwenImageEditPlusAdapter(tiny_model.pipeline, max_images=16).max_images == 16
+    assert QwenImageEditPlusFamily(tiny_model.pipeline).max_images == 4
+    assert QwenImageEditPlusFamily(tiny_model.pipeline, max_images=2).max_images == 2
+    assert QwenImageEditPlusFamily(tiny_model.pipeline, max_images=16).max_images == 16
     with pytest.raises(ValueError, match="at most 16"):
-        QwenImageEditPlusAdapter(tiny_model.pipeline, max_images=17)
+        QwenImageEditPlusFamily(tiny_model.pipeline, max_images=17)
 
 
 @pytest.mark.parametrize(
@@ -94,12 +94,12 @@ def test_one_call_per_image_with_its_own_seed(adapter):
 
 
 def test_arguments_the_pipeline_does_not_take_are_dropped(adapter, monkeypatch):
-    original = QwenImageEditPlusAdapter.arguments
+    original = QwenImageEditPlusFamily.arguments
 
     def with_extra(self, *args):
         return {**original(self, *args), "image_guidance_scale": 1.5}
 
-    monkeypatch.setattr(QwenImageEditPlusAdapter, "arguments", with_extra)
+    monkeypatch.setattr(QwenImageEditPlusFamily, "arguments", with_extra)
     (call,) = plan(adapter, [IMAGE], Size(64, 64), [1]).calls
     assert "image_guidance_scale" not in call.kwargs
 
@@ -107,7 +107,7 @@ def test_arguments_the_pipeline_does_not_take_are_dropped(adapter, monkeypatch):
 def _budget_error(adapter, images, size, **fields) -> str | None:
     try:
         adapter.check(spec(adapter, images, size, **fields))
-    except ApiError as error:
+    except Refused as error:
         return error.param
     return None
 
@@ -156,7 +156,7 @@ def test_too_elongated_references_are_refused_where_the_pipeline_breaks(adapter)
 def single():
     from imgedit.model.tiny import build_tiny
 
-    return QwenImageEditAdapter(build_tiny("tiny:qwen-image-edit").pipeline, overrides=Defaults(steps=2))
+    return QwenImageEditFamily(build_tiny("tiny:qwen-image-edit").pipeline, overrides=Defaults(steps=2))
 
 
 def _mask(size=(64, 64)) -> Image.Image:
@@ -179,7 +179,7 @@ def test_single_image_pipelines_pair_with_their_inpainting_twin(single):
     assert type(single.inpaint_pipeline).__name__ == "QwenImageEditInpaintPipeline"
     assert single.inpaint_pipeline.transformer is single.pipeline.transformer  # shared, not copied
     assert single.max_images == 1
-    loaded_inpaint = QwenImageEditAdapter(build_tiny("tiny:qwen-image-edit-inpaint").pipeline)
+    loaded_inpaint = QwenImageEditFamily(build_tiny("tiny:qwen-image-edit-inpaint").pipeline)
     assert type(loaded_inpaint.pipeline).__name__ == "QwenImageEditPipeline"
     assert loaded_inpaint.native_mask
 
@@ -222,7 +222,7 @@ def test_previews_decode_intermediate_latents(adapter, single, family):
 def test_a_stepless_inpainting_strength_is_refused_where_the_pipeline_fails(single, strength):
     image = InputImage(rgb=Image.new("RGB", (64, 64)), alpha=None)
     edit = spec(single, [image], Size(64, 64), [1], mask=_mask(), strength=strength)
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(Refused) as caught:
         single.plan(edit)
     assert caught.value.param == "strength"
     kwargs = _accepted_only(single.inpaint_pipeline, single.arguments(single.inpaint_pipeline, edit))
@@ -235,14 +235,14 @@ def test_inpainting_repaints_inside_the_mask_not_outside(single):
 
 
 def test_quality_never_asks_for_more_than_200_steps(tiny_model):
-    many = QwenImageEditPlusAdapter(tiny_model.pipeline, overrides=Defaults(steps=150))
+    many = QwenImageEditPlusFamily(tiny_model.pipeline, overrides=Defaults(steps=150))
     assert spec(many, [IMAGE], Size(64, 64), quality="max").steps == 200
 
 
 def test_usage_counts_the_references_as_the_pipeline_sizes_them_and_their_vision_tokens(adapter):
     large = InputImage(rgb=Image.new("RGB", (2048, 1536)), alpha=None)
     edit = spec(adapter, [large], Size(64, 64))
-    usage = adapter.usage(edit)
+    usage = adapter.tokens(edit)
     reference = adapter.reference_size(large, edit)  # the VAE sees a fixed area, whatever the upload
     area = sys.modules[type(adapter.pipeline).__module__].VAE_IMAGE_SIZE  # 1 MP; the tiny model's is smaller
     assert abs(reference.pixels - area) / area < 0.2
@@ -252,5 +252,5 @@ def test_usage_counts_the_references_as_the_pipeline_sizes_them_and_their_vision
 
 
 def test_the_native_area_is_a_megapixel_unless_the_loader_says_otherwise(tiny_model):
-    assert QwenImageEditPlusAdapter(tiny_model.pipeline).native_pixels == 1024 * 1024
-    assert QwenImageEditPlusAdapter(tiny_model.pipeline, native_pixels=64 * 64).native_pixels == 64 * 64
+    assert QwenImageEditPlusFamily(tiny_model.pipeline).native_pixels == 1024 * 1024
+    assert QwenImageEditPlusFamily(tiny_model.pipeline, native_pixels=64 * 64).native_pixels == 64 * 64

@@ -7,13 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from imgedit.errors import ApiError
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
-from imgedit.model.families.stable_diffusion import InstructPix2PixAdapter, StableDiffusionAdapter
+from imgedit.model.families.stable_diffusion import InstructPix2PixFamily, StableDiffusionFamily
 from imgedit.model.spec import Defaults
 from imgedit.model.tiny import TINY_STEPS, build_tiny
 from imgedit.model.tiny.stable_diffusion import build_stable_diffusion_xl
+from tests.helpers import Refused, status_of
 from tests.model.families.conftest import assert_repaints_where_the_mask_is_white, plan
 
 #: An input whose size differs from every requested size, so that sizing is really exercised.
@@ -51,11 +51,11 @@ def models():
 def adapters(models):
     steps = Defaults(steps=2)
     return {
-        "ip2p": InstructPix2PixAdapter(models["instruct-pix2pix"], overrides=steps),
-        "sdxl-ip2p": InstructPix2PixAdapter(models["sdxl-instruct-pix2pix"], overrides=steps),
-        "sd": StableDiffusionAdapter(models["stable-diffusion"], overrides=steps),
-        "sd-inpaint": StableDiffusionAdapter(models["stable-diffusion-inpaint"], overrides=steps),
-        "sdxl": StableDiffusionAdapter(models["sdxl"], overrides=steps),
+        "ip2p": InstructPix2PixFamily(models["instruct-pix2pix"], overrides=steps),
+        "sdxl-ip2p": InstructPix2PixFamily(models["sdxl-instruct-pix2pix"], overrides=steps),
+        "sd": StableDiffusionFamily(models["stable-diffusion"], overrides=steps),
+        "sd-inpaint": StableDiffusionFamily(models["stable-diffusion-inpaint"], overrides=steps),
+        "sdxl": StableDiffusionFamily(models["sdxl"], overrides=steps),
     }
 
 
@@ -118,7 +118,7 @@ def test_edits_are_deterministic_and_follow_the_prompt(adapters, family):
 
 
 def test_instruct_pix2pix_serves_both_classes_and_composites_masks(adapters):
-    assert set(InstructPix2PixAdapter.pipeline_classes()) == {
+    assert set(InstructPix2PixFamily.pipeline_classes()) == {
         "StableDiffusionInstructPix2PixPipeline",
         "StableDiffusionXLInstructPix2PixPipeline",
     }
@@ -136,7 +136,7 @@ def test_instruct_pix2pix_serves_both_classes_and_composites_masks(adapters):
 @pytest.mark.parametrize(("family", "guidance"), [("ip2p", 7.5), ("sdxl-ip2p", 5.0)])
 def test_instruct_pix2pix_defaults(adapters, family, guidance):
     adapter = adapters[family]
-    assert InstructPix2PixAdapter.defaults.steps == 50
+    assert InstructPix2PixFamily.defaults.steps == 50
     (call,) = plan(adapter, [_image()], Size(64, 64), [3]).calls
     assert call.kwargs["guidance_scale"] == guidance
     assert call.kwargs["image_guidance_scale"] == 1.5
@@ -163,7 +163,7 @@ def test_image_guidance_scale_changes_the_result(adapters):
 
 
 def test_an_operator_guidance_default_applies_to_every_pipeline(models):
-    adapter = InstructPix2PixAdapter(models["sdxl-instruct-pix2pix"], overrides=Defaults(guidance_scale=3.0))
+    adapter = InstructPix2PixFamily(models["sdxl-instruct-pix2pix"], overrides=Defaults(guidance_scale=3.0))
     (call,) = plan(adapter, [_image()], Size(64, 64), [3]).calls
     assert call.kwargs["guidance_scale"] == 3.0
     (call,) = plan(adapter, [_image()], Size(64, 64), [3], guidance_scale=4.0).calls
@@ -191,7 +191,7 @@ def test_sd_instruct_pix2pix_gets_its_size_from_the_resized_input(adapters):
 def test_text_to_image_checkpoints_become_img2img_and_inpainting(adapters, models, family, edit, inpaint):
     adapter = adapters[family]
     loaded = models["stable-diffusion" if family == "sd" else "sdxl"]
-    assert type(loaded).__name__ in StableDiffusionAdapter.pipeline_classes()
+    assert type(loaded).__name__ in StableDiffusionFamily.pipeline_classes()
     assert type(adapter.pipeline).__name__ == edit
     assert type(adapter.inpaint_pipeline).__name__ == inpaint
     assert adapter.pipeline.unet is loaded.unet and adapter.inpaint_pipeline.vae is loaded.vae  # shared
@@ -200,7 +200,7 @@ def test_text_to_image_checkpoints_become_img2img_and_inpainting(adapters, model
 
 def test_a_loaded_img2img_pipeline_pairs_with_its_inpainting_twin(adapters):
     img2img = adapters["sd"].pipeline
-    adapter = StableDiffusionAdapter(img2img)
+    adapter = StableDiffusionFamily(img2img)
     assert adapter.pipeline is img2img
     assert type(adapter.inpaint_pipeline).__name__ == "StableDiffusionInpaintPipeline"
 
@@ -219,7 +219,7 @@ def test_strength_defaults_and_overrides(adapters):
 @pytest.mark.parametrize(("family", "guidance"), [("sd", 7.5), ("sdxl", 5.0)])
 def test_plain_checkpoint_guidance_defaults(adapters, family, guidance):
     adapter = adapters[family]
-    assert StableDiffusionAdapter.defaults.steps == 50
+    assert StableDiffusionFamily.defaults.steps == 50
     for mask in (None, _mask()):
         (call,) = plan(adapter, [_image()], Size(64, 64), [3], mask=mask, negative_prompt="dull").calls
         assert call.kwargs["guidance_scale"] == guidance
@@ -280,9 +280,9 @@ def test_short_schedules_are_lengthened_to_run_one_step(adapters):
 
 @pytest.mark.parametrize("strength", [0.0, 0.0005])
 def test_a_strength_that_runs_no_step_is_refused(adapters, strength):
-    with pytest.raises(ApiError) as raised:
+    with pytest.raises(Refused) as raised:
         plan(adapters["sd"], [_image()], Size(64, 64), [3], strength=strength)
-    assert raised.value.status == 400 and raised.value.param == "strength"
+    assert status_of(raised.value) == 400 and raised.value.param == "strength"
 
 
 @pytest.mark.parametrize("family", ["ip2p", "sdxl-ip2p", "sd", "sd-inpaint", "sdxl"])
@@ -343,7 +343,7 @@ def test_sdxl_instruct_pix2pix_previews_come_through_the_legacy_callback(adapter
 def test_sdxl_previews_undo_the_latent_normalisation():
     pipeline = build_stable_diffusion_xl().pipeline
     pipeline.vae.register_to_config(latents_mean=[0.5, -0.5, 0.25, 0.0], latents_std=[2.0, 0.5, 1.0, 1.5])
-    adapter = StableDiffusionAdapter(pipeline, overrides=Defaults(steps=2))
+    adapter = StableDiffusionFamily(pipeline, overrides=Defaults(steps=2))
     (call,) = plan(adapter, [_image()], Size(64, 64), [1], strength=1.0).calls
     seen = []
     (output,) = call.invoke(on_step=lambda step, total, latents: seen.append(adapter.preview(call, latents)))

@@ -1,0 +1,99 @@
+"""A request's work as the engine sees it, and the ways it can end other than with images."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from PIL import Image
+
+from imgedit.edit import Loras
+from imgedit.model.call import PipelineCall, StepHook
+
+#: Runs on the event loop with each preview: its index in the request (from 0) and the pictures.
+PreviewSink = Callable[[int, list[Image.Image]], None]
+
+
+class Runner(Protocol):
+    """Runs the engine's calls: here (:class:`InProcess`), or on several ranks (:mod:`imgedit.ranks.group`)."""
+
+    def invoke(self, call: PipelineCall, on_step: StepHook | None = None) -> list[Image.Image]: ...
+
+    def close(self) -> None: ...
+
+
+class InProcess:
+    """The engine's default runner: each call runs on the engine thread, in this process."""
+
+    @staticmethod
+    def invoke(call: PipelineCall, on_step: StepHook | None = None) -> list[Image.Image]:
+        return call.invoke(on_step)
+
+    @staticmethod
+    def close() -> None:
+        return None
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before its run finished."""
+
+
+class QueueFull(Exception):
+    """Too many requests wait already; ``retry_after`` is the estimated wait in seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"queue full; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class Draining(Exception):
+    """The server is shutting down and admits nothing new."""
+
+
+class OutOfMemory(Exception):
+    """The device ran out of memory during this request's run (the cache has been freed)."""
+
+
+@dataclass(eq=False, kw_only=True)
+class Job:
+    """One request's work, from admission to result.
+
+    Attributes:
+        calls: pipeline calls run back to back (one per output image, usually).
+        future: where the images (or the failure) arrive, on ``loop``.
+        loop: the event loop of the request waiting for them.
+        context: the request's context variables (its id), for the engine thread's log lines.
+        admitted: ``time.monotonic()`` at admission.
+        previews: previews to send per call (0 for none), each to ``sink``.
+        fusion_key: calls of jobs with the same key may run as one batch (None: never).
+        loras: the LoRAs (name, scale) the calls run with; none: the base model.
+    """
+
+    calls: Sequence[PipelineCall]
+    future: asyncio.Future[list[Image.Image]]
+    loop: asyncio.AbstractEventLoop
+    context: contextvars.Context
+    admitted: float
+    previews: int = 0
+    sink: PreviewSink | None = None
+    fusion_key: Hashable | None = None
+    loras: Loras = ()
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: str = ""
+    previews_sent: int = 0
+    #: The last step finished and the steps of the call running, for logs.
+    progress: tuple[int, int] = (0, 0)
+    #: Set by the engine: takes a cancelled job out of the queue at once.
+    on_cancel: Callable[[Job], None] | None = None
+
+    def cancel(self, reason: str) -> None:
+        """Stop the run (or drop it from the queue) at once; the first reason given wins."""
+        if not self.cancelled.is_set():
+            self.cancel_reason = reason
+            self.cancelled.set()
+            if self.on_cancel is not None:
+                self.on_cancel(self)

@@ -1,0 +1,112 @@
+"""One BentoML worker: what it serves and everything it owns, built once at start-up.
+
+``service.py`` holds a :class:`Worker` and talks to nothing else: the edit
+route, the model list, the LoRA endpoints, readiness and shutdown all go
+through it. Start-up (:mod:`imgedit.serving.startup`) builds it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from imgedit import metrics
+from imgedit.api.errors import ApiError, http_error
+from imgedit.api.routes import ModelCard
+from imgedit.errors import RequestError
+from imgedit.lora.admin import LoraAdmin, PartlyApplied
+from imgedit.scheduling.engine import Engine
+from imgedit.serving.handler import EditHandler
+from imgedit.serving.recipe import PreparedModel
+
+
+class Worker:
+    """A worker serving one model: its engine, its LoRAs, its request handler and its model card.
+
+    Args:
+        served_name: the name clients see (``IMGEDIT_SERVED_MODEL_NAME`` or the model's last segment).
+        model: the prepared model.
+        engine: runs the model's calls, one at a time.
+        handler: serves ``POST /v1/images/edits``.
+        ranks: the processes that run each edit together.
+    """
+
+    def __init__(
+        self, *, served_name: str, model: PreparedModel, engine: Engine, handler: EditHandler, ranks: int = 1
+    ) -> None:
+        self.model = model
+        self.engine = engine
+        self.handler = handler
+        self.lora_admin: LoraAdmin = handler.lora_admin
+        self.card = ModelCard(id=served_name, created=int(time.time()))
+        _export_model_metrics(served_name, model, ranks)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the worker takes new edits (not while it drains for shutdown)."""
+        return not self.engine.draining
+
+    async def edit(self, connection: Request) -> Response:
+        """``POST /v1/images/edits``: never raises; every failure is an OpenAI-shaped error response."""
+        return await self.handler.handle(connection)
+
+    def models(self) -> list[ModelCard]:
+        """``GET /v1/models``: the served model, then every LoRA as a model of its own on top of it."""
+        return [self.card] + [
+            ModelCard(id=entry.name, created=entry.created, root=self.card.id, parent=self.card.id)
+            for entry in self.lora_admin.registry.registered()
+        ]
+
+    async def load_lora(self, name: Any, path: Any, scale: Any = 1.0) -> dict[str, Any]:
+        """``POST /v1/load_lora_adapter`` on every worker.
+
+        Raises:
+            ApiError: 400 for a bad request, 500 or 504 when only some workers loaded it.
+        """
+        try:
+            return await self.lora_admin.load(name, path, scale)
+        except RequestError as error:
+            raise http_error(error) from None
+        except PartlyApplied as error:
+            raise _partly_applied(error) from None
+
+    async def unload_lora(self, name: Any) -> dict[str, Any]:
+        """``POST /v1/unload_lora_adapter`` on every worker.
+
+        Raises:
+            ApiError: 404 when no such LoRA is loaded, 500 or 504 when only some workers unloaded it.
+        """
+        try:
+            return await self.lora_admin.unload(name)
+        except RequestError as error:
+            raise http_error(error) from None
+        except PartlyApplied as error:
+            raise _partly_applied(error) from None
+
+    def close(self) -> None:
+        """Stop following the LoRA commands, then run what is queued and stop the engine (and its ranks)."""
+        self.lora_admin.sync.close()
+        self.engine.close()
+
+
+def _partly_applied(error: PartlyApplied) -> ApiError:
+    return ApiError(504 if error.timed_out else 500, str(error), code="lora_partly_applied")
+
+
+def _export_model_metrics(served_name: str, model: PreparedModel, ranks: int) -> None:
+    loaded = model.loaded
+    metrics.model_info.labels(
+        model=loaded.model_id,
+        served_name=served_name,
+        family=model.family.name,
+        pipeline=type(loaded.pipeline).__name__,
+        device=str(loaded.device),
+        dtype=str(loaded.dtype).removeprefix("torch."),
+        options=",".join(model.options) or "none",
+    ).set(1)
+    for component, size in loaded.parameter_bytes.items():
+        metrics.model_parameter_bytes.labels(component=component).set(size)
+    metrics.parallel_degree.set(ranks)
