@@ -114,10 +114,11 @@ class ImageEdit:
         self.worker.close()
 
 
-ImageEdit.add_asgi_middleware(AccessLogMiddleware)
+# @bentoml.service made the class a Service, which mypy does not see (it keeps a decorated class's type).
+ImageEdit.add_asgi_middleware(AccessLogMiddleware)  # type: ignore[attr-defined]  # see above
 if settings.api_key is not None or settings.admin_key is not None:
     # Inside the access-log middleware, so a 401 still carries its request id and access line.
-    ImageEdit.add_asgi_middleware(
+    ImageEdit.add_asgi_middleware(  # type: ignore[attr-defined]  # a Service, as above
         ApiKeyMiddleware,
         keys=parse_keys(settings.api_key.get_secret_value() if settings.api_key else None),
         admin_keys=parse_keys(settings.admin_key.get_secret_value() if settings.admin_key else None),

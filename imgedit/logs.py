@@ -50,7 +50,7 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
-class _ImgeditHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _ImgeditHandler(logging.StreamHandler):
     """Marks the handler we installed, so configuring twice does not duplicate lines."""
 
 

@@ -55,6 +55,7 @@ MAX_LINES = 400
 MAX_POSITIONAL_FIELDS = 4
 #: Names with "adapter" in them that others fix: a setting (IMGEDIT_LORA_ADAPTERS) and diffusers' LoRA methods.
 FIXED_ADAPTER_NAMES = {"lora_adapters", "set_adapters", "delete_adapters", "get_list_adapters"}
+FIXED_ADAPTER_NAMES |= {"adapter_name", "adapter_names", "adapter_weights"}  # their parameters
 
 
 def modules() -> list[Path]:

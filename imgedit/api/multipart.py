@@ -161,7 +161,8 @@ async def read_multipart(
         raise too_large("The request body", limits.max_body_bytes)
 
     collector = _PartsCollector(limits=limits)
-    parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
+    # python-multipart types its callbacks one by one; a dict of bound methods is what it takes.
+    parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]  # see above
     received = 0
     try:
         async for chunk in paced(body, limits.idle_seconds, limits.total_seconds):

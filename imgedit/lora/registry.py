@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from imgedit import metrics
 from imgedit.edit import Loras
 from imgedit.logs import get_logger
-from imgedit.lora.sources import LoraError, LoraSpec, load_lora
+from imgedit.lora.sources import LoraError, LoraPipeline, LoraSpec, load_lora, takes_loras
 from imgedit.model.pipeline import Pipeline
 
 log = get_logger(__name__)
@@ -151,11 +151,12 @@ class LoraRegistry:
         with self._lock:
             if name not in self._entries:
                 raise UnknownLora(f"no LoRA adapter {name!r} is loaded")
-        self.pipeline.delete_adapters(name)
-        if not any(self.pipeline.get_list_adapters().values()):
+        pipeline = takes_loras(self.pipeline)
+        pipeline.delete_adapters(name)
+        if not any(pipeline.get_list_adapters().values()):
             # peft's wrappers outlive their last LoRA and cost every forward pass a detour:
             # with none left, the model gets its own layers back.
-            self.pipeline.unload_lora_weights()
+            pipeline.unload_lora_weights()
         with self._lock:
             del self._entries[name]
             self._leaving.discard(name)
@@ -169,16 +170,17 @@ class LoraRegistry:
         if wanted == self._active or self.refusal:
             return
         started = time.perf_counter()
+        pipeline = takes_loras(self.pipeline)
         if wanted:
-            self.pipeline.enable_lora()
-            self.pipeline.set_adapters([name for name, _ in wanted], adapter_weights=[scale for _, scale in wanted])
-        elif self.pipeline.get_list_adapters():  # a model that never had any has nothing to turn off
-            self.pipeline.disable_lora()
+            pipeline.enable_lora()
+            pipeline.set_adapters([name for name, _ in wanted], adapter_weights=[scale for _, scale in wanted])
+        elif pipeline.get_list_adapters():  # a model that never had any has nothing to turn off
+            pipeline.disable_lora()
         self._active = wanted
         metrics.lora_switch_time.observe(time.perf_counter() - started)
 
 
 def _refusal(pipeline: Pipeline) -> str | None:
-    if not hasattr(pipeline, "load_lora_weights"):
+    if not isinstance(pipeline, LoraPipeline):
         return f"{type(pipeline).__name__} takes no LoRA loras"
     return None

@@ -16,10 +16,11 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from imgedit.edit import LORA_NAME
 from imgedit.errors import one_line
+from imgedit.model.pipeline import Pipeline
 
 _SCALE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
@@ -126,22 +127,53 @@ def spec_in_directory(directory: str | None, path: str, scale: float = 1.0) -> L
     raise LoraError(f"{path!r} does not exist under IMGEDIT_LORA_DIR")
 
 
-def load_lora(pipeline: Any, name: str, spec: LoraSpec) -> None:
+@runtime_checkable
+class LoraPipeline(Protocol):
+    """A pipeline that takes LoRAs: what imgedit calls of diffusers' LoRA loader methods."""
+
+    def load_lora_weights(self, source: str, adapter_name: str | None = None, **options: Any) -> None: ...
+
+    def set_adapters(self, adapter_names: list[str], adapter_weights: list[float] | None = None) -> None: ...
+
+    def delete_adapters(self, adapter_names: str) -> None: ...
+
+    def get_list_adapters(self) -> dict[str, list[str]]: ...
+
+    def enable_lora(self) -> None: ...
+
+    def disable_lora(self) -> None: ...
+
+    def fuse_lora(self, adapter_names: list[str]) -> None: ...
+
+    def unload_lora_weights(self) -> None: ...
+
+
+def takes_loras(pipeline: Pipeline) -> LoraPipeline:
+    """``pipeline``, as one that takes LoRAs.
+
+    Raises:
+        LoraError: it takes none.
+    """
+    if not isinstance(pipeline, LoraPipeline):
+        raise LoraError(f"{type(pipeline).__name__} does not take LoRA adapters")
+    return pipeline
+
+
+def load_lora(pipeline: Pipeline, name: str, spec: LoraSpec) -> None:
     """Load ``spec`` into ``pipeline`` as the LoRA ``name``, unfused.
 
     Raises:
         LoraError: the pipeline takes no LoRA, or this one fails to load.
     """
-    if not hasattr(pipeline, "load_lora_weights"):
-        raise LoraError(f"{type(pipeline).__name__} does not take LoRA adapters")
+    loras = takes_loras(pipeline)
     options = {key: item for key, item in (("weight_name", spec.weight_name), ("subfolder", spec.subfolder)) if item}
     try:
-        pipeline.load_lora_weights(spec.source, adapter_name=name, **options)
+        loras.load_lora_weights(spec.source, adapter_name=name, **options)
     except Exception as exc:  # peft, safetensors and the hub raise many kinds
         raise LoraError(f"cannot load {spec.text!r}: {one_line(exc)}") from None
 
 
-def apply_loras(pipeline: Any, value: str | None, *, fuse: bool) -> list[str]:
+def apply_loras(pipeline: Pipeline, value: str | None, *, fuse: bool) -> list[str]:
     """Load the LoRAs of ``value`` into ``pipeline`` (and fuse them when asked); return their names.
 
     Raises:
@@ -150,14 +182,13 @@ def apply_loras(pipeline: Any, value: str | None, *, fuse: bool) -> list[str]:
     if not value:
         return []
     specs = parse_loras(value)
-    if not hasattr(pipeline, "load_lora_weights"):
-        raise LoraError(f"{type(pipeline).__name__} does not take LoRA adapters")
+    loras = takes_loras(pipeline)
     names = []
     for index, spec in enumerate(specs):
         names.append(f"lora{index}")
         load_lora(pipeline, names[-1], spec)
-    pipeline.set_adapters(names, adapter_weights=[spec.scale for spec in specs])
+    loras.set_adapters(names, adapter_weights=[spec.scale for spec in specs])
     if fuse:
-        pipeline.fuse_lora(adapter_names=names)
-        pipeline.unload_lora_weights()
+        loras.fuse_lora(adapter_names=names)
+        loras.unload_lora_weights()
     return names

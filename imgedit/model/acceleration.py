@@ -12,12 +12,15 @@ the loader's.)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from imgedit.errors import one_line
 from imgedit.model.pipeline import Pipeline, denoiser
+
+if TYPE_CHECKING:
+    from diffusers.models.modeling_utils import ModelMixin
 
 #: Backends that need a CUDA device; ``native`` and ``_native_math`` run anywhere.
 CUDA_ATTENTION_BACKENDS = frozenset(
@@ -94,7 +97,7 @@ def apply_options(pipeline: Pipeline, options: AccelerationOptions, device: torc
     return applied
 
 
-def _denoiser(pipeline: Pipeline, variable: str) -> Any:
+def _denoiser(pipeline: Pipeline, variable: str) -> ModelMixin:
     try:
         return denoiser(pipeline)
     except ValueError as error:

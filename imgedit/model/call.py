@@ -88,7 +88,7 @@ class EditPlan:
         mask_mode: how the mask is honoured (see :data:`MaskMode`).
     """
 
-    calls: list[PipelineCall]
+    calls: Sequence[PipelineCall]
     size: Size
     steps: int
     mask_mode: MaskMode = "none"

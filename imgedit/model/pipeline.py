@@ -7,30 +7,37 @@ protocol of its own on top of this one, in its module.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-import torch
+if TYPE_CHECKING:  # diffusers is imported where a model is loaded, not wherever this module is
+    from diffusers.models.modeling_utils import ModelMixin
 
 
 class Pipeline(Protocol):
     """A loaded diffusers pipeline: called with keyword arguments, it returns an output with ``images``.
 
     Attributes:
-        components: every component by name (models, schedulers, tokenizers, processors).
         image_processor: turns decoded tensors into pictures (``postprocess``).
     """
 
-    components: dict[str, Any]
     image_processor: Any
 
-    def __call__(self, **kwargs: Any) -> Any: ...
+    @property
+    def components(self) -> dict[str, Any]:
+        """Every component by name: models, schedulers, tokenizers, processors."""
+        ...
+
+    # (*args, **kwargs) stands for whatever each pipeline declares.
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
     def to(self, *args: Any, **kwargs: Any) -> Pipeline: ...
 
-    def set_progress_bar_config(self, **kwargs: Any) -> None: ...
+    def set_progress_bar_config(self, *args: Any, **kwargs: Any) -> None: ...
+
+    def save_pretrained(self, *args: Any, **kwargs: Any) -> None: ...
 
 
-def denoiser(pipeline: Pipeline) -> torch.nn.Module:
+def denoiser(pipeline: Pipeline) -> ModelMixin:
     """The pipeline's transformer or UNet: the model every denoising step runs.
 
     Raises:
@@ -39,4 +46,4 @@ def denoiser(pipeline: Pipeline) -> torch.nn.Module:
     model = getattr(pipeline, "transformer", None) or getattr(pipeline, "unet", None)
     if model is None:
         raise ValueError(f"{type(pipeline).__name__} has neither a transformer nor a UNet")
-    return cast(torch.nn.Module, model)
+    return cast("ModelMixin", model)

@@ -29,6 +29,7 @@ agreeing on each step (:mod:`imgedit.ranks.lockstep`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pickle
 import shutil
@@ -52,7 +53,7 @@ from imgedit.logs import current_request_id, get_logger
 from imgedit.model.call import PipelineCall, StepHook
 from imgedit.model.families import Family
 from imgedit.model.pipeline import denoiser
-from imgedit.ranks.lockstep import Lockstep, RankFailure, RanksOutOfStep, pipeline_roles, portable
+from imgedit.ranks.lockstep import CallMessage, Lockstep, RankFailure, RanksOutOfStep, pack, pipeline_roles
 from imgedit.ranks.plans import RankLayout
 
 log = get_logger(__name__)
@@ -257,9 +258,7 @@ class RankGroup:
         """
         for rank in self._ranks:
             with rank.changed:
-                rank.changed.wait_for(
-                    lambda rank=rank: rank.ended or any(report[0] in (stage, "failed") for report in rank.reports)
-                )
+                rank.changed.wait_for(functools.partial(_reported, rank, stage))
             failure = next((report[1] for report in rank.reports if report[0] == "failed"), None)
             if failure is not None:
                 raise RankStartupError(f"rank {rank.index}: {failure}")
@@ -272,7 +271,7 @@ class RankGroup:
         """Run ``call`` on every rank; rank 0's images come back (the engine's runner)."""
         if self._lockstep is None or self._failed.is_set():
             raise RankFailure("the ranks of this worker are not serving")
-        message = portable(call, self._roles, current_request_id())
+        message = pack(CallMessage(call, current_request_id()), self._roles)
         for rank in self._ranks:
             self._send(rank, message)
         try:
@@ -346,6 +345,11 @@ class RankGroup:
                 with contextlib.suppress(OSError):
                     rank.process.kill()
             self.on_fatal(message)
+
+
+def _reported(rank: _Rank, stage: str) -> bool:
+    """Whether ``rank`` reported ``stage`` or a failure, or ended."""
+    return rank.ended or any(report[0] in (stage, "failed") for report in rank.reports)
 
 
 def _how_it_ended(process: subprocess.Popen[bytes]) -> str:

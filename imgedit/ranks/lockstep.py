@@ -21,8 +21,9 @@ step (:class:`RanksOutOfStep`), which the worker does not survive.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
+import io
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +55,7 @@ class RankFailure(RuntimeError):
 
 @dataclass(frozen=True)
 class CallMessage:
-    """What rank 0 sends the other ranks to run: the call, its pipeline named by role, and the request's id."""
+    """What rank 0 sends the other ranks to run: the call, and the id of the request it serves."""
 
     call: PipelineCall
     request_id: str
@@ -72,20 +73,47 @@ def pipeline_roles(family: Family) -> dict[str, Pipeline]:
     return roles
 
 
-def portable(call: PipelineCall, roles: dict[str, Any], request_id: str) -> CallMessage:
-    """``call`` in a form another process can rebuild: pickled as is but for its pipeline, named by role.
+def pack(message: CallMessage, roles: dict[str, Pipeline]) -> bytes:
+    """``message`` as bytes another rank can :func:`unpack`: pickled whole, but for its pipeline, sent by role.
 
     Everything else pickles and rebuilds exactly: prompts, PIL images, numbers,
-    and CPU generators with their state.
+    and CPU generators with their state. The pipeline is a persistent id
+    (pickle's own way to refer to objects outside the pickle): its role.
+
+    Raises:
+        ValueError: the call runs a pipeline that has no role, so no rank can rebuild it.
     """
-    role = next((name for name, pipeline in roles.items() if pipeline is call.pipeline), None)
-    if role is None:
-        raise ValueError(f"a call of {type(call.pipeline).__name__} that no rank can rebuild")
-    return CallMessage(dataclasses.replace(call, pipeline=role), request_id)
+    named = {id(pipeline): role for role, pipeline in roles.items()}
+    if id(message.call.pipeline) not in named:
+        raise ValueError(f"a call of {type(message.call.pipeline).__name__} that no rank can rebuild")
+    buffer = io.BytesIO()
+    _PipelinesByRole(buffer, named).dump(message)
+    return buffer.getvalue()
 
 
-def rebuild(message: CallMessage, roles: dict[str, Any]) -> PipelineCall:
-    return dataclasses.replace(message.call, pipeline=roles[message.call.pipeline])
+def unpack(data: bytes, roles: dict[str, Pipeline]) -> CallMessage:
+    """The message :func:`pack` made, its call running this rank's pipeline of the same role."""
+    message = _PipelinesFromRoles(io.BytesIO(data), roles).load()
+    assert isinstance(message, CallMessage)
+    return message
+
+
+class _PipelinesByRole(pickle.Pickler):
+    def __init__(self, file: io.BytesIO, named: dict[int, str]) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.named = named
+
+    def persistent_id(self, item: object) -> str | None:
+        return self.named.get(id(item))
+
+
+class _PipelinesFromRoles(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, roles: dict[str, Pipeline]) -> None:
+        super().__init__(file)
+        self.roles = roles
+
+    def persistent_load(self, role: Any) -> Pipeline:
+        return self.roles[role]
 
 
 def status_of(error: BaseException | None) -> int:

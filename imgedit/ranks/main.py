@@ -38,7 +38,7 @@ from imgedit.ranks.group import (
     cpu_threads,
     join_group,
 )
-from imgedit.ranks.lockstep import CallMessage, Lockstep, RanksOutOfStep, pipeline_roles, rebuild, request_context
+from imgedit.ranks.lockstep import Lockstep, RanksOutOfStep, pipeline_roles, request_context, unpack
 
 log = get_logger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -74,13 +74,14 @@ def main() -> None:
     roles = pipeline_roles(family)
     _report(replies, "ready")
     while True:
-        message = _receive(calls)
-        if message == STOP:
+        received = _receive(calls)
+        if received == STOP:
             break
-        assert isinstance(message, CallMessage)
+        assert isinstance(received, bytes), "rank 0 sends packed calls"
+        message = unpack(received, roles)
         with request_context(message.request_id):
             try:
-                lockstep.run(rebuild(message, roles))
+                lockstep.run(message.call)
             except RanksOutOfStep as error:
                 worker = os.environ[WORKER_VARIABLE]
                 print(f"imgedit: rank {rank} of worker {worker}: the ranks fell out of step ({error})", file=sys.stderr)

@@ -237,11 +237,11 @@ def _one_device_per_cpu_rank(device: torch.device) -> Iterator[None]:
         yield
         return
     counted = torch.accelerator.device_count
-    torch.accelerator.device_count = lambda: 1  # type: ignore[assignment]
+    torch.accelerator.device_count = lambda: 1
     try:
         yield
     finally:
-        torch.accelerator.device_count = counted  # type: ignore[assignment]
+        torch.accelerator.device_count = counted
 
 
 def pretrained_components(

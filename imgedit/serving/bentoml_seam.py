@@ -28,7 +28,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar, NoReturn, cast
 
 import bentoml
 from pydantic import ConfigDict
@@ -39,7 +39,7 @@ from starlette.requests import Request
 FAILURE_FILE_VARIABLE = "_IMGEDIT_STARTUP_FAILURE_FILE"
 
 
-class RawRequestInput(bentoml.IODescriptor):
+class RawRequestInput(bentoml.IODescriptor):  # type: ignore[misc]  # BentoML's SDK ships no type information
     """The HTTP request, its body unread; the API reads and answers it itself."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -55,13 +55,17 @@ class RawRequestInput(bentoml.IODescriptor):
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> RawRequestInput:
-        return cls.model_construct(connection=request)
+        received: RawRequestInput = cls.model_construct(connection=request)
+        return received
 
 
 def raw_request_input(bodies: dict[str, dict[str, Any]]) -> type[RawRequestInput]:
     """A :class:`RawRequestInput` documented as taking each body type of ``bodies`` (media type -> schema)."""
     media_type = next(iter(bodies))
-    bound = type("EditsInput", (RawRequestInput,), {"media_type": media_type, "bodies": dict(bodies)})
+    bound = cast(
+        type[RawRequestInput],
+        type("EditsInput", (RawRequestInput,), {"media_type": media_type, "bodies": dict(bodies)}),
+    )
     # Keeps BentoML from documenting the descriptor's own field as a form part.
     bound.multipart_fields = list(RawRequestInput.model_fields)
     _document_every_body_type()
@@ -81,7 +85,8 @@ def _document_every_body_type() -> None:
     def openapi_request(method: Any) -> dict[str, Any]:
         spec = method.input_spec
         if not (isinstance(spec, type) and issubclass(spec, RawRequestInput)):
-            return original(method)
+            documented: dict[str, Any] = original(method)
+            return documented
         return {
             "content": {
                 media_type: MediaType(schema=Schema(**{key: value for key, value in schema.items() if key in known}))
@@ -89,8 +94,8 @@ def _document_every_body_type() -> None:
             }
         }
 
-    openapi_request.documents_every_body_type = True  # type: ignore[attr-defined]
-    APIMethod.openapi_request = openapi_request  # type: ignore[method-assign]
+    openapi_request.documents_every_body_type = True  # type: ignore[attr-defined]  # marks it as patched already
+    APIMethod.openapi_request = openapi_request
 
 
 def worker_index() -> int:

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 from PIL import Image
@@ -111,7 +112,7 @@ class EditHandler:
     def __init__(
         self,
         settings: Settings,
-        family: Family,
+        family: Family[Any],
         engine: Engine,
         fetcher: Fetcher,
         lora_admin: LoraAdmin | None = None,
@@ -353,13 +354,14 @@ async def _encode(prepared: _Prepared, images: Sequence[Image.Image]) -> list[by
 
 
 async def _until(
-    previews: asyncio.Queue[tuple[int, list[Image.Image]]], result: asyncio.Future[object]
+    previews: asyncio.Queue[tuple[int, list[Image.Image]]], result: asyncio.Future[list[Image.Image]]
 ) -> AsyncIterator[tuple[int, list[Image.Image]]]:
     """Previews as they come, until ``result`` is done (previews sent before it are still given)."""
     while True:
         getter = asyncio.ensure_future(previews.get())
+        waiting: set[asyncio.Future[Any]] = {getter, result}
         try:
-            done, _ = await asyncio.wait({getter, result}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not getter.done():  # also when the stream is cancelled while waiting
                 getter.cancel()

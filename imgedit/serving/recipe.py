@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from imgedit.config import Settings
 from imgedit.errors import StartupError
@@ -59,7 +60,7 @@ class PreparedModel:
     """A loaded model, the family serving it, and what was applied to it (for the log and the metrics)."""
 
     loaded: LoadedModel
-    family: Family
+    family: Family[Any]
     options: tuple[str, ...]
 
 
@@ -98,6 +99,6 @@ def prepare_model(recipe: ModelRecipe, slot: int, loaded_everywhere: Callable[[]
     return PreparedModel(loaded=loaded, family=family, options=tuple(options))
 
 
-def prepare_family(recipe: ModelRecipe, slot: int, loaded_everywhere: Callable[[], None]) -> Family:
+def prepare_family(recipe: ModelRecipe, slot: int, loaded_everywhere: Callable[[], None]) -> Family[Any]:
     """:func:`prepare_model` for an extra rank, which needs only the family (see :mod:`imgedit.ranks.group`)."""
     return prepare_model(recipe, slot, loaded_everywhere).family

@@ -234,7 +234,7 @@ def _lora_admin(settings: Settings, loras: LoraRegistry, engine: Engine, index: 
     """
     for name, spec in parse_named_loras(settings.lora_adapters or ""):
         try:
-            engine.between_runs(lambda name=name, spec=spec: loras.load(name, spec)).result()
+            engine.between_runs(functools.partial(loras.load, name, spec)).result()
         except LoraError as error:
             raise StartupError(f"IMGEDIT_LORA_ADAPTERS: {error}") from None
     lora_admin = LoraAdmin(loras, engine, settings.lora_dir)

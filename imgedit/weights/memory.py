@@ -116,8 +116,9 @@ def footprint(module: torch.nn.Module) -> Footprint:
     holding its last parameter: the rules of diffusers' and transformers' torchao quantizers, followed here.
     """
     skipped: set[int] = set()
-    if hasattr(module, "get_output_embeddings"):  # a transformers model
-        skipped.add(id(module.get_output_embeddings()))
+    output_embeddings = getattr(module, "get_output_embeddings", None)
+    if callable(output_embeddings):  # a transformers model
+        skipped.add(id(output_embeddings()))
         last = next(reversed(list(module.named_parameters())), None)
         if last is not None:
             skipped.add(id(module.get_submodule(last[0].rpartition(".")[0])))
@@ -347,9 +348,9 @@ def parameter_bytes(module: torch.nn.Module) -> int:
 def _tensor_bytes(tensor: Any, seen: set[tuple[int, int]]) -> int:
     if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
         return 0
-    flatten = getattr(type(tensor), "__tensor_flatten__", None)
+    flatten = getattr(tensor, "__tensor_flatten__", None)
     if flatten is not None and type(tensor) not in (torch.Tensor, torch.nn.Parameter):
-        names, _ = tensor.__tensor_flatten__()
+        names, _ = flatten()
         return sum(_tensor_bytes(getattr(tensor, name), seen) for name in names)
     key = (tensor.data_ptr(), tensor.nbytes)
     if key in seen:

@@ -11,13 +11,17 @@ from typing import Literal
 
 from imgedit.ranks.plans import RankLayout
 
+#: ``IMGEDIT_QUANTIZE``'s values, and the conversions among them, cheapest for a user first.
+Method = Literal["none", "int8", "fp8", "nf4"]
+CONVERSIONS: tuple[Method, ...] = ("fp8", "int8", "nf4")
+
 
 @dataclass(frozen=True)
 class QuantizationOptions:
     """``IMGEDIT_QUANTIZE`` (``method``), ``IMGEDIT_QUANTIZE_COMPONENTS`` (empty: the denoiser) and
     ``IMGEDIT_TRANSFORMER`` (a single file replacing the denoiser)."""
 
-    method: Literal["none", "int8", "fp8", "nf4"] = "none"
+    method: Method = "none"
     components: tuple[str, ...] = ()
     transformer: str | None = None
 

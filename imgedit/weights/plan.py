@@ -20,7 +20,7 @@ import torch
 
 from imgedit.logs import get_logger
 from imgedit.weights import memory
-from imgedit.weights.options import LoadOptions, QuantizationOptions
+from imgedit.weights.options import CONVERSIONS, LoadOptions, Method, QuantizationOptions
 from imgedit.weights.quantization import (
     BACKENDS,
     OFFLOAD_REFUSALS,
@@ -110,7 +110,7 @@ def check_memory(
         available = memory.available_bytes(device, options.memory_budget_gib)
         where = str(device)
     # Components whose quantization is given (published, or a GGUF file) stay as they are in every alternative.
-    fixed = {name: backend for name, backend in (plan.backends() if plan else {}).items() if name not in plan.quantize}
+    fixed = {} if plan is None else {name: kind for name, kind in plan.backends().items() if name not in plan.quantize}
     alternatives = _alternatives(options, footprints, device, devices, fixed, default)
     try:
         need = memory.check_fits(
@@ -171,10 +171,10 @@ def single_file_bytes(single: SingleFile) -> int | None:
     try:
         from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
 
-        cached = try_to_load_from_cache(single.repo, single.filename)
+        cached = try_to_load_from_cache(*single.hub_file())
         if isinstance(cached, str):
             return Path(cached).stat().st_size
-        return get_hf_file_metadata(hf_hub_url(single.repo, single.filename)).size
+        return get_hf_file_metadata(hf_hub_url(*single.hub_file())).size
     except Exception:  # offline and not cached
         return None
 
@@ -199,7 +199,7 @@ def _alternatives(
     default: tuple[str, ...],
 ) -> list[memory.Placement]:
     """Placements this device can run, the cheapest for the user first."""
-    methods = ["none"] + [method for method in ("fp8", "int8", "nf4") if _runs(options.quantization, method, device)]
+    methods: list[Method] = ["none", *(method for method in CONVERSIONS if _runs(options.quantization, method, device))]
     big = tuple(name for name in footprints if "vae" not in name and name not in fixed)
     component_sets = [tuple(name for name in default if name not in fixed)]
     if set(big) - set(component_sets[0]):
@@ -220,7 +220,7 @@ def _alternatives(
     return [layout for _, layout in sorted(layouts, key=lambda pair: pair[0])]
 
 
-def _runs(quantization: QuantizationOptions, method: str, device: torch.device) -> bool:
+def _runs(quantization: QuantizationOptions, method: Method, device: torch.device) -> bool:
     try:
         check_device(dataclasses.replace(quantization, method=method, components=()), device)
     except QuantizationError:

@@ -71,6 +71,11 @@ class SingleFile:
     repo: str | None = None
     filename: str | None = None
 
+    def hub_file(self) -> tuple[str, str]:
+        """The hub repo and the file's path in it (for a file that is not local)."""
+        assert self.repo is not None and self.filename is not None, "a local file has no hub location"
+        return self.repo, self.filename
+
     @property
     def backend(self) -> str | None:
         """``gguf`` for a GGUF file (its weights stay quantized), None for plain safetensors."""
@@ -333,7 +338,7 @@ def load_single_file(
     if path is None:
         from huggingface_hub import hf_hub_download
 
-        path = hf_hub_download(single.repo, single.filename, local_files_only=local_only)
+        path = hf_hub_download(*single.hub_file(), local_files_only=local_only)
     options: dict[str, Any] = {"config": location, "subfolder": plan.denoiser, "torch_dtype": dtype}
     if revision is not None:
         options["config_revision"] = revision

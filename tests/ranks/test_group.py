@@ -29,7 +29,7 @@ from imgedit.model.call import PipelineCall, RunCancelled
 from imgedit.model.families import Family
 from imgedit.ranks import group as ranks_module
 from imgedit.ranks.group import RankGroup, RankStartupError, claim_gpus
-from imgedit.ranks.lockstep import RankFailure, pipeline_roles, portable, rebuild
+from imgedit.ranks.lockstep import CallMessage, RankFailure, pack, pipeline_roles, unpack
 from imgedit.scheduling.engine import Engine
 from imgedit.serving.options import rank_layout
 from imgedit.serving.recipe import ModelRecipe, prepare_model
@@ -142,15 +142,18 @@ def test_a_call_crosses_to_another_rank_whole(tiny_model):
     family = one_rank("tiny:qwen-image-edit-plus")
     (call,) = calls(family)
     roles = pipeline_roles(family)
-    message = pickle.loads(pickle.dumps(portable(call, roles, "req-1")))
-    assert message.request_id == "req-1" and message.call.pipeline == "edit"
-    rebuilt = rebuild(message, roles)
-    assert rebuilt.pipeline is family.pipeline and rebuilt.kwargs.keys() == call.kwargs.keys()
+    packed = pack(CallMessage(call, "req-1"), roles)
+    with pytest.raises(pickle.UnpicklingError, match="persistent"):
+        pickle.loads(packed)  # the pipeline is not in the message: only its role is
+    message = unpack(packed, roles)
+    rebuilt = message.call
+    assert message.request_id == "req-1" and rebuilt.pipeline is family.pipeline
+    assert rebuilt.kwargs.keys() == call.kwargs.keys()
     assert [image.tobytes() for image in rebuilt.kwargs["image"]] == [image.tobytes() for image in call.kwargs["image"]]
     (generator,), (sent,) = call.kwargs["generator"], rebuilt.kwargs["generator"]
     assert torch.equal(generator.get_state(), sent.get_state())
     with pytest.raises(ValueError, match="no rank can rebuild"):
-        portable(PipelineCall(tiny_model.pipeline, {}, 1, Size(64, 64)), roles, "req-2")
+        pack(CallMessage(PipelineCall(tiny_model.pipeline, {}, 1, Size(64, 64)), "req-2"), roles)
 
 
 @pytest.mark.parametrize("model", ["tiny:qwen-image-edit", "tiny:flux-kontext", "tiny:flux2", "tiny:flux2-klein"])

@@ -15,7 +15,7 @@ import dataclasses
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import torch
 from PIL import Image
@@ -31,12 +31,16 @@ from imgedit.model.spec import Defaults, EditSpec, resolve
 
 log = get_logger(__name__)
 
+#: The pipelines a family serves: :class:`~imgedit.model.pipeline.Pipeline`, or the family's own protocol over it.
+P = TypeVar("P", bound=Pipeline)
+
 #: Size of the synthetic image and output of the warm-up call.
 WARMUP_SIDE = 64
 
 
-def _from_pipe(class_name: str, pipeline: Pipeline) -> Pipeline:
-    return from_pipe(getattr(importlib.import_module("diffusers"), class_name), pipeline)
+def _from_pipe(class_name: str, pipeline: P) -> P:
+    """The twin ``class_name`` of ``pipeline``: built from the same components, so it reads as the same family."""
+    return cast(P, from_pipe(getattr(importlib.import_module("diffusers"), class_name), pipeline))
 
 
 def from_pipe(pipeline_class: Any, pipeline: Pipeline) -> Pipeline:
@@ -47,20 +51,20 @@ def from_pipe(pipeline_class: Any, pipeline: Pipeline) -> Pipeline:
     model into float32 in place, and quantized models refuse any cast. The
     components are already placed and typed, so that cast is skipped.
     """
-    from diffusers import DiffusionPipeline
+    from diffusers.pipelines.pipeline_utils import DiffusionPipeline  # the real class: diffusers' lazy root hides it
 
-    cast = DiffusionPipeline.to
-    # A class attribute, replaced for the length of one call on the engine's own thread at start-up.
-    DiffusionPipeline.to = lambda self, *args, **kwargs: self  # type: ignore[method-assign]  # see above
+    original_to = DiffusionPipeline.to
+    # Replaced for the length of one call at start-up, before any request runs, and put back below.
+    DiffusionPipeline.to = lambda self, *args, **kwargs: self  # type: ignore[method-assign]  # put back below
     try:
         built: Pipeline = pipeline_class.from_pipe(pipeline)
     finally:
-        DiffusionPipeline.to = cast  # type: ignore[method-assign]  # restores diffusers' own method
+        DiffusionPipeline.to = original_to  # type: ignore[method-assign]  # diffusers' own method again
     built.set_progress_bar_config(disable=True)
     return built
 
 
-class Family(ABC):
+class Family(ABC, Generic[P]):
     """Maps resolved edits onto one family of diffusers pipelines.
 
     Args:
@@ -100,7 +104,7 @@ class Family(ABC):
 
     def __init__(
         self,
-        pipeline: Pipeline,
+        pipeline: P,
         *,
         overrides: Defaults | None = None,
         max_images: int | None = None,
@@ -111,9 +115,9 @@ class Family(ABC):
             raise ValueError(f"{self.name} takes at most {self.max_images_supported} input images")
         self.loaded = pipeline
         #: Runs requests without a mask.
-        self.pipeline: Pipeline
+        self.pipeline: P
         #: Runs requests with a mask, when the family inpaints natively.
-        self.inpaint_pipeline: Pipeline | None
+        self.inpaint_pipeline: P | None
         self.pipeline, self.inpaint_pipeline = self.build_pipelines(pipeline)
         #: What an edit leaves unset becomes: the operator's overrides over the family's defaults.
         self.resolved_defaults = self.family_defaults().overridden_by(overrides or Defaults())
@@ -125,7 +129,7 @@ class Family(ABC):
         """Every diffusers pipeline class name this family can be given."""
         return tuple(name for pair in cls.pipeline_pairs for name in pair if name is not None)
 
-    def build_pipelines(self, loaded: Pipeline) -> tuple[Pipeline, Pipeline | None]:
+    def build_pipelines(self, loaded: P) -> tuple[P, P | None]:
         """The edit pipeline and the inpainting one (or None), one of them ``loaded``.
 
         The other is built with ``from_pipe``: it shares every component, so it costs no memory.
@@ -147,7 +151,7 @@ class Family(ABC):
         """Output width and height must be multiples of this."""
 
     @abstractmethod
-    def arguments(self, pipeline: Pipeline, spec: EditSpec) -> dict[str, Any]:
+    def arguments(self, pipeline: P, spec: EditSpec) -> dict[str, Any]:
         """The family's arguments for ``pipeline(...)``, before filtering by its signature.
 
         Args:
@@ -181,9 +185,15 @@ class Family(ABC):
         """
         return None
 
-    def generated_size(self, pipeline: Pipeline, spec: EditSpec) -> Size:
+    def generated_size(self, pipeline: P, spec: EditSpec) -> Size:
         """The size ``pipeline`` will really generate for ``spec`` (by default, ``spec.size``)."""
         return spec.size
+
+    def pipeline_of(self, call: PipelineCall) -> P:
+        """This family's own pipeline that ``call`` runs: its inpainting one, or its edit one."""
+        if self.inpaint_pipeline is not None and call.pipeline is self.inpaint_pipeline:
+            return self.inpaint_pipeline
+        return self.pipeline
 
     @property
     def native_mask(self) -> bool:
@@ -213,7 +223,10 @@ class Family(ABC):
             RequestError: the family cannot run the edit (see :meth:`check`).
         """
         self.check(spec)
-        pipeline = self.inpaint_pipeline if spec.mask is not None else self.pipeline
+        pipeline = self.pipeline
+        if spec.mask is not None:  # only a family that inpaints natively resolves one
+            assert self.inpaint_pipeline is not None, "a native mask needs the inpainting pipeline"
+            pipeline = self.inpaint_pipeline
         groups = [spec.seeds] if self.batches_images else [(seed,) for seed in spec.seeds]
         generated = self.generated_size(pipeline, spec)
         calls = []

@@ -1,4 +1,4 @@
-"""FLUX.2: FLUX.2-dev (``Flux2Pipeline``) and FLUX.2-klein (``Flux2KleinPipeline`` with its inpainting twin).
+"""FLUX.2: FLUX.2-dev (``Flux2PipelineLike``) and FLUX.2-klein (``Flux2KleinPipeline`` with its inpainting twin).
 
 Family quirks handled here:
 
@@ -41,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
@@ -52,6 +52,7 @@ from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
 from imgedit.model.call import EditPlan, PipelineCall, StepHook, generators, postprocess
 from imgedit.model.families.base import Family, require_a_denoising_step
+from imgedit.model.pipeline import Pipeline
 from imgedit.model.spec import Defaults, EditSpec
 
 #: ``Flux2ImageProcessor.check_image_input``'s limits on every reference.
@@ -73,7 +74,24 @@ def _within_one_megapixel(size: Size, multiple: int) -> Size:
     return Size(width // multiple * multiple, height // multiple * multiple)
 
 
-class _Flux2(Family):
+class Flux2PipelineLike(Pipeline, Protocol):
+    """What this family reads of its pipelines, beyond what every pipeline has."""
+
+    vae: Any
+    vae_scale_factor: int
+    config: Any
+    _execution_device: torch.device
+
+    def _prepare_latent_ids(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+    def _unpack_latents_with_ids(self, x: torch.Tensor, x_ids: torch.Tensor) -> torch.Tensor: ...
+
+    def _unpatchify_latents(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+    def encode_prompt(self, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class _Flux2(Family[Flux2PipelineLike]):
     """What every FLUX.2 pipeline shares: references, sizes, previews."""
 
     max_images_supported = HARD_MAX_IMAGES
@@ -97,7 +115,7 @@ class _Flux2(Family):
                 ) from None
 
     def preview(self, call: PipelineCall, latents: torch.Tensor) -> list[Image.Image]:
-        pipeline = call.pipeline
+        pipeline = self.pipeline_of(call)
         size = call.generated_size
         vae = pipeline.vae
         multiple = int(pipeline.vae_scale_factor) * 2
@@ -118,7 +136,7 @@ class _Flux2(Family):
         """References over 1 MP are shrunk to 1 MP; every side is floored to the size multiple."""
         return _within_one_megapixel(image.size, self.size_multiple)
 
-    def arguments(self, pipeline: Any, spec: EditSpec) -> dict[str, Any]:
+    def arguments(self, pipeline: Flux2PipelineLike, spec: EditSpec) -> dict[str, Any]:
         return {
             "image": [image.rgb for image in spec.images],
             "prompt": spec.prompt,
@@ -149,6 +167,7 @@ class NegativePromptCall(PipelineCall):
     them here keeps the text encoder on the engine thread, like every other model call.
     """
 
+    pipeline: Flux2PipelineLike
     negative_prompt: str
 
     def invoke(self, on_step: StepHook | None = None) -> list[Image.Image]:
@@ -186,7 +205,7 @@ class Flux2KleinFamily(_Flux2):
             return dataclasses.replace(self.defaults, steps=DISTILLED_STEPS, guidance_scale=DISTILLED_GUIDANCE_SCALE)
         return self.defaults
 
-    def arguments(self, pipeline: Any, spec: EditSpec) -> dict[str, Any]:
+    def arguments(self, pipeline: Flux2PipelineLike, spec: EditSpec) -> dict[str, Any]:
         arguments = super().arguments(pipeline, spec)
         if spec.mask is None:
             return arguments
@@ -202,7 +221,7 @@ class Flux2KleinFamily(_Flux2):
             "strength": spec.strength,
         }
 
-    def generated_size(self, pipeline: Any, spec: EditSpec) -> Size:
+    def generated_size(self, pipeline: Flux2PipelineLike, spec: EditSpec) -> Size:
         if self.inpaint_pipeline is None or pipeline is not self.inpaint_pipeline:
             return spec.size
         # The image arrives at ``size``; the pipeline shrinks it to 1 MP and floors it to the multiple.
@@ -221,7 +240,9 @@ class Flux2KleinFamily(_Flux2):
         if negative_prompt is None:
             return plan
         calls = [
-            NegativePromptCall(call.pipeline, call.kwargs, call.num_images, call.generated_size, negative_prompt)
+            NegativePromptCall(
+                self.pipeline_of(call), call.kwargs, call.num_images, call.generated_size, negative_prompt
+            )
             for call in plan.calls
         ]
         return dataclasses.replace(plan, calls=calls)

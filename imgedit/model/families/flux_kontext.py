@@ -44,7 +44,7 @@ Family quirks handled here:
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
@@ -54,13 +54,25 @@ from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
 from imgedit.model.call import PipelineCall, generators, postprocess
 from imgedit.model.families.base import Family, require_a_denoising_step
+from imgedit.model.pipeline import Pipeline
 from imgedit.model.spec import Defaults, EditSpec
 
 #: The unconditional prompt of true classifier-free guidance when the caller gives no negative prompt.
 EMPTY_NEGATIVE_PROMPT = ""
 
 
-class FluxKontextFamily(Family):
+class KontextPipelineLike(Pipeline, Protocol):
+    """What this family reads of its pipelines, beyond what every pipeline has."""
+
+    vae: Any
+    vae_scale_factor: int
+
+    def _unpack_latents(
+        self, latents: torch.Tensor, height: int, width: int, vae_scale_factor: int
+    ) -> torch.Tensor: ...
+
+
+class FluxKontextFamily(Family[KontextPipelineLike]):
     """FLUX.1 Kontext (dev and its fine-tunes): one input image; masks are inpainted natively."""
 
     name = "flux-kontext"
@@ -74,7 +86,7 @@ class FluxKontextFamily(Family):
         # Latents are packed in 2x2 patches, so each side spans an even number of latent pixels.
         return int(self.pipeline.vae_scale_factor) * 2
 
-    def arguments(self, pipeline: Any, spec: EditSpec) -> dict[str, Any]:
+    def arguments(self, pipeline: KontextPipelineLike, spec: EditSpec) -> dict[str, Any]:
         size = spec.size
         image = spec.images[0].rgb
         inpainting = spec.mask is not None
@@ -112,7 +124,7 @@ class FluxKontextFamily(Family):
 
     def preview(self, call: PipelineCall, latents: torch.Tensor) -> list[Image.Image]:
         """Decode packed latents of shape (images, (height/16)*(width/16), 4*latent channels) as the pipeline does."""
-        pipeline = call.pipeline
+        pipeline = self.pipeline_of(call)
         size = call.generated_size
         vae = pipeline.vae
         unpacked = pipeline._unpack_latents(latents, size.height, size.width, pipeline.vae_scale_factor)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
@@ -41,6 +41,7 @@ from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
 from imgedit.model.call import PipelineCall, Tokens, generators, postprocess
 from imgedit.model.families.base import Family, require_a_denoising_step
+from imgedit.model.pipeline import Pipeline
 from imgedit.model.spec import Defaults, EditSpec
 
 EMPTY_NEGATIVE_PROMPT = " "
@@ -52,7 +53,23 @@ SINGLE_IMAGE_AREA = 1024 * 1024
 DISTILLED_GUIDANCE_SCALE = 1.0
 
 
-class _QwenImageEdit(Family):
+class QwenPipelineLike(Pipeline, Protocol):
+    """What this family reads of its pipelines, beyond what every pipeline has."""
+
+    vae: Any
+    vae_scale_factor: int
+    transformer: Any
+    processor: Any
+    tokenizer: Any
+    prompt_template_encode: str
+    prompt_template_encode_start_idx: int
+
+    def _unpack_latents(
+        self, latents: torch.Tensor, height: int, width: int, vae_scale_factor: int
+    ) -> torch.Tensor: ...
+
+
+class _QwenImageEdit(Family[QwenPipelineLike]):
     """What every Qwen-Image-Edit pipeline shares."""
 
     @property
@@ -64,7 +81,7 @@ class _QwenImageEdit(Family):
             return dataclasses.replace(self.defaults, guidance_scale=DISTILLED_GUIDANCE_SCALE)
         return self.defaults
 
-    def arguments(self, pipeline: Any, spec: EditSpec) -> dict[str, Any]:
+    def arguments(self, pipeline: QwenPipelineLike, spec: EditSpec) -> dict[str, Any]:
         return {
             "image": self._pipeline_images(spec.images),
             "mask_image": spec.mask,
@@ -82,7 +99,7 @@ class _QwenImageEdit(Family):
         }
 
     def preview(self, call: PipelineCall, latents: torch.Tensor) -> list[Image.Image]:
-        pipeline = call.pipeline
+        pipeline = self.pipeline_of(call)
         size = call.generated_size
         vae = pipeline.vae
         unpacked = pipeline._unpack_latents(latents, size.height, size.width, pipeline.vae_scale_factor).to(vae.dtype)
@@ -215,7 +232,7 @@ class QwenImageEditFamily(_QwenImageEdit):
             assert spec.strength is not None, "the family has a default"
             require_a_denoising_step(spec.steps, spec.strength)
 
-    def generated_size(self, pipeline: Any, spec: EditSpec) -> Size:
+    def generated_size(self, pipeline: QwenPipelineLike, spec: EditSpec) -> Size:
         if pipeline is self.inpaint_pipeline:  # it ignores height and width
             _, reference = self._reference_sizes(spec.images[0].size)
             multiple = self.size_multiple

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from PIL import Image
@@ -50,6 +50,7 @@ from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
 from imgedit.model.call import PipelineCall, generators, postprocess
 from imgedit.model.families.base import Family, from_pipe
+from imgedit.model.pipeline import Pipeline
 from imgedit.model.spec import Defaults, EditSpec
 
 #: ``guidance_scale`` the Stable Diffusion 1.x/2.x and SDXL models are tuned for.
@@ -64,15 +65,15 @@ INPAINT_UNET_CHANNELS = 9
 TEXT_TO_IMAGE_CLASSES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 
 
-def _class_names(pipeline: Any) -> set[str]:
+def _class_names(pipeline: Pipeline) -> set[str]:
     return {cls.__name__ for cls in type(pipeline).__mro__}
 
 
-def _is_xl(pipeline: Any) -> bool:
+def _is_xl(pipeline: Pipeline) -> bool:
     return any(name.startswith("StableDiffusionXL") for name in _class_names(pipeline))
 
 
-def _inpaints_only(pipeline: Any) -> bool:
+def _inpaints_only(pipeline: Pipeline) -> bool:
     """Whether the UNet is an inpainting one, which needs a mask on every call."""
     unet = getattr(pipeline, "unet", None)
     return unet is not None and unet.config.in_channels == INPAINT_UNET_CHANNELS
@@ -96,7 +97,16 @@ def _schedule_length(steps: int, strength: float) -> int:
     return length
 
 
-class _StableDiffusion(Family):
+class StableDiffusionPipelineLike(Pipeline, Protocol):
+    """What this family reads of its pipelines, beyond what every pipeline has."""
+
+    vae: Any
+    vae_scale_factor: int
+    unet: Any
+    scheduler: Any
+
+
+class _StableDiffusion(Family[StableDiffusionPipelineLike]):
     """What every Stable Diffusion pipeline shares: size multiple, guidance, previews."""
 
     fusable = True
@@ -129,7 +139,7 @@ class _StableDiffusion(Family):
         }
 
     def preview(self, call: PipelineCall, latents: torch.Tensor) -> list[Image.Image]:
-        pipeline = call.pipeline
+        pipeline = self.pipeline_of(call)
         vae = pipeline.vae
         xl = _is_xl(pipeline)
         # SDXL's VAE overflows in float16; its pipelines decode in float32 when the config says so.
@@ -169,7 +179,7 @@ class InstructPix2PixFamily(_StableDiffusion):
         "low": Defaults(image_guidance_scale=1.2),
     }
 
-    def arguments(self, pipeline: Any, spec: EditSpec) -> dict[str, Any]:
+    def arguments(self, pipeline: StableDiffusionPipelineLike, spec: EditSpec) -> dict[str, Any]:
         return {
             **self._common(spec, spec.steps),
             # SD's pipeline makes the input's size; SDXL's takes height/width as well.
@@ -195,7 +205,9 @@ class StableDiffusionFamily(_StableDiffusion):
         """The img2img and inpainting classes, and the text-to-image ones they are made from."""
         return (*super().pipeline_classes(), *TEXT_TO_IMAGE_CLASSES)
 
-    def build_pipelines(self, loaded: Any) -> tuple[Any, Any | None]:
+    def build_pipelines(
+        self, loaded: StableDiffusionPipelineLike
+    ) -> tuple[StableDiffusionPipelineLike, StableDiffusionPipelineLike | None]:
         """Img2img and inpainting pipelines sharing ``loaded``'s components.
 
         A text-to-image pipeline becomes both through diffusers' auto pipelines.
@@ -224,7 +236,7 @@ class StableDiffusionFamily(_StableDiffusion):
                 f"use at least {1 / most:g}.",
             )
 
-    def arguments(self, pipeline: Any, spec: EditSpec) -> dict[str, Any]:
+    def arguments(self, pipeline: StableDiffusionPipelineLike, spec: EditSpec) -> dict[str, Any]:
         strength = self._strength(spec)
         mask = spec.mask
         if mask is None and _inpaints_only(pipeline):

@@ -6,6 +6,9 @@ code from a fixed seed: no download, about a second to build, and a 64x64 edit
 in a fraction of a second on a CPU. Their pictures are noise, but every code
 path of the real model runs, which makes them the models for trying the server
 without a GPU and for the test suite. One module per family builds them.
+
+Pipeline classes are imported from their own modules: diffusers' root exports
+them lazily, and a type checker sees only stand-ins there.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from imgedit.model.pipeline import Pipeline
 
 PREFIX = "tiny:"
 #: The tiny model ``make serve`` serves, and start-up suggests when a real model cannot be had.
@@ -29,7 +35,7 @@ T = TypeVar("T")
 class TinyModel:
     """A built tiny pipeline, the step count it defaults to, and the area ``size=auto`` aims at."""
 
-    pipeline: Any
+    pipeline: Pipeline
     default_steps: int
     native_pixels: int = TINY_SIDE * TINY_SIDE
 
@@ -42,7 +48,7 @@ def seeded(build: Callable[[], T]) -> T:
     return build()
 
 
-def finish(pipeline: Any) -> TinyModel:
+def finish(pipeline: Pipeline) -> TinyModel:
     """A built tiny pipeline, quiet and ready to serve."""
     pipeline.set_progress_bar_config(disable=True)
     return TinyModel(pipeline=pipeline, default_steps=TINY_STEPS)

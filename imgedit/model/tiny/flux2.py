@@ -109,7 +109,9 @@ class TinyMistralProcessor(ProcessorMixin):
 
 def _vae() -> Any:
     """A four-block (scale factor 8) ``AutoencoderKLFlux2``, 2 latent channels, non-trivial batch-norm statistics."""
-    from diffusers import AutoencoderKLFlux2
+    from diffusers.models.autoencoders.autoencoder_kl_flux2 import (
+        AutoencoderKLFlux2,
+    )  # the real class, not the lazy root's
 
     vae = AutoencoderKLFlux2(
         block_out_channels=(4, 4, 4, 4),
@@ -222,20 +224,20 @@ def _klein_components() -> dict[str, Any]:
 
 def build_flux2() -> TinyModel:
     """A ``Flux2Pipeline`` (FLUX.2-dev: several references, embedded guidance) with tiny random components."""
-    from diffusers import Flux2Pipeline
+    from diffusers.pipelines.flux2.pipeline_flux2 import Flux2Pipeline
 
     return finish(Flux2Pipeline(**_flux2_components()))
 
 
 def build_flux2_klein() -> TinyModel:
     """A ``Flux2KleinPipeline`` (a base, not step-distilled, FLUX.2-klein) with tiny random components."""
-    from diffusers import Flux2KleinPipeline
+    from diffusers.pipelines.flux2.pipeline_flux2_klein import Flux2KleinPipeline
 
     return finish(Flux2KleinPipeline(**_klein_components(), is_distilled=False))
 
 
 def build_flux2_klein_inpaint() -> TinyModel:
     """A ``Flux2KleinInpaintPipeline`` with the same tiny components as ``tiny:flux2-klein``."""
-    from diffusers import Flux2KleinInpaintPipeline
+    from diffusers.pipelines.flux2.pipeline_flux2_klein_inpaint import Flux2KleinInpaintPipeline
 
     return finish(Flux2KleinInpaintPipeline(**_klein_components(), is_distilled=False))

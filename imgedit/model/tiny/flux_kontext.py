@@ -52,7 +52,7 @@ def _components() -> dict[str, Any]:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    t5_config = T5Config(
+    t5_config = T5Config(  # type: ignore[call-arg]  # decoder_start_token_id: a keyword transformers hides in **kwargs
         vocab_size=len(tokenizer_2),
         d_model=TEXT_WIDTH,
         d_ff=37,
@@ -112,7 +112,8 @@ def _shrink_reference_resolutions() -> None:
     import diffusers.pipelines.flux.pipeline_flux_kontext as edit_module
     import diffusers.pipelines.flux.pipeline_flux_kontext_inpaint as inpaint_module
 
-    for module in (edit_module, inpaint_module):
+    patched: tuple[Any, ...] = (edit_module, inpaint_module)  # their module-level tables, rewritten for tiny sizes
+    for module in patched:
         # Keep the real table aside so that building twice does not shrink twice.
         real = getattr(module, "REAL_PREFERRED_KONTEXT_RESOLUTIONS", module.PREFERRED_KONTEXT_RESOLUTIONS)
         module.REAL_PREFERRED_KONTEXT_RESOLUTIONS = real
@@ -123,7 +124,7 @@ def _shrink_reference_resolutions() -> None:
 
 def build_flux_kontext() -> TinyModel:
     """A ``FluxKontextPipeline`` with tiny random components (float32, CPU)."""
-    from diffusers import FluxKontextPipeline
+    from diffusers.pipelines.flux.pipeline_flux_kontext import FluxKontextPipeline
 
     _shrink_reference_resolutions()
     return finish(FluxKontextPipeline(**_components()))
@@ -131,7 +132,7 @@ def build_flux_kontext() -> TinyModel:
 
 def build_flux_kontext_inpaint() -> TinyModel:
     """A ``FluxKontextInpaintPipeline`` with the same tiny components as ``tiny:flux-kontext``."""
-    from diffusers import FluxKontextInpaintPipeline
+    from diffusers.pipelines.flux.pipeline_flux_kontext_inpaint import FluxKontextInpaintPipeline
 
     _shrink_reference_resolutions()
     return finish(FluxKontextInpaintPipeline(**_components()))

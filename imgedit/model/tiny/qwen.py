@@ -71,7 +71,9 @@ def _components() -> dict[str, Any]:
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
         },
-        hidden_size=16,
+        # Top-level copies of the text model's sizes, which the tied embeddings read; transformers hides
+        # configuration keywords in **kwargs, so mypy does not know them.
+        hidden_size=16,  # type: ignore[call-arg]  # see above
         vocab_size=len(tokenizer),
         image_token_id=token_id("<|image_pad|>"),
         video_token_id=token_id("<|video_pad|>"),
@@ -118,19 +120,20 @@ def _shrink_reference_area() -> None:
 
     edit_plus_module.VAE_IMAGE_SIZE = TINY_REFERENCE_AREA
     edit_plus_module.CONDITION_IMAGE_SIZE = TINY_REFERENCE_AREA
-    for module in (edit_module, inpaint_module):
+    patched: tuple[Any, ...] = (edit_module, inpaint_module)  # their module-level tables, rewritten for tiny sizes
+    for module in patched:
         real = getattr(module.calculate_dimensions, "real", module.calculate_dimensions)
 
         def tiny_dimensions(target_area: int, ratio: float, real: Any = real) -> Any:
             return real(TINY_REFERENCE_AREA, ratio)
 
-        tiny_dimensions.real = real  # type: ignore[attr-defined]
+        tiny_dimensions.real = real  # type: ignore[attr-defined]  # the real one, kept for the next build
         module.calculate_dimensions = tiny_dimensions
 
 
 def build_qwen_image_edit_plus() -> TinyModel:
     """A ``QwenImageEditPlusPipeline`` (several images) with tiny random components (float32, CPU)."""
-    from diffusers import QwenImageEditPlusPipeline
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import QwenImageEditPlusPipeline
 
     _shrink_reference_area()
     return finish(QwenImageEditPlusPipeline(**_components()))
@@ -138,7 +141,7 @@ def build_qwen_image_edit_plus() -> TinyModel:
 
 def build_qwen_image_edit() -> TinyModel:
     """A ``QwenImageEditPipeline`` (one image) with tiny random components."""
-    from diffusers import QwenImageEditPipeline
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import QwenImageEditPipeline
 
     _shrink_reference_area()
     return finish(QwenImageEditPipeline(**_components()))
@@ -146,7 +149,7 @@ def build_qwen_image_edit() -> TinyModel:
 
 def build_qwen_image_edit_inpaint() -> TinyModel:
     """A ``QwenImageEditInpaintPipeline`` with the same tiny components as ``tiny:qwen-image-edit``."""
-    from diffusers import QwenImageEditInpaintPipeline
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_inpaint import QwenImageEditInpaintPipeline
 
     _shrink_reference_area()
     return finish(QwenImageEditInpaintPipeline(**_components()))

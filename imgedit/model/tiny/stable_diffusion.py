@@ -152,7 +152,10 @@ def _sd_scheduler() -> Any:
 
 def build_instruct_pix2pix() -> TinyModel:
     """A ``StableDiffusionInstructPix2PixPipeline`` (8-channel UNet, Euler ancestral as the real one ships)."""
-    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
+    from diffusers import EulerAncestralDiscreteScheduler
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_instruct_pix2pix import (
+        StableDiffusionInstructPix2PixPipeline,
+    )
 
     scheduler = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     return finish(StableDiffusionInstructPix2PixPipeline(**_sd_components(8, scheduler)))
@@ -160,27 +163,29 @@ def build_instruct_pix2pix() -> TinyModel:
 
 def build_sdxl_instruct_pix2pix() -> TinyModel:
     """A ``StableDiffusionXLInstructPix2PixPipeline``: two text encoders, 8-channel UNet with ``text_time``."""
-    from diffusers import StableDiffusionXLInstructPix2PixPipeline
+    from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_instruct_pix2pix import (
+        StableDiffusionXLInstructPix2PixPipeline,
+    )
 
     return finish(StableDiffusionXLInstructPix2PixPipeline(**_sdxl_components(8)))
 
 
 def build_stable_diffusion() -> TinyModel:
     """A text-to-image ``StableDiffusionPipeline`` (4-channel UNet), served through img2img and inpainting."""
-    from diffusers import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 
     return finish(StableDiffusionPipeline(**_sd_components(4, _sd_scheduler())))
 
 
 def build_stable_diffusion_inpaint() -> TinyModel:
     """A ``StableDiffusionInpaintPipeline`` with a 9-channel UNet, as dedicated inpainting checkpoints have."""
-    from diffusers import StableDiffusionInpaintPipeline
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint import StableDiffusionInpaintPipeline
 
     return finish(StableDiffusionInpaintPipeline(**_sd_components(9, _sd_scheduler())))
 
 
 def build_stable_diffusion_xl() -> TinyModel:
     """A text-to-image ``StableDiffusionXLPipeline`` (4-channel UNet); not registered, used by the tests."""
-    from diffusers import StableDiffusionXLPipeline
+    from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
 
     return finish(StableDiffusionXLPipeline(**_sdxl_components(4)))
