@@ -16,6 +16,8 @@ import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
+#: On a server's PYTHONPATH, this folder's sitecustomize.py installs the test hooks (devtools/test_hooks.py).
+HOOKS = ROOT / "devtools" / "hooks"
 BENTOML = Path(sys.executable).with_name("bentoml")
 STARTUP_SECONDS = 180
 #: Servers started before giving up on finding a port nobody takes first.
@@ -59,7 +61,12 @@ class Server:
         return True
 
 
-def server_environment(tmp: Path, **overrides: str) -> dict[str, str]:
+def server_environment(tmp: Path, hooks: bool = False, **overrides: str) -> dict[str, str]:
+    """The environment of a test server: the tiny model, offline, everything under ``tmp``; ``overrides`` win.
+
+    Args:
+        hooks: install the test hooks (``devtools/test_hooks.py``), driven by the ``TEST_*`` variables in ``overrides``.
+    """
     env = {key: value for key, value in os.environ.items() if not key.startswith("IMGEDIT_")}
     tmp_dir = tmp / "tmp"
     tmp_dir.mkdir(exist_ok=True)
@@ -72,8 +79,15 @@ def server_environment(tmp: Path, **overrides: str) -> dict[str, str]:
         TMPDIR=str(tmp_dir),
         PYTHONUNBUFFERED="1",
     )
+    if hooks:
+        env["PYTHONPATH"] = hooks_path()
     env.update(overrides)
     return env
+
+
+def hooks_path() -> str:
+    """The ``PYTHONPATH`` that installs the test hooks in a process (and finds ``devtools`` from there)."""
+    return os.pathsep.join((str(HOOKS), str(ROOT)))
 
 
 def serve_command(port: int) -> list[str]:
@@ -90,12 +104,13 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def start_server(tmp: Path, poll_seconds: float = 0.3, **overrides: str) -> Server:
+def start_server(tmp: Path, poll_seconds: float = 0.3, hooks: bool = False, **overrides: str) -> Server:
     """Start ``bentoml serve`` with the settings in ``overrides`` and wait until ``/readyz`` answers 200.
 
-    ``poll_seconds`` is how often readiness is asked; the start-up benchmark asks often.
+    ``poll_seconds`` is how often readiness is asked; the start-up benchmark asks often. With
+    ``hooks``, the test hooks are installed (see :func:`server_environment`).
     """
-    env = server_environment(tmp, **overrides)
+    env = server_environment(tmp, hooks, **overrides)
     return serve_on_a_free_port(serve_command, env, tmp / "server.log", poll_seconds=poll_seconds)
 
 

@@ -1,7 +1,7 @@
 """The engine under a real server: backpressure, one run at a time, cancellation, faults, shutdown, metrics.
 
-The server runs the tiny model with a test-only delay per denoising step (see
-``test_hooks/sitecustomize.py``), so runs last long enough to be observed.
+The server runs the tiny model with a test-only delay per denoising step (the
+test hooks of ``devtools/test_hooks.py``), so runs last long enough to be observed.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from tests.helpers import decode, gradient_png, multipart_body
 
 pytestmark = pytest.mark.integration
 
-HOOKS = str(Path(__file__).parent / "test_hooks")
 STEP_DELAY = 0.05
 OOM_PROMPT = "raise-oom"
 
@@ -40,7 +39,7 @@ def slow_server(tmp_path_factory):
     directory = tmp_path_factory.mktemp("slow")
     server = start_server(
         directory,
-        PYTHONPATH=HOOKS,
+        hooks=True,
         TEST_STEP_DELAY=str(STEP_DELAY),
         TEST_OOM_PROMPT=OOM_PROMPT,
         TEST_STEP_GATE=str(directory / "step-gate"),
@@ -206,7 +205,7 @@ def test_metrics_after_traffic(slow_server):
 
 
 def test_sigterm_lets_the_run_in_flight_finish(tmp_path):
-    server = start_server(tmp_path, PYTHONPATH=HOOKS, TEST_STEP_DELAY="0.1", IMGEDIT_PROGRESS_LOG_SECONDS="0.2")
+    server = start_server(tmp_path, hooks=True, TEST_STEP_DELAY="0.1", IMGEDIT_PROGRESS_LOG_SECONDS="0.2")
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
             running = pool.submit(edit, server.url, 30, "p", **{"x-request-id": "last-one"})
@@ -231,7 +230,7 @@ def test_queued_requests_are_fused_into_one_batch_with_the_same_pictures(tmp_pat
         tmp_path,
         IMGEDIT_MODEL="tiny:instruct-pix2pix",
         IMGEDIT_MAX_BATCH="4",
-        PYTHONPATH=HOOKS,
+        hooks=True,
         TEST_STEP_GATE=str(gate),
         TEST_STEP_GATE_AT="0",
     )

@@ -3,8 +3,8 @@
 Compared with the one-rank server the other integration tests share: the same
 pictures within ``TOLERANCE`` levels, streaming, cancellation, a rank out of
 memory, metrics, and a rank killed mid-run (last: it ends the server). Runs are held
-at a step with the file gate of ``test_hooks/sitecustomize.py`` (in both ranks:
-the hooks of ``rank_hooks/`` run those too), never timed with sleeps.
+at a step with the file gate of the test hooks (``devtools/test_hooks.py``, in
+both ranks; the rank faults in the extra rank alone), never timed with sleeps.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from tests.helpers import edits_request_head, gradient_png, multipart_body
 
 pytestmark = pytest.mark.integration
 
-HOOKS = str(Path(__file__).parent / "rank_hooks")
 #: The most a pixel of a 2-rank edit may differ from the 1-rank edit, per channel (see README, Parallelism).
 TOLERANCE = 2
 GATE_STEP = 3
@@ -45,7 +44,7 @@ def two_ranks(tmp_path_factory):
         directory,
         IMGEDIT_DEVICE="cpu",
         IMGEDIT_ULYSSES_DEGREE="2",
-        PYTHONPATH=HOOKS,
+        hooks=True,
         TEST_STEP_GATE=str(directory / "gate"),
         TEST_STEP_GATE_AT=str(GATE_STEP),
         TEST_RANK_OOM_PROMPT=OOM,

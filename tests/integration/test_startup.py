@@ -73,9 +73,8 @@ def test_asking_for_cuda_without_one_stops_start_up(tmp_path):
 
 def test_ready_only_after_the_warm_up(tmp_path):
     gate = tmp_path / "gate"
-    hook = Path(__file__).parent / "test_hooks"
     port = free_port()
-    environment = server_environment(tmp_path, TEST_WARMUP_GATE=str(gate), PYTHONPATH=str(hook))
+    environment = server_environment(tmp_path, hooks=True, TEST_WARMUP_GATE=str(gate))
     process = subprocess.Popen(
         serve_command(port), cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,

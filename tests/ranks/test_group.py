@@ -1,7 +1,7 @@
 """Two gloo ranks on the CPU, rank 0 being this test process: the same pictures as one rank, and every way a run ends.
 
 Each group starts one extra rank (``python -m imgedit.ranks.main``)
-with the test hooks of ``devtools/hooks/ranks`` on its path, so that
+with the test hooks (``devtools/test_hooks.py``) installed, so that
 faults can be injected into that rank alone. Runs are ordered with step hooks
 and prompts the hooks know, never with sleeps.
 """
@@ -14,13 +14,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from devtools.server import hooks_path
 from imgedit.config import Settings
 from imgedit.edit import EditOptions
 from imgedit.media.images import InputImage
@@ -35,7 +35,7 @@ from imgedit.serving.options import rank_layout
 from imgedit.serving.recipe import ModelRecipe, prepare_model
 from imgedit.serving.startup import rank_setup, worker_count
 
-HOOKS = str(Path(__file__).resolve().parents[1] / "integration" / "rank_hooks")
+HOOKS = hooks_path()
 #: The most a pixel of a 2-rank edit may differ from the 1-rank edit, per channel (see README, Parallelism).
 TOLERANCE = 2
 OOM, EARLY_OOM, HANG = "rank 1 runs out of memory", "rank 1 runs out of memory early", "rank 1 hangs"
