@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 PORT ?= 3000
 IMGEDIT_MODEL ?= tiny:qwen-image-edit-plus
 
-.PHONY: install serve test e2e lint format bench bench-gpu bento image-smoke system-deps clean
+.PHONY: install serve test e2e lint docs format bench bench-gpu bento image-smoke system-deps clean
 
 install: $(BIN)/.installed
 
@@ -19,7 +19,7 @@ $(BIN)/.installed: pyproject.toml tests/integration/clients/node/package-lock.js
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip show --quiet torch >/dev/null 2>&1 || $(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e ".[test,build]"
+	$(BIN)/pip install --quiet -e ".[test,build,docs]"
 	cd tests/integration/clients/node && npm ci --no-audit --no-fund --silent
 	@touch $@
 
@@ -28,7 +28,7 @@ serve: install
 
 # REQUIRE_CHROMIUM=1: the playground's browser tests fail, rather than skip, without Chromium;
 # REQUIRE_DEPLOY_TOOLS=1: so do the deployment tests (tests/deploy) without kubectl, promtool or HAProxy.
-test: install system-deps lint
+test: install system-deps lint docs
 	REQUIRE_CHROMIUM=1 REQUIRE_NODE=1 REQUIRE_DEPLOY_TOOLS=1 $(BIN)/pytest
 
 # Only the playground's end-to-end tests (headless Chromium against a real server); `make test` runs them too.
@@ -39,6 +39,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The docs site from docs/ (see mkdocs.yml), into site/; a broken link or an unlisted page fails it.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 format: install
 	$(BIN)/ruff format .
@@ -85,4 +89,4 @@ system-deps:
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends prometheus haproxy >/dev/null; }
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info site

@@ -113,7 +113,8 @@ def report(name: str, title: str, body: str, write: Path | None) -> None:
     The section sits between ``<!-- bench:NAME -->`` markers and is replaced
     on every run; text around it is kept.
     """
-    section = f"<!-- bench:{name} -->\n## {title}\n\n```bash\n{command_line()}\n```\n\n{machine()}\n\n{body.strip()}\n"
+    command = f"<!-- benchmark -->\n```bash\n{command_line()}\n```"
+    section = f"<!-- bench:{name} -->\n## {title}\n\n{command}\n\n{machine()}\n\n{body.strip()}\n"
     section += f"<!-- /bench:{name} -->"
     print(section)
     if write is None:

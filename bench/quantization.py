@@ -6,7 +6,7 @@ int8 on the denoiser and text encoders, a GGUF Q8_0 denoiser), the bytes of each
 ends, options alternated run by run), and how far the result is from the unquantized one: the mean
 difference of the pictures in levels of 255, and one minus the cosine similarity of the final latents.
 
-Computed (``--gpu-table``): the README's "which GPU" table, from the memory plan's own arithmetic
+Computed (``--gpu-table``): the "which GPU" table of the docs' quantization page, from the memory plan's own arithmetic
 (:mod:`imgedit.weights.memory`) applied to the full-size models built on the meta device:
 Qwen-Image-Edit-2511 from ``bench/configs/``, FLUX.1-Kontext-dev from the configs below (they reproduce
 the published counts: transformer 11.9B, T5-XXL encoder 4.76B, CLIP-L 0.123B, VAE 0.084B), and
@@ -193,16 +193,16 @@ def full_size_footprints() -> dict[str, dict[str, memory.Footprint]]:
 
 
 def gpu_table() -> str:
-    """The README's table: memory each option needs by the plan's arithmetic, and the smallest card it fits."""
+    """The quantization page's table: memory per option by the plan's arithmetic, and the smallest card it fits."""
     options = [
-        ("bf16", memory.Layout()),
-        ("int8 or fp8 transformer", memory.Layout("int8", ("transformer",))),
-        ("nf4 transformer", memory.Layout("nf4", ("transformer",))),
-        ("int8 or fp8 transformer and text encoder", memory.Layout("int8", ("transformer", "text_encoder"))),
-        ("nf4 transformer and text encoder", memory.Layout("nf4", ("transformer", "text_encoder"))),
-        ("bf16, `IMGEDIT_OFFLOAD=model`", memory.Layout(offload="model")),
-        ("int8 transformer, `IMGEDIT_OFFLOAD=model`", memory.Layout("int8", ("transformer",), "model")),
-        ("bf16, `IMGEDIT_OFFLOAD=group`", memory.Layout(offload="group")),
+        ("bf16", memory.Placement()),
+        ("int8 or fp8 transformer", memory.Placement("int8", ("transformer",))),
+        ("nf4 transformer", memory.Placement("nf4", ("transformer",))),
+        ("int8 or fp8 transformer and text encoder", memory.Placement("int8", ("transformer", "text_encoder"))),
+        ("nf4 transformer and text encoder", memory.Placement("nf4", ("transformer", "text_encoder"))),
+        ("bf16, `IMGEDIT_OFFLOAD=model`", memory.Placement(offload="model")),
+        ("int8 transformer, `IMGEDIT_OFFLOAD=model`", memory.Placement("int8", ("transformer",), "model")),
+        ("bf16, `IMGEDIT_OFFLOAD=group`", memory.Placement(offload="group")),
     ]
     models = full_size_footprints()
     rows = []
@@ -212,7 +212,7 @@ def gpu_table() -> str:
             names = {"text_encoder": [name for name in footprints if name.startswith("text_encoder")]}
             components = tuple(name for part in layout.components for name in names.get(part, [part]))
             need = memory.device_need(
-                footprints, torch.bfloat16, memory.Layout(layout.quantize, components, layout.offload)
+                footprints, torch.bfloat16, memory.Placement(layout.quantize, components, layout.offload)
             )
             card = next((card for card, usable in CARDS.items() if need.total <= usable * memory.GiB), "none")
             cells.append(f"{need.total / memory.GiB:.1f} GiB: {card}")
@@ -228,7 +228,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--gpu-table", action="store_true", help="print the README's GPU table instead")
+    parser.add_argument("--gpu-table", action="store_true", help="print the docs' GPU table instead")
     parser.add_argument("--write", type=Path, help="put the results into this Markdown file")
     arguments = parser.parse_args()
     torch.manual_seed(0)

@@ -29,7 +29,10 @@ class ConfigError(Exception):
 
 
 class Settings(BaseSettings):
-    """All knobs of the server. The field ``foo_bar`` is read from ``IMGEDIT_FOO_BAR``."""
+    """All knobs of the server. The field ``foo_bar`` is read from ``IMGEDIT_FOO_BAR``.
+
+    Each field's docstring is its description on the configuration page (:func:`settings_table`).
+    """
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -37,74 +40,146 @@ class Settings(BaseSettings):
         env_ignore_empty=True,
         extra="ignore",
         frozen=True,
+        use_attribute_docstrings=True,
     )
 
     # What to serve.
     model: str = Field(DEFAULT_MODEL, min_length=1)
+    """Hugging Face repo id, local pipeline directory, `bentoml:NAME[:VERSION]`, or `tiny:<name>` (see Models)."""
     model_revision: str | None = Field(None, min_length=1)
+    """Branch, tag or commit of a Hugging Face model (ignored for other sources)."""
     served_model_name: str | None = Field(None, min_length=1, max_length=256)
+    """The name in `/v1/models` and accepted as `model`."""
     family: str | None = Field(None, min_length=1)
+    """Forces a family (see Models), for a pipeline class no family lists."""
     lora: str | None = Field(None, min_length=1)
+    """LoRAs every run uses, comma-separated `SOURCE[:SCALE]`: a `.safetensors` file, a directory, `owner/repo` or
+    `owner/repo/path/in/repo.safetensors` (see LoRA)."""
     lora_fuse: bool = False
+    """Fold `IMGEDIT_LORA` into the weights: no per-step cost, but they can no longer change."""
     lora_adapters: str | None = Field(None, min_length=1)
+    """LoRAs requests may choose by name, comma-separated `name=SOURCE[:SCALE]` (see LoRA)."""
     lora_dir: str | None = Field(None, min_length=1)
+    """The directory the load endpoint and a request's `lora` path may read LoRAs from; nothing outside it is read."""
     max_loras: int = Field(8, ge=1, le=256)
+    """Most LoRAs held at once (registered and loaded while serving)."""
     max_images: int | None = Field(None, ge=1, le=HARD_MAX_IMAGES)
+    """Input images per request, up to what the pipeline takes (see Models); a larger value stops start-up."""
     default_steps: int | None = Field(None, ge=1, le=200)
+    """Steps when a request sets neither `num_inference_steps` nor `quality` (distilled weights and LoRAs want
+    fewer)."""
     default_guidance_scale: float | None = Field(None, ge=0, le=20)
+    """`guidance_scale` when a request sets none."""
     default_true_cfg_scale: float | None = Field(None, ge=0, le=20)
+    """`true_cfg_scale` when a request sets none (1 turns true CFG off: half the work per step)."""
 
     # Where and how the model runs.
     device: Literal["auto", "cuda", "cpu"] = "auto"
+    """`auto` (CUDA when available), `cuda` or `cpu`. The CPU runs only tiny models at usable speed."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """`auto` (bfloat16 on CUDA, float32 on the CPU), `bfloat16` (`bf16`), `float16` (`fp16`) or `float32`
+    (`fp32`). float32 doubles memory and several times the time on a GPU; float16 can overflow in some VAEs."""
     device_map: Literal["none", "balanced"] = "none"
+    """`balanced` spreads whole components over all visible GPUs, for a model too large for one; calls still run on
+    one GPU at a time. CUDA only; not with offloading."""
     offload: Literal["none", "model", "sequential", "group"] = "none"
+    """Keep weights in CPU memory until used: `model` (one component on the GPU at a time), `group` (the denoiser's
+    blocks stream in while computing), `sequential` (layer by layer: least memory, several times slower). CUDA
+    only (see Quantization and memory)."""
     vae_tiling: bool = False
+    """Decode (and encode) in tiles: large outputs fit in less memory, at a small cost in time and possible seams."""
     vae_slicing: bool = False
+    """Decode a batch one image at a time: less peak memory for batched calls, no effect on single images."""
     compile: bool = False
+    """`torch.compile` the denoiser's repeated blocks (regional compilation): faster steps on a GPU; start-up and
+    the first request at each new size pay the compilation (tens of seconds)."""
     attention_backend: (
         Literal[
             "native", "_native_math", "_native_cudnn", "_native_flash", "_native_efficient", "flash", "_flash_3", "sage"
         ]
         | None
     ) = None
+    """diffusers' attention kernel: `native`, `_native_math`, `_native_cudnn`, `_native_flash`, `_native_efficient`,
+    or `flash`/`_flash_3`/`sage` when flash-attn or sageattention is installed (CUDA). `sage` quantises and may
+    change pictures slightly. Kernels downloaded from the hub are never used."""
     cache: Literal["none", "first_block", "taylorseer"] = "none"
+    """Reuse computation across denoising steps: `first_block` (FirstBlockCache) or `taylorseer` (predicts blocks'
+    outputs between full steps). Faster, slightly different pictures. Transformer families only."""
     cache_threshold: float = Field(0.05, gt=0, le=1)
+    """FirstBlockCache: higher skips more steps (faster, lower fidelity)."""
     cache_interval: int = Field(5, ge=1, le=50)
+    """TaylorSeer: steps predicted between full computations."""
 
-    # Weights: quantization, a single-file denoiser, the memory check (see imgedit/weights/quantization.py, memory.py).
+    # Weights (see Quantization and memory).
     quantize: Literal["none", "int8", "fp8", "nf4"] = "none"
+    """Convert weights while loading: `int8` (torchao, weight-only; CPU and CUDA), `fp8` (torchao; CUDA, compute
+    capability 8.9+) or `nf4` (bitsandbytes 4-bit; CUDA with `imgedit[nf4]`). A value this machine cannot run stops
+    start-up before loading."""
     quantize_components: str | None = Field(None, min_length=1)
+    """Comma-separated components `IMGEDIT_QUANTIZE` converts, e.g. `transformer,text_encoder`; a name the
+    pipeline lacks, or a component published quantized, stops start-up."""
     transformer: str | None = Field(None, min_length=1)
+    """A single file replacing the denoiser: `.gguf` (kept quantized) or `.safetensors`, a local path or
+    `owner/repo/path/file.gguf`; configured from `IMGEDIT_MODEL`."""
     memory_check: bool = True
+    """Before loading, estimate the model's memory against the device's and refuse, listing settings that would
+    fit, when it does not fit; `false` only logs the estimate."""
     memory_budget_gib: float | None = Field(None, gt=0, le=1_000_000)
+    """GiB the model may use on the device (to leave room for other processes, or to plan for another card)."""
 
     # Request limits.
     max_prompt_chars: int = Field(32_000, ge=1, le=1_000_000)
+    """Longest `prompt` and `negative_prompt`."""
     max_side: int = Field(4096, ge=64, le=16_384)
+    """Longest output side."""
     max_output_pixels: int = Field(2048 * 2048, ge=64 * 64)
+    """Largest output area; `size=auto` scales larger inputs down to it."""
     max_input_pixels: int = Field(50_000_000, ge=64 * 64)
+    """Largest input image, checked from its header before decoding."""
     max_image_bytes: int = Field(50 * MiB, ge=1024)
+    """Largest uploaded image part."""
     max_body_bytes: int = Field(100 * MiB, ge=1024)
+    """Largest request body, enforced while it streams in."""
     max_parts: int = Field(64, ge=2, le=10_000)
+    """Most parts in one form."""
     max_field_bytes: int = Field(1 * MiB, ge=1024)
+    """Largest text field (URL fields may hold a full `data:` image)."""
     body_idle_timeout: float = Field(30.0, gt=0, le=3600)
+    """Seconds the server waits for the next piece of a request body; a client that stalls gets 408."""
     body_timeout: float = Field(300.0, gt=0, le=24 * 3600)
+    """Seconds a whole request body may take to arrive; a client that trickles gets 408."""
     request_timeout: float = Field(600.0, gt=0, le=24 * 3600)
+    """Seconds a request may take, queue time included (the OpenAI SDK waits 600 s); past it the run is stopped and
+    the answer is 504."""
     auto_size: Literal["native", "input"] = "native"
+    """What `size=auto` makes: `native` is the model's native area at the first image's aspect ratio (see Models);
+    `input` is the first image's own size, scaled down to the limits."""
 
     # Scheduling.
     workers: int | None = Field(None, ge=1, le=64)
+    """BentoML workers, each with its own model copy, device(s) and queue."""
     max_queue: int = Field(8, ge=0, le=10_000)
+    """Requests that may wait behind the running one, per worker; more get 429."""
     max_batch: int = Field(1, ge=1, le=64)
+    """Most waiting requests fused into one batched call (see Serving); 1 never fuses."""
     shutdown_grace: float = Field(600.0, ge=0, le=24 * 3600)
+    """Seconds edits in progress may take to finish after SIGTERM before they are stopped."""
     progress_log_seconds: float = Field(30.0, gt=0)
+    """Seconds between the info-level progress lines of a long run."""
 
     # Several ranks per edit (see imgedit.ranks.plans): their product is the ranks, one GPU each.
     ulysses_degree: int = Field(1, ge=1, le=64)
+    """Ranks (GPUs) that run each edit together with Ulysses context parallelism: every rank holds all weights and
+    a slice of the token sequence; faster, not smaller. Also on the CPU (gloo). See Several GPUs."""
     ring_degree: int = Field(1, ge=1, le=64)
+    """The same with ring attention (CUDA only, and an attention backend that returns the log-sum-exp); not with
+    `IMGEDIT_ULYSSES_DEGREE`."""
     tp_degree: int = Field(1, ge=1, le=64)
+    """Ranks (GPUs) over which tensor parallelism shards the transformer's weights as they are read, for a
+    transformer larger than one GPU (CUDA only; not with context parallelism or LoRA)."""
     rank_timeout: float = Field(300.0, gt=0, le=24 * 3600)
+    """Seconds a rank may keep the others waiting in a collective or at a step before the worker gives up on its
+    ranks and stops the server."""
 
     @property
     def ranks_per_edit(self) -> int:
@@ -113,15 +188,27 @@ class Settings(BaseSettings):
 
     # Access.
     api_key: SecretStr | None = None
+    """One or several comma-separated keys; when set, `/v1/*` needs `Authorization: Bearer <key>` (the `openai`
+    SDK's `api_key`), else 401. Probes and `/metrics` stay open."""
     admin_key: SecretStr | None = None
+    """One or several comma-separated keys; when set, `POST /v1/load_lora_adapter` and `/v1/unload_lora_adapter`
+    exist and need one of them as the bearer token."""
 
     # URL inputs.
     url_fetch: bool = True
+    """`false` refuses `http(s)` URLs (`data:` URLs still work)."""
     url_timeout: float = Field(30.0, gt=0, le=600)
+    """Seconds to fetch one URL, redirects included."""
     url_max_bytes: int = Field(50 * MiB, ge=1024)
+    """Largest fetched or `data:` image."""
     url_max_redirects: int = Field(3, ge=0, le=10)
+    """Redirect hops followed; each is checked again."""
     url_allow_private: bool = False
+    """`true` allows loopback and private hosts (internal deployments only). Link-local addresses (cloud metadata
+    services) stay refused unless `IMGEDIT_URL_ALLOWED_HOSTS` names the host itself."""
     url_allowed_hosts: str | None = None
+    """Comma-separated host names that may be fetched (`images.example.com`, `*.cdn.example` for subdomains),
+    checked at every redirect hop."""
 
     @property
     def allowed_hosts(self) -> tuple[str, ...]:
@@ -132,16 +219,14 @@ class Settings(BaseSettings):
 
     # Output and logging.
     png_compress_level: int = Field(1, ge=0, le=9)
+    """zlib level of PNG output, 0 to 9: higher is smaller and slower, never lossy. Level 1 uses imgedit's own
+    writer, about three times faster than Pillow's at the same size; higher levels use Pillow."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """`debug`, `info`, `warning` or `error`; prompts appear only at `debug`."""
 
-    @field_validator("log_level", "device", "device_map", "offload", "cache", "auto_size", mode="before")
+    @field_validator("log_level", "device", "device_map", "offload", "cache", "auto_size", "quantize", mode="before")
     @classmethod
     def _lowercase(cls, value: object) -> object:
-        return value.strip().lower() if isinstance(value, str) else value
-
-    @field_validator("quantize", mode="before")
-    @classmethod
-    def _quantize_lowercase(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("quantize_components", mode="after")
@@ -196,6 +281,49 @@ class Settings(BaseSettings):
         return tail or self.model
 
 
+#: The default as the configuration page shows it, where the value alone would not say what it means.
+SHOWN_DEFAULTS = {
+    "model_revision": "the default branch",
+    "served_model_name": "last segment of the model",
+    "family": "from the pipeline class",
+    "max_images": "the family's default",
+    "default_steps": "the family's default",
+    "default_guidance_scale": "the family's default",
+    "default_true_cfg_scale": "the family's default",
+    "attention_backend": "PyTorch's choice",
+    "quantize_components": "the denoiser",
+    "memory_budget_gib": "what the device has free",
+    "max_output_pixels": "4194304 (2048x2048)",
+    "max_image_bytes": "52428800 (50 MiB)",
+    "max_body_bytes": "104857600 (100 MiB)",
+    "max_field_bytes": "1048576 (1 MiB)",
+    "url_max_bytes": "52428800 (50 MiB)",
+    "workers": "one per visible GPU (1 without); visible GPUs / ranks per edit with several ranks",
+    "url_allowed_hosts": "any host",
+}
+
+
+def settings_table() -> str:
+    """The configuration page's table of every setting, in Markdown: variable, default, meaning."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        meaning = " ".join((field.description or "").split())
+        rows.append(
+            f"| `{ENV_PREFIX}{name.upper()}` | {SHOWN_DEFAULTS.get(name) or _shown(field.default)} | {meaning} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def _shown(default: object) -> str:
+    if default is None:
+        return "none"
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
+    if isinstance(default, str):
+        return f"`{default}`"
+    return f"{default:g}" if isinstance(default, float) else str(default)
+
+
 def load_settings() -> Settings:
     """Read and validate the settings from the environment.
 
@@ -245,3 +373,7 @@ def bento_arguments() -> dict[str, object]:
         return dict(vars(bentoml.use_arguments()))
     except Exception:  # no BentoML context: no arguments
         return {}
+
+
+if __name__ == "__main__":
+    print(settings_table(), end="")

@@ -8,6 +8,7 @@ values from several workers combine.
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 #: Run and queue-wait buckets, in seconds: from quick tiny edits to the 10-minute deadline.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 450, 600)
@@ -59,3 +60,17 @@ lora_switch_time = Histogram(
     "Time to switch the active LoRAs between two runs that chose different ones.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+
+
+def metrics_table() -> str:
+    """The operations page's table of these metrics, in Markdown: name (as exported), type, labels, meaning."""
+    rows = ["| Metric | Type | Labels | Meaning |", "|---|---|---|---|"]
+    for metric in (value for value in globals().values() if isinstance(value, MetricWrapperBase)):
+        name = metric._name + ("_total" if metric._type == "counter" else "")
+        labels = ", ".join(f"`{label}`" for label in metric._labelnames)
+        rows.append(f"| `{name}` | {metric._type} | {labels} | {metric._documentation} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(metrics_table(), end="")

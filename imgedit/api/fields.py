@@ -3,9 +3,9 @@
 Each :class:`Field` says its name, type, bounds, default, description and the
 model families that use it. Everything else is made from this table: the body
 parser (:mod:`imgedit.api.parse`), the OpenAPI bodies published at ``/docs.json``
-(:mod:`imgedit.api.openapi`) and the parameter table of the README
-(:func:`readme_table`; ``python -m imgedit.api.fields`` prints it, and a test
-keeps the README equal to it).
+(:mod:`imgedit.api.openapi`) and the parameter table on the docs' API page
+(:func:`markdown_table`; ``python -m devtools.doc_tables --write`` puts it
+there, and a test keeps the page equal to it).
 """
 
 from __future__ import annotations
@@ -301,7 +301,7 @@ FIELDS_BY_NAME: dict[str, Field] = {field.name: field for field in FIELDS}
 MODEL_FIELDS = frozenset({"image", "url", "mask", "size", *(option.name for option in dataclasses.fields(EditOptions))})
 
 
-# -- the README table ------------------------------------------------------------------------
+# -- the table on the API page ---------------------------------------------------------------
 
 _TYPES = {
     "images": "file(s)",
@@ -317,8 +317,8 @@ _TYPES = {
 }
 
 
-def readme_table() -> str:
-    """The README's parameter table of ``POST /v1/images/edits``, in Markdown."""
+def markdown_table() -> str:
+    """The API page's parameter table of ``POST /v1/images/edits``, in Markdown."""
     rows = ["| Field | Type | Default | Values | Used by | Notes |", "|---|---|---|---|---|---|"]
     rows += [
         f"| {_names(field)} | {_TYPES[field.kind]} | {_default(field)} | {_values(field)} "
@@ -364,4 +364,4 @@ def _families(field: Field) -> str:
 
 
 if __name__ == "__main__":
-    print(readme_table(), end="")
+    print(markdown_table(), end="")

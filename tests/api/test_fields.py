@@ -1,4 +1,4 @@
-"""The field table drives the parser, the OpenAPI form and the README."""
+"""The field table drives the parser, the OpenAPI form and the docs' API page."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from imgedit.api.fields import FIELDS, MODEL_FIELDS, readme_table
+from imgedit.api.fields import FIELDS, MODEL_FIELDS, markdown_table
 from imgedit.api.openapi import openapi_form
 from imgedit.api.parse import EditRequest, RequestLimits, parse_edit_request
 from imgedit.edit import EditOptions
 from imgedit.media.sizing import SizeLimits
 from tests.helpers import Refused, form, status_of
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+API_PAGE = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 LIMITS = RequestLimits(
     max_images=4, max_prompt_chars=100, size=SizeLimits(max_side=2048, max_pixels=1024 * 1024), model_names=("m",)
 )
@@ -23,11 +23,11 @@ NUMBERS = [field for field in FIELDS if field.kind in ("integer", "number")]
 OPTIONS = {option.name for option in dataclasses.fields(EditOptions)}
 
 
-def test_the_readme_shows_the_table():
-    text = README.read_text()
+def test_the_api_page_shows_the_table():
+    text = API_PAGE.read_text()
     section = re.search(r"<!-- fields -->\n(.*?)<!-- /fields -->", text, re.DOTALL)
-    assert section, "README.md lacks the <!-- fields --> section"
-    assert section.group(1) == readme_table(), "run `python -m imgedit.api.fields` and paste its output"
+    assert section, "docs/api.md lacks the <!-- fields --> section"
+    assert section.group(1) == markdown_table(), "run `python -m devtools.doc_tables --write`"
 
 
 def test_the_openapi_form_documents_every_field_with_its_bounds():

@@ -236,9 +236,9 @@ async def test_runs_the_real_tiny_pipeline(tiny_model):
     from imgedit.model.families.qwen_image_edit import QwenImageEditPlusFamily
     from imgedit.model.spec import Defaults
 
-    adapter = QwenImageEditPlusFamily(tiny_model.pipeline, overrides=Defaults(steps=2))
+    family = QwenImageEditPlusFamily(tiny_model.pipeline, overrides=Defaults(steps=2))
     image = InputImage(rgb=Image.new("RGB", (64, 64), (0, 90, 200)), alpha=None)
-    plan = adapter.plan(adapter.resolve(EditOptions(prompt="p", n=2, seed=1), [image], Size(64, 48)))
+    plan = family.plan(family.resolve(EditOptions(prompt="p", n=2, seed=1), [image], Size(64, 48)))
     engine = Engine()
     try:
         images = await engine.run(plan.calls, far())
@@ -360,12 +360,12 @@ async def test_compatible_queued_requests_run_as_one_batch(tiny_model, monkeypat
     from imgedit.model.tiny import build_tiny
     from imgedit.scheduling import engine as engine_module
 
-    adapter = InstructPix2PixFamily(build_tiny("tiny:instruct-pix2pix").pipeline)
+    family = InstructPix2PixFamily(build_tiny("tiny:instruct-pix2pix").pipeline)
 
     def plan(prompt: str, seed: int):
         image = InputImage(rgb=Image.new("RGB", (64, 64), (seed * 40, 90, 30)), alpha=None)
         options = EditOptions(prompt=prompt, num_inference_steps=2, seed=seed)
-        (call,) = adapter.plan(adapter.resolve(options, [image], Size(64, 64))).calls
+        (call,) = family.plan(family.resolve(options, [image], Size(64, 64))).calls
         return call
 
     prompts = [("red", 1), ("blue", 2), ("green", 3), ("grey", 4)]
@@ -380,7 +380,7 @@ async def test_compatible_queued_requests_run_as_one_batch(tiny_model, monkeypat
 
     monkeypatch.setattr(engine_module, "fuse", counting_fuse)
     gate = GatePipeline()
-    engine = Engine(max_batch=3, fusable=adapter.fusable)
+    engine = Engine(max_batch=3, fusable=family.fusable)
     try:
         blocker = engine.submit(gate.calls())  # holds the engine while the others queue up
         jobs = [engine.submit([call]) for call in queued]

@@ -16,7 +16,7 @@ SIDE = 64
 
 
 def spec(
-    adapter,
+    family,
     images: Sequence[InputImage],
     size: Size,
     seeds: Sequence[int] = (0,),
@@ -24,22 +24,22 @@ def spec(
     prompt: str = "turn it red",
     **options,
 ) -> EditSpec:
-    """``adapter``'s resolved edit of ``images`` (named ``image[0]``, ``image[1]``... in errors) with ``seeds``.
+    """``family``'s resolved edit of ``images`` (named ``image[0]``, ``image[1]``... in errors) with ``seeds``.
 
     ``mask`` is the edit region at the first image's size; ``options`` are fields of
     :class:`~imgedit.edit.EditOptions`.
     """
     named = [dataclasses.replace(image, param=f"image[{index}]") for index, image in enumerate(images)]
-    resolved = adapter.resolve(EditOptions(prompt=prompt, n=len(seeds), **options), named, size, mask)
+    resolved = family.resolve(EditOptions(prompt=prompt, n=len(seeds), **options), named, size, mask)
     return dataclasses.replace(resolved, seeds=tuple(seeds))
 
 
-def plan(adapter, images: Sequence[InputImage], size: Size, seeds: Sequence[int] = (0,), **options) -> EditPlan:
-    """``adapter``'s plan for :func:`spec` of the same arguments."""
-    return adapter.plan(spec(adapter, images, size, seeds, **options))
+def plan(family, images: Sequence[InputImage], size: Size, seeds: Sequence[int] = (0,), **options) -> EditPlan:
+    """``family``'s plan for :func:`spec` of the same arguments."""
+    return family.plan(spec(family, images, size, seeds, **options))
 
 
-def assert_repaints_where_the_mask_is_white(adapter, steps: int = 4) -> None:
+def assert_repaints_where_the_mask_is_white(family, steps: int = 4) -> None:
     """Native inpainting repaints inside the mask and keeps the outside, judged on the raw pipeline output.
 
     Tiny VAEs have random weights, so "kept" cannot mean "equal to the input".
@@ -54,7 +54,7 @@ def assert_repaints_where_the_mask_is_white(adapter, steps: int = 4) -> None:
     outputs = []
     for scale in (1.0, 12.0):
         (call,) = plan(
-            adapter,
+            family,
             [image],
             size,
             [7],

@@ -48,7 +48,7 @@ MASK.paste(255, (0, 0, 32, 64))
 
 
 @pytest.fixture(scope="module")
-def adapters() -> dict[str, Any]:
+def families() -> dict[str, Any]:
     built = {}
     for family, model in TINY.items():
         pipeline = build_tiny(model).pipeline
@@ -57,39 +57,39 @@ def adapters() -> dict[str, Any]:
 
 
 def test_every_family_has_a_tiny_model_here():
-    assert set(TINY) == {adapter.name for adapter in FAMILIES}
+    assert set(TINY) == {family.name for family in FAMILIES}
 
 
 def test_the_declared_families_exist():
-    names = {adapter.name for adapter in FAMILIES}
+    names = {family.name for family in FAMILIES}
     for field in FIELDS:
         assert set(field.families or ()) <= names, field.name
 
 
 @pytest.mark.parametrize("name", sorted(CHANGED))
-def test_a_field_changes_the_calls_of_exactly_the_families_that_use_it(adapters, name):
+def test_a_field_changes_the_calls_of_exactly_the_families_that_use_it(families, name):
     (field,) = [field for field in FIELDS if field.name == name]
     assert name in MODEL_FIELDS
     expected = set(field.families) if field.families is not None else set(TINY)
-    using = {family for family, adapter in adapters.items() if _uses(adapter, name)}
+    using = {served for served, family in families.items() if _uses(family, name)}
     assert using == expected
 
 
-def _uses(adapter: Any, name: str) -> bool:
+def _uses(family: Any, name: str) -> bool:
     for mask in (None, MASK):
         for context in CONTEXTS:
             options = {"seed": 1, "prompt": "turn it red", **context}
-            base = _described(adapter, mask, options)
-            if base != _described(adapter, mask, {**options, name: CHANGED[name]}):
+            base = _described(family, mask, options)
+            if base != _described(family, mask, {**options, name: CHANGED[name]}):
                 return True
     return False
 
 
-def _described(adapter: Any, mask: Image.Image | None, options: dict[str, Any]) -> list[Any]:
+def _described(family: Any, mask: Image.Image | None, options: dict[str, Any]) -> list[Any]:
     """What the calls of a plan would do, comparable with ``==`` (generators by seed, images by content)."""
     options = dict(options)
     seed, n = options.pop("seed"), options.pop("n", 1)
-    made = plan(adapter, [IMAGE], Size(64, 64), [seed + index for index in range(n)], mask=mask, **options)
+    made = plan(family, [IMAGE], Size(64, 64), [seed + index for index in range(n)], mask=mask, **options)
     return [
         (
             type(call).__name__,

@@ -153,25 +153,25 @@ def test_a_loaded_inpainting_pipeline_gets_its_edit_twin():
     from imgedit.model.tiny import build_tiny
 
     loaded = build_tiny("tiny:flux2-klein-inpaint").pipeline
-    adapter = Flux2KleinFamily(loaded)
-    assert type(adapter.pipeline).__name__ == "Flux2KleinPipeline"
-    assert adapter.inpaint_pipeline is loaded and adapter.native_mask
+    family = Flux2KleinFamily(loaded)
+    assert type(family.pipeline).__name__ == "Flux2KleinPipeline"
+    assert family.inpaint_pipeline is loaded and family.native_mask
 
 
 def test_max_images(flux2, klein):
     assert Flux2Family(flux2.pipeline).max_images == 6
     assert Flux2KleinFamily(klein.pipeline).max_images == 4
     assert Flux2KleinFamily(klein.pipeline, max_images=16).max_images == 16
-    for adapter in (Flux2Family, Flux2KleinFamily):
+    for family in (Flux2Family, Flux2KleinFamily):
         with pytest.raises(ValueError, match="at most 16"):
-            adapter(flux2.pipeline if adapter is Flux2Family else klein.pipeline, max_images=17)
+            family(flux2.pipeline if family is Flux2Family else klein.pipeline, max_images=17)
 
 
 def test_flux2_defaults_and_what_it_ignores(flux2):
-    adapter = Flux2Family(flux2.pipeline)
-    assert adapter.resolved_defaults.steps == 50
+    family = Flux2Family(flux2.pipeline)
+    assert family.resolved_defaults.steps == 50
     fields = {"negative_prompt": "blurry", "true_cfg_scale": 3.0, "strength": 0.5, "image_guidance_scale": 2.0}
-    (call,) = plan(adapter, [picture()], Size(64, 48), [7], **fields).calls
+    (call,) = plan(family, [picture()], Size(64, 48), [7], **fields).calls
     assert call.kwargs["guidance_scale"] == 4.0
     assert (call.kwargs["width"], call.kwargs["height"], call.kwargs["num_inference_steps"]) == (64, 48, 50)
     assert call.kwargs["prompt"] == "turn it red" and call.kwargs["output_type"] == "pil"
@@ -189,17 +189,17 @@ def test_request_and_operator_guidance_reach_flux2(flux2):
 
 
 def test_klein_base_defaults(klein):
-    adapter = Flux2KleinFamily(klein.pipeline)
-    assert not adapter.distilled
-    assert (adapter.resolved_defaults.steps, adapter.resolved_defaults.guidance_scale) == (50, 4.0)
+    family = Flux2KleinFamily(klein.pipeline)
+    assert not family.distilled
+    assert (family.resolved_defaults.steps, family.resolved_defaults.guidance_scale) == (50, 4.0)
 
 
 def test_distilled_klein_defaults_to_four_steps_without_guidance(klein):
-    adapter = Flux2KleinFamily(distilled_pipeline(klein.pipeline))
-    assert adapter.distilled and adapter.inpaint_pipeline.config.is_distilled
-    assert (adapter.resolved_defaults.steps, adapter.resolved_defaults.guidance_scale) == (4, 1.0)
-    assert spec(adapter, [picture()], Size(64, 64), quality="medium").steps == 2
-    (call,) = plan(adapter, [picture()], Size(64, 64), [1], negative_prompt="blurry").calls
+    family = Flux2KleinFamily(distilled_pipeline(klein.pipeline))
+    assert family.distilled and family.inpaint_pipeline.config.is_distilled
+    assert (family.resolved_defaults.steps, family.resolved_defaults.guidance_scale) == (4, 1.0)
+    assert spec(family, [picture()], Size(64, 64), quality="medium").steps == 2
+    (call,) = plan(family, [picture()], Size(64, 64), [1], negative_prompt="blurry").calls
     assert type(call) is PipelineCall  # a distilled model runs no CFG: the negative prompt is dropped
     assert call.kwargs["guidance_scale"] == 1.0
     overridden = Flux2KleinFamily(distilled_pipeline(klein.pipeline), overrides=Defaults(steps=8, guidance_scale=2.0))
@@ -279,21 +279,21 @@ def test_no_negative_prompt_without_guidance(klein):
 # -- references the pipeline refuses -----------------------------------------------------
 
 
-def _refused(adapter, edit: EditSpec) -> str | None:
+def _refused(family, edit: EditSpec) -> str | None:
     try:
-        adapter.check(edit)
+        family.check(edit)
     except Refused as error:
         assert status_of(error) == 400
         return error.param
     return None
 
 
-def _pipeline_accepts(adapter, images) -> bool:
-    edit = spec(adapter, images, Size(64, 64), num_inference_steps=1)
-    kwargs = _accepted_only(adapter.pipeline, adapter.arguments(adapter.pipeline, edit))
+def _pipeline_accepts(family, images) -> bool:
+    edit = spec(family, images, Size(64, 64), num_inference_steps=1)
+    kwargs = _accepted_only(family.pipeline, family.arguments(family.pipeline, edit))
     try:
         with torch.inference_mode():
-            adapter.pipeline(**kwargs)
+            family.pipeline(**kwargs)
     except ValueError:
         return False
     return True
@@ -376,14 +376,14 @@ def test_zero_strength_is_refused_only_when_inpainting(klein):
 def test_inpainting_above_one_megapixel_generates_the_predicted_size():
     from imgedit.model.tiny import build_tiny
 
-    adapter = Flux2KleinFamily(
+    family = Flux2KleinFamily(
         build_tiny("tiny:flux2-klein-inpaint").pipeline, overrides=Defaults(steps=1, guidance_scale=1.0)
     )
     size = Size(1040, 1024)  # just over 1 MP: shrunk to 1031x1016, then floored to the multiple
-    (call,) = plan(adapter, [picture(1040, 1024)], size, [0], mask=left_half((1040, 1024))).calls
+    (call,) = plan(family, [picture(1040, 1024)], size, [0], mask=left_half((1040, 1024))).calls
     assert call.generated_size == Size(1024, 1008)
-    edit = spec(adapter, [picture()], size)
-    assert adapter.generated_size(adapter.pipeline, edit) == size  # the edit pipeline keeps it
+    edit = spec(family, [picture()], size)
+    assert family.generated_size(family.pipeline, edit) == size  # the edit pipeline keeps it
     (output,) = call.invoke()
     assert output.size == (1024, 1008)
 
@@ -393,12 +393,12 @@ def test_inpainting_above_one_megapixel_generates_the_predicted_size():
 
 @pytest.mark.parametrize("case", ["flux2", "klein", "klein-inpaint"])
 def test_previews_decode_intermediate_latents_like_the_pipeline(flux2, klein, case):
-    adapter = flux2 if case == "flux2" else klein
+    family = flux2 if case == "flux2" else klein
     mask = left_half((96, 64)) if case == "klein-inpaint" else None
     images = [picture(96, 64, seed=1), picture(seed=2)]
-    (call,) = plan(adapter, images, Size(64, 48), [1], mask=mask, num_inference_steps=3).calls
+    (call,) = plan(family, images, Size(64, 48), [1], mask=mask, num_inference_steps=3).calls
     seen: list[list[Image.Image]] = []
-    outputs = call.invoke(on_step=lambda step, total, latents: seen.append(adapter.preview(call, latents)))
+    outputs = call.invoke(on_step=lambda step, total, latents: seen.append(family.preview(call, latents)))
     assert len(seen) == 3
     assert all([image.size for image in previews] == [(64, 48)] for previews in seen)
     # The last step's latents are what the pipeline decodes: the preview is its output, pixel for pixel.
@@ -407,8 +407,8 @@ def test_previews_decode_intermediate_latents_like_the_pipeline(flux2, klein, ca
 
 
 def test_warm_up_plans_run(flux2, klein):
-    for adapter, modes in ((flux2, ["none"]), (klein, ["none", "native"])):
-        plans = adapter.warmup_plans()
+    for family, modes in ((flux2, ["none"]), (klein, ["none", "native"])):
+        plans = family.warmup_plans()
         assert [made.mask_mode for made in plans] == modes
         for made in plans:
             assert [image.size for image in run(made)] == [(64, 64)]

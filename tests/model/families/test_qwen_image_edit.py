@@ -19,11 +19,11 @@ IMAGE = InputImage(rgb=Image.new("RGB", (64, 64), (9, 9, 9)), alpha=None)
 
 
 @pytest.fixture(scope="module")
-def adapter(tiny_model):
+def family(tiny_model):
     return QwenImageEditPlusFamily(tiny_model.pipeline, overrides=Defaults(steps=40))
 
 
-def test_adapter_is_chosen_from_the_pipeline_class(tiny_model):
+def test_the_family_is_chosen_from_the_pipeline_class(tiny_model):
     assert family_class_for(tiny_model.pipeline) is QwenImageEditPlusFamily
     with pytest.raises(UnsupportedPipeline, match="QwenImageEditPlusPipeline"):
         family_class_for(object())
@@ -32,8 +32,8 @@ def test_adapter_is_chosen_from_the_pipeline_class(tiny_model):
         family_class_for(tiny_model.pipeline, name="nope")
 
 
-def test_size_multiple_follows_the_vae(adapter):
-    assert adapter.size_multiple == adapter.pipeline.vae_scale_factor * 2
+def test_size_multiple_follows_the_vae(family):
+    assert family.size_multiple == family.pipeline.vae_scale_factor * 2
 
 
 def test_max_images_defaults_to_four_and_may_be_raised_to_sixteen(tiny_model):
@@ -56,12 +56,12 @@ def test_max_images_defaults_to_four_and_may_be_raised_to_sixteen(tiny_model):
         ({"quality": "low", "num_inference_steps": 7}, 7),
     ],
 )
-def test_steps_follow_quality_unless_explicit(adapter, fields, steps):
-    assert spec(adapter, [IMAGE], Size(64, 64), **fields).steps == steps
+def test_steps_follow_quality_unless_explicit(family, fields, steps):
+    assert spec(family, [IMAGE], Size(64, 64), **fields).steps == steps
 
 
-def test_true_cfg_gets_a_blank_negative_prompt_by_default(adapter):
-    (call,) = plan(adapter, [IMAGE], Size(64, 48), [7]).calls
+def test_true_cfg_gets_a_blank_negative_prompt_by_default(family):
+    (call,) = plan(family, [IMAGE], Size(64, 48), [7]).calls
     assert call.kwargs["true_cfg_scale"] == 4.0
     assert call.kwargs["negative_prompt"] == " "
     assert (call.kwargs["width"], call.kwargs["height"], call.kwargs["num_inference_steps"]) == (64, 48, 40)
@@ -69,9 +69,9 @@ def test_true_cfg_gets_a_blank_negative_prompt_by_default(adapter):
     assert "guidance_scale" not in call.kwargs  # not a guidance-distilled transformer
 
 
-def test_explicit_values_pass_through(adapter):
+def test_explicit_values_pass_through(family):
     (call,) = plan(
-        adapter, [IMAGE], Size(64, 64), [1], negative_prompt="blurry", true_cfg_scale=2.5, guidance_scale=1.5
+        family, [IMAGE], Size(64, 64), [1], negative_prompt="blurry", true_cfg_scale=2.5, guidance_scale=1.5
     ).calls
     assert (call.kwargs["negative_prompt"], call.kwargs["true_cfg_scale"], call.kwargs["guidance_scale"]) == (
         "blurry",
@@ -80,76 +80,76 @@ def test_explicit_values_pass_through(adapter):
     )
 
 
-def test_no_cfg_means_no_negative_prompt(adapter):
-    (call,) = plan(adapter, [IMAGE], Size(64, 64), [1], true_cfg_scale=1.0).calls
+def test_no_cfg_means_no_negative_prompt(family):
+    (call,) = plan(family, [IMAGE], Size(64, 64), [1], true_cfg_scale=1.0).calls
     assert "negative_prompt" not in call.kwargs
 
 
-def test_one_call_per_image_with_its_own_seed(adapter):
-    calls = plan(adapter, [IMAGE, IMAGE], Size(64, 64), [5, 6, 7]).calls
+def test_one_call_per_image_with_its_own_seed(family):
+    calls = plan(family, [IMAGE, IMAGE], Size(64, 64), [5, 6, 7]).calls
     assert [call.num_images for call in calls] == [1, 1, 1]
     first_noise = [torch.randn(4, generator=call.kwargs["generator"][0]) for call in calls]
     assert torch.equal(first_noise[1], torch.randn(4, generator=torch.Generator().manual_seed(6)))
     assert all(len(call.kwargs["image"]) == 2 for call in calls)
 
 
-def test_arguments_the_pipeline_does_not_take_are_dropped(adapter, monkeypatch):
+def test_arguments_the_pipeline_does_not_take_are_dropped(family, monkeypatch):
     original = QwenImageEditPlusFamily.arguments
 
     def with_extra(self, *args):
         return {**original(self, *args), "image_guidance_scale": 1.5}
 
     monkeypatch.setattr(QwenImageEditPlusFamily, "arguments", with_extra)
-    (call,) = plan(adapter, [IMAGE], Size(64, 64), [1]).calls
+    (call,) = plan(family, [IMAGE], Size(64, 64), [1]).calls
     assert "image_guidance_scale" not in call.kwargs
 
 
-def _budget_error(adapter, images, size, **fields) -> str | None:
+def _budget_error(family, images, size, **fields) -> str | None:
     try:
-        adapter.check(spec(adapter, images, size, **fields))
+        family.check(spec(family, images, size, **fields))
     except Refused as error:
         return error.param
     return None
 
 
-def _pipeline_runs(adapter, images, size, **fields) -> bool:
-    edit = spec(adapter, images, size, num_inference_steps=1, **fields)
-    kwargs = _accepted_only(adapter.pipeline, adapter.arguments(adapter.pipeline, edit))
+def _pipeline_runs(family, images, size, **fields) -> bool:
+    edit = spec(family, images, size, num_inference_steps=1, **fields)
+    kwargs = _accepted_only(family.pipeline, family.arguments(family.pipeline, edit))
     try:
         with torch.inference_mode():
-            adapter.pipeline(**kwargs)
+            family.pipeline(**kwargs)
     except (RuntimeError, ValueError, IndexError):
         return False
     return True
 
 
-def test_the_prompt_limit_is_exactly_where_the_pipeline_breaks(adapter):
+def test_the_prompt_limit_is_exactly_where_the_pipeline_breaks(family):
     size = Size(64, 64)
     low, high = 1, 8000
     while low < high:  # the longest prompt the check accepts
         middle = (low + high + 1) // 2
-        if _budget_error(adapter, [IMAGE], size, prompt="p" * middle) is None:
+        if _budget_error(family, [IMAGE], size, prompt="p" * middle) is None:
             low = middle
         else:
             high = middle - 1
     longest, too_long = "p" * low, "p" * (low + 1)
     assert 3000 < low < 4096
-    assert _budget_error(adapter, [IMAGE], size, prompt=too_long) == "prompt"
-    assert _pipeline_runs(adapter, [IMAGE], size, prompt=longest)
-    assert not _pipeline_runs(adapter, [IMAGE], size, prompt=too_long)
+    assert _budget_error(family, [IMAGE], size, prompt=too_long) == "prompt"
+    assert _pipeline_runs(family, [IMAGE], size, prompt=longest)
+    assert not _pipeline_runs(family, [IMAGE], size, prompt=too_long)
 
 
-def test_a_long_negative_prompt_is_named(adapter):
-    assert _budget_error(adapter, [IMAGE], Size(64, 64), negative_prompt="n" * 5000) == "negative_prompt"
-    assert _budget_error(adapter, [IMAGE], Size(64, 64), negative_prompt="n" * 5000, true_cfg_scale=1.0) is None
+def test_a_long_negative_prompt_is_named(family):
+    assert _budget_error(family, [IMAGE], Size(64, 64), negative_prompt="n" * 5000) == "negative_prompt"
+    assert _budget_error(family, [IMAGE], Size(64, 64), negative_prompt="n" * 5000, true_cfg_scale=1.0) is None
 
 
-def test_too_elongated_references_are_refused_where_the_pipeline_breaks(adapter):
+def test_too_elongated_references_are_refused_where_the_pipeline_breaks(family):
     thin = InputImage(rgb=Image.new("RGB", (2000, 40)), alpha=None)
-    assert _budget_error(adapter, [IMAGE, thin], Size(64, 64)) == "image[1]"
-    assert not _pipeline_runs(adapter, [IMAGE, thin], Size(64, 64))
+    assert _budget_error(family, [IMAGE, thin], Size(64, 64)) == "image[1]"
+    assert not _pipeline_runs(family, [IMAGE, thin], Size(64, 64))
     wide = InputImage(rgb=Image.new("RGB", (400, 40)), alpha=None)
-    assert _budget_error(adapter, [wide], Size(64, 64)) is None
+    assert _budget_error(family, [wide], Size(64, 64)) is None
 
 
 @pytest.fixture(scope="module")
@@ -201,16 +201,16 @@ def test_request_strength_reaches_the_inpainting_pipeline(single):
     assert call.kwargs["strength"] == 0.5
 
 
-def test_the_plus_family_composites_masks(adapter):
-    made = plan(adapter, [IMAGE], Size(64, 64), [3], mask=_mask())
+def test_the_plus_family_composites_masks(family):
+    made = plan(family, [IMAGE], Size(64, 64), [3], mask=_mask())
     assert made.mask_mode == "composite"
     assert "mask_image" not in made.calls[0].kwargs
-    assert made.calls[0].pipeline is adapter.pipeline
+    assert made.calls[0].pipeline is family.pipeline
 
 
-@pytest.mark.parametrize("family", ["plus", "single"])
-def test_previews_decode_intermediate_latents(adapter, single, family):
-    chosen = adapter if family == "plus" else single
+@pytest.mark.parametrize("which", ["plus", "single"])
+def test_previews_decode_intermediate_latents(family, single, which):
+    chosen = family if which == "plus" else single
     (call,) = plan(chosen, [IMAGE], Size(64, 48), [1], num_inference_steps=2).calls
     seen = []
     call.invoke(on_step=lambda step, total, latents: seen.append(chosen.preview(call, latents)))
@@ -239,15 +239,15 @@ def test_quality_never_asks_for_more_than_200_steps(tiny_model):
     assert spec(many, [IMAGE], Size(64, 64), quality="max").steps == 200
 
 
-def test_usage_counts_the_references_as_the_pipeline_sizes_them_and_their_vision_tokens(adapter):
+def test_usage_counts_the_references_as_the_pipeline_sizes_them_and_their_vision_tokens(family):
     large = InputImage(rgb=Image.new("RGB", (2048, 1536)), alpha=None)
-    edit = spec(adapter, [large], Size(64, 64))
-    usage = adapter.tokens(edit)
-    reference = adapter.reference_size(large, edit)  # the VAE sees a fixed area, whatever the upload
-    area = sys.modules[type(adapter.pipeline).__module__].VAE_IMAGE_SIZE  # 1 MP; the tiny model's is smaller
+    edit = spec(family, [large], Size(64, 64))
+    usage = family.tokens(edit)
+    reference = family.reference_size(large, edit)  # the VAE sees a fixed area, whatever the upload
+    area = sys.modules[type(family.pipeline).__module__].VAE_IMAGE_SIZE  # 1 MP; the tiny model's is smaller
     assert abs(reference.pixels - area) / area < 0.2
-    assert usage.image_tokens == adapter.latent_tokens(reference) + adapter._vision_tokens(large)
-    assert usage.output_tokens == adapter.latent_tokens(Size(64, 64))
+    assert usage.image_tokens == family.latent_tokens(reference) + family._vision_tokens(large)
+    assert usage.output_tokens == family.latent_tokens(Size(64, 64))
     assert usage.text_tokens > 0
 
 
