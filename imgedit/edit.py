@@ -72,7 +72,7 @@ class LoraChoice:
     """One LoRA adapter a request asks for.
 
     Attributes:
-        name: a loaded adapter's name (None when only ``path`` names it).
+        name: a loaded LoRA's name (None when only ``path`` names it).
         scale: how strongly it applies; None takes the scale it was loaded with.
         path: a file or directory under ``IMGEDIT_LORA_DIR`` to load it from first.
     """

@@ -6,7 +6,7 @@
   ``name``, ``lora_name`` or ``adapter``, whose scale is ``scale`` or ``lora_scale``,
   and which may give a ``path`` (``lora_path``) under ``IMGEDIT_LORA_DIR``.
 
-Only the syntax is checked here (a 400 naming ``lora``); whether the adapters
+Only the syntax is checked here (a 400 naming ``lora``); whether the LoRAs
 exist is the server's to say.
 """
 
@@ -22,7 +22,7 @@ from imgedit.errors import RequestError, invalid
 PARAM = "lora"
 #: Scales beyond this are surely typos (LoRA scales are about 0 to 1.5).
 MAX_SCALE = 8.0
-#: The most adapters one request may combine.
+#: The most LoRAs one request may combine.
 MAX_CHOICES = 8
 _NAME_KEYS = ("name", "lora_name", "adapter")
 _SCALE_KEYS = ("scale", "lora_scale")
@@ -30,7 +30,7 @@ _PATH_KEYS = ("path", "lora_path")
 
 
 def parse_lora(value: Any) -> tuple[LoraChoice, ...]:
-    """The adapters ``value`` names (a string, a list, or an object), in order.
+    """The LoRAs ``value`` names (a string, a list, or an object), in order.
 
     Raises:
         RequestError: 400 naming ``lora`` for anything else.

@@ -8,7 +8,7 @@ thread of its own and applies every command in order; each application is
 acknowledged in a file of its own. The receiving worker answers once every
 worker has acknowledged the command, or says which have not within the time
 allowed. A worker that starts (again) replays the whole log first, so all
-workers hold the same adapters.
+workers hold the same LoRAs.
 
 Without a directory (one process, as in the in-process tests) commands are
 applied at once, in the caller's thread.

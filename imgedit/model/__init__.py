@@ -1,4 +1,5 @@
-"""What runs on the device: the call specification, one adapter per model family, loading and options.
+"""What runs on the device: the pipeline protocol, the call specification, one module per model family,
+the built-in tiny models, devices and acceleration options.
 
 This layer knows diffusers and torch, and nothing of HTTP.
 """

@@ -79,7 +79,7 @@ class PipelineCall:
 
 @dataclass(frozen=True)
 class EditPlan:
-    """How an adapter serves one request.
+    """How a family serves one request.
 
     Attributes:
         calls: pipeline calls that together make one image per seed, in order.

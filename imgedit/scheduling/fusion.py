@@ -2,7 +2,7 @@
 
 diffusers pipelines take lists of prompts, images and generators, so calls
 whose every other argument is equal can share one forward pass per step.
-Whether a family's calls may be fused at all is the adapter's to say
+Whether a family's calls may be fused at all is the family's to say
 (:attr:`~imgedit.model.families.base.Family.fusable`); which calls match,
 and how they are joined, is decided here, for every family alike. A fused
 image matches its single run to within one level per pixel (batched

@@ -270,7 +270,7 @@ def check_combination(options: LoadOptions, plan: WeightsPlan, device: torch.dev
         if options.loras:
             refusal = lora_refusal(backend, fuse=options.fuse_loras)
             if refusal:
-                # Name the variable to change: the fusing, when unfused adapters would work.
+                # Name the variable to change: the fusing, when unfused LoRAs would work.
                 fusing_only = options.fuse_loras and lora_refusal(backend, fuse=False) is None
                 raise QuantizationError(f"{'IMGEDIT_LORA_FUSE' if fusing_only else 'IMGEDIT_LORA'}: {refusal}")
         if options.chosen_loras and (refusal := lora_refusal(backend, fuse=False)):

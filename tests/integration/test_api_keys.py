@@ -6,19 +6,15 @@ import httpx
 import openai
 import pytest
 
-from devtools.server import start_server, stop
 from tests.helpers import gradient_png
+from tests.integration.conftest import API_KEYS as KEYS
 
 pytestmark = pytest.mark.integration
 
-KEYS = ("sk-first-4b1d", "sk-second-9c2e")
-
 
 @pytest.fixture(scope="module")
-def guarded(tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("keys"), IMGEDIT_API_KEY=",".join(KEYS))
-    yield server
-    stop(server.process)
+def guarded(keyed_server):
+    return keyed_server
 
 
 @pytest.mark.parametrize("key", KEYS)

@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from devtools.server import ROOT, serve_on_a_free_port, server_environment, stop
-from tests.integration.test_readme_examples import readme_example, wait_for_image
+from tests.integration.test_docs_examples import example, wait_for_image
 
 pytestmark = pytest.mark.integration
 
@@ -100,7 +100,7 @@ def test_serving_the_tag_answers_the_spec_curl_example(bento, tmp_path):
     try:
         shutil.copytree(ROOT / "examples", tmp_path / "examples")
         command = (
-            readme_example("curl-single")
+            example("curl-single")
             .replace("http://localhost:3000", server.url)
             .replace("model=qwen-image-edit-plus", "model=tiny-ip2p")
         )

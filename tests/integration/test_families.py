@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from devtools.server import start_server, stop
+from imgedit.model.tiny import TINY_DEFAULT
 from tests.helpers import gradient_png
 
 pytestmark = pytest.mark.integration
@@ -57,9 +58,11 @@ def images_of(response: httpx.Response) -> list[Image.Image]:
 
 
 @pytest.mark.parametrize("tiny", sorted(FAMILIES))
-def test_family_serves_edits_and_masks(tiny, tmp_path):
+def test_family_serves_edits_and_masks(tiny, tmp_path, request):
     served, max_images, mask_mode = FAMILIES[tiny]
-    server = start_server(tmp_path, IMGEDIT_MODEL=f"tiny:{tiny}")
+    # The session's shared server serves the default tiny model already.
+    shared = f"tiny:{tiny}" == TINY_DEFAULT
+    server = request.getfixturevalue("server") if shared else start_server(tmp_path, IMGEDIT_MODEL=f"tiny:{tiny}")
     try:
         with httpx.Client(base_url=server.url, timeout=120) as http:
             assert [model["id"] for model in http.get("/v1/models").json()["data"]] == [served]
@@ -99,7 +102,8 @@ def test_family_serves_edits_and_masks(tiny, tmp_path):
             assert distance[:, :40].mean() > 10  # inside: edited
             assert server.wait_for_log(f"mask={mask_mode}")
     finally:
-        stop(server.process)
+        if not shared:
+            stop(server.process)
 
 
 def test_a_model_imported_into_the_store_is_served_from_it(tmp_path):

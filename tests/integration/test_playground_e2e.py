@@ -23,12 +23,14 @@ from devtools.lora_files import write_lora
 from devtools.server import start_server, stop
 from imgedit.model.tiny import build_tiny
 from tests.helpers import gradient_png
+from tests.integration.conftest import API_KEYS
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 MODEL = "tiny:flux-kontext"
 SERVED = "flux-kontext"
-KEY = "sk-playground-5e1f"
+#: The shared server behind API keys serves the default tiny model.
+KEY, KEYED_SERVED = API_KEYS[0], "qwen-image-edit-plus"
 INPUT_SIZE = (200, 150)
 EXPECTED_CONSOLE_ERROR = "Failed to load resource: the server responded with a status of 4"
 
@@ -69,10 +71,8 @@ def open_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def guarded_server(tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("playground-key"), IMGEDIT_MODEL=MODEL, IMGEDIT_API_KEY=KEY)
-    yield server
-    stop(server.process)
+def guarded_server(keyed_server):
+    return keyed_server
 
 
 @pytest.fixture
@@ -236,7 +236,7 @@ def test_the_page_asks_for_the_api_key_and_sends_it_as_a_bearer_token(page, guar
     expect(page.locator("#key-error")).to_have_text(wrong.json()["error"]["message"])
     key.fill(KEY)
     key.press("Enter")
-    expect(page.locator("#model-status")).to_have_text(f"Model: {SERVED}")
+    expect(page.locator("#model-status")).to_have_text(f"Model: {KEYED_SERVED}")
     expect(page.locator("#key-form")).to_be_hidden()
 
     choose_image_and_prompt(page, input_png, size="64x64", steps="2")

@@ -6,7 +6,7 @@ and T5 encoder 32 wide, a transformer with one double-stream and one
 single-stream block (``guidance_embeds=True``, as in Kontext-dev), and a VAE
 with four resolution levels of 8 channels. Four levels give a VAE scale factor
 of 8, as in the real model, so sizes are multiples of 16 (Flux packs latents
-in 2x2 patches) and the size arithmetic the adapter relies on is the real one.
+in 2x2 patches) and the size arithmetic the family relies on is the real one.
 
 The real pipelines resize the reference image to one of about 1 MP
 (``PREFERRED_KONTEXT_RESOLUTIONS``) whatever the output size, which would make

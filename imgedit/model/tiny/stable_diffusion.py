@@ -6,7 +6,7 @@
   two CLIP text encoders and an 8-channel UNet with SDXL's ``text_time`` added
   conditioning.
 * ``tiny:stable-diffusion`` is a plain ``StableDiffusionPipeline`` (4-channel
-  UNet), the way text-to-image checkpoints are published; the adapter turns it
+  UNet), the way text-to-image checkpoints are published; the family turns it
   into img2img and inpainting pipelines.
 * ``tiny:stable-diffusion-inpaint`` is a ``StableDiffusionInpaintPipeline`` with a
   9-channel UNet (latents, mask, masked-image latents), like dedicated
