@@ -25,12 +25,16 @@ from imgedit.errors import StartupError
 from imgedit.logs import configure_logging
 from imgedit.playground import MOUNT_PATH as PLAYGROUND_PATH
 from imgedit.playground import create_playground_app
-from imgedit.ranks.group import claim_gpus
-from imgedit.scheduling.capacity import replica_concurrency
 from imgedit.serving.bentoml_seam import in_worker, raw_request_input, worker_index
-from imgedit.serving.startup import preflight, start_or_stop_server, worker_count
+from imgedit.serving.startup import (
+    claim_devices,
+    preflight,
+    start_or_stop_server,
+    store_model,
+    traffic,
+    worker_count,
+)
 from imgedit.serving.worker import Worker
-from imgedit.weights.sources import BENTOML_PREFIX
 
 try:
     settings = load_settings()
@@ -43,12 +47,13 @@ configure_logging(settings.log_level)
 #: Extra seconds BentoML waits beyond our own deadline, so that the server's
 #: OpenAI-shaped 504 (which also stops the run) always comes first.
 TIMEOUT_GRACE_SECONDS = 60
-if in_worker():
-    # Before anything starts CUDA: a worker running each edit on several GPUs sees only its own.
-    claim_gpus(settings.ranks_per_edit, settings.device, worker_index())
+if in_worker():  # before anything starts CUDA
+    claim_devices(settings, worker_index())
 #: One worker per GPU, each with its own copy of the model and its own queue (per IMGEDIT_*_DEGREE GPUs
 #: with several ranks per edit).
 WORKERS = worker_count(settings)
+#: A model from the BentoML store (IMGEDIT_MODEL=bentoml:TAG), which the Bento carries; None for other sources.
+STORE_MODEL = store_model(settings)
 
 
 def this_worker() -> Worker:
@@ -69,12 +74,7 @@ playground_app = create_playground_app()
     name="imgedit",
     resources={"gpu": WORKERS * settings.ranks_per_edit},
     workers=WORKERS,
-    traffic={
-        "timeout": settings.request_timeout + TIMEOUT_GRACE_SECONDS,
-        # BentoCloud only: autoscale on requests per replica, and hold the excess in its own queue.
-        "concurrency": replica_concurrency(WORKERS, settings.max_queue, settings.max_batch),
-        "external_queue": True,
-    },
+    traffic=traffic(settings, WORKERS, TIMEOUT_GRACE_SECONDS),
     # Our middleware writes the access line, with the request id BentoML's lacks.
     logging={"access": {"enabled": False}},
 )
@@ -83,9 +83,9 @@ playground_app = create_playground_app()
 class ImageEdit:
     """OpenAI-compatible image edits (``POST /v1/images/edits``) for diffusers pipelines."""
 
-    if settings.model.startswith(BENTOML_PREFIX):
+    if STORE_MODEL is not None:
         # Declared on the class so that `bentoml build` packs the weights into the Bento.
-        weights = bentoml.models.BentoModel(settings.model.removeprefix(BENTOML_PREFIX))
+        weights = bentoml.models.BentoModel(STORE_MODEL)
 
     @bentoml.on_deployment
     def check_before_workers_start() -> None:

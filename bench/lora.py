@@ -40,9 +40,9 @@ def measure(
     """One row per setting at ``size``: median ms per edit and its ratio to no adapter loaded."""
     image = [InputImage(rgb=Image.new("RGB", (size, size), (40, 120, 200)), alpha=None)]
 
-    def edit(adapter: Any, before: Callable[[], None] | None = None) -> float:
+    def edit(family: Any, before: Callable[[], None] | None = None) -> float:
         options = EditOptions(prompt="make it snow", seed=1, num_inference_steps=steps)
-        (call,) = adapter.plan(adapter.resolve(options, image, Size(size, size))).calls
+        (call,) = family.plan(family.resolve(options, image, Size(size, size))).calls
         started = time.perf_counter()
         if before is not None:
             before()

@@ -5,7 +5,7 @@ strictly alternating the direct call with each client (see :func:`measure`):
 
 * ``direct``: the same pipeline object, loaded in this process, called with
   the arguments the server gives it for the request and the way the server
-  calls it (the server's own adapter plans the call), returning PIL images:
+  calls it (the server's own family plans the call), returning PIL images:
   what a script calling diffusers would do;
 * ``sdk``: the request sent with the official ``openai`` client, its
   ``b64_json`` decoded to image bytes;
@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="put the results into this Markdown file")
     arguments = parser.parse_args()
 
-    adapter = load_family(arguments.model, arguments.steps)
+    family = load_family(arguments.model, arguments.steps)
     with tempfile.TemporaryDirectory(prefix="imgedit-bench-") as tmp:
         server = start_server(Path(tmp), IMGEDIT_MODEL=arguments.model)
         try:
@@ -110,7 +110,7 @@ def main() -> None:
                 for n in arguments.n:
                     for output_format in arguments.formats:
                         fields = edit_form(size, n, output_format, arguments.steps)
-                        direct = direct_edit(adapter, upload, size, n, arguments.steps)
+                        direct = direct_edit(family, upload, size, n, arguments.steps)
                         clients = {"sdk": sdk_edit(sdk, upload, fields), "httpx": httpx_edit(raw, upload, fields)}
                         timings = measure(direct, clients, arguments.runs, arguments.warmup)
                         medians = {name: median(values) for name, values in timings.items()}

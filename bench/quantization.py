@@ -74,10 +74,10 @@ def write_gguf(transformer: torch.nn.Module, path: Path) -> int:
 
 def timed_edit(pipeline: Any, size: int, steps: int) -> tuple[list[float], np.ndarray, torch.Tensor]:
     """One seeded edit: the gaps between step ends (s), the picture, and the final latents."""
-    adapter = family_class_for(pipeline)(pipeline, overrides=Defaults(steps=steps))
+    family = family_class_for(pipeline)(pipeline, overrides=Defaults(steps=steps))
     image = InputImage(rgb=Image.new("RGB", (size, size), (40, 150, 220)), alpha=None)
-    spec = adapter.resolve(EditOptions(prompt="a red roof", seed=7), [image], Size(size, size))
-    (call,) = adapter.plan(spec).calls
+    spec = family.resolve(EditOptions(prompt="a red roof", seed=7), [image], Size(size, size))
+    (call,) = family.plan(spec).calls
     ends: list[float] = []
     latents: list[torch.Tensor] = []
 
@@ -206,13 +206,13 @@ def gpu_table() -> str:
     ]
     models = full_size_footprints()
     rows = []
-    for label, layout in options:
+    for label, placement in options:
         cells = [label]
         for footprints in models.values():
             names = {"text_encoder": [name for name in footprints if name.startswith("text_encoder")]}
-            components = tuple(name for part in layout.components for name in names.get(part, [part]))
+            components = tuple(name for part in placement.components for name in names.get(part, [part]))
             need = memory.device_need(
-                footprints, torch.bfloat16, memory.Placement(layout.quantize, components, layout.offload)
+                footprints, torch.bfloat16, memory.Placement(placement.quantize, components, placement.offload)
             )
             card = next((card for card, usable in CARDS.items() if need.total <= usable * memory.GiB), "none")
             cells.append(f"{need.total / memory.GiB:.1f} GiB: {card}")

@@ -31,8 +31,8 @@ from imgedit.weights.options import LoadOptions
 
 torch.set_grad_enabled(False)
 loaded = load_model(LoadOptions(model=sys.argv[1]))
-adapter = family_class_for(loaded.pipeline)(loaded.pipeline)
-for plan in adapter.warmup_plans():
+family = family_class_for(loaded.pipeline)(loaded.pipeline)
+for plan in family.warmup_plans():
     for call in plan.calls:
         call.pipeline(**call.kwargs)
 print("warm", flush=True)

@@ -14,7 +14,7 @@ TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 def write_lora(pipeline: Any, directory: Path, seed: int, rank: int = 4) -> Path:
-    """A LoRA adapter for ``pipeline``'s transformer (or UNet) with random weights, as a directory.
+    """A LoRA for ``pipeline``'s transformer (or UNet) with random weights, as a directory.
 
     Random on both sides (peft starts one side at zero, which would change nothing), so
     an image made with it differs from one made without.

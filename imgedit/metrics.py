@@ -52,12 +52,14 @@ model_parameter_bytes = Gauge(
     ["component"],
     multiprocess_mode="max",
 )
-loras_loaded = Gauge("imgedit_lora_adapters", "LoRAs loaded and choosable per request.", multiprocess_mode="max")
-#: The label keeps the name dashboards know it by.
-lora_requests = Counter("imgedit_lora_requests", "Requests that chose each LoRA.", ["adapter"])
+#: The exported names, help texts and labels are what dashboards know: they keep vLLM's word, "adapter".
+loras_loaded = Gauge(
+    "imgedit_lora_adapters", "LoRA adapters loaded and choosable per request.", multiprocess_mode="max"
+)
+lora_requests = Counter("imgedit_lora_requests", "Requests that chose each LoRA adapter.", ["adapter"])
 lora_switch_time = Histogram(
     "imgedit_lora_switch_seconds",
-    "Time to switch the active LoRAs between two runs that chose different ones.",
+    "Time to switch the active LoRA adapters between two runs that chose different ones.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 

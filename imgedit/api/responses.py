@@ -30,10 +30,10 @@ ReportedQuality = Literal["low", "medium", "high", "xhigh", "max"]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True)
 
 
-class InputTokensDetails(_Body):
+class UsageDetails(_Body):
     """The input tokens, by kind."""
 
     text_tokens: int
@@ -44,7 +44,7 @@ class Usage(_Body):
     """Tokens behind the images: text and image tokens of the inputs, latent tokens of the outputs."""
 
     input_tokens: int
-    input_tokens_details: InputTokensDetails
+    input_tokens_details: UsageDetails
     output_tokens: int
     total_tokens: int
 
@@ -54,13 +54,13 @@ class Usage(_Body):
         inputs = text_tokens + image_tokens
         return cls(
             input_tokens=inputs,
-            input_tokens_details=InputTokensDetails(text_tokens=text_tokens, image_tokens=image_tokens),
+            input_tokens_details=UsageDetails(text_tokens=text_tokens, image_tokens=image_tokens),
             output_tokens=output_tokens,
             total_tokens=inputs + output_tokens,
         )
 
 
-class ImageData(_Body):
+class ImageItem(_Body):
     """One image of the answer, base64-encoded; ``url`` and ``revised_prompt`` are always null here."""
 
     b64_json: str
@@ -72,7 +72,7 @@ class ImagesResponse(_Body):
     """The body of a successful ``POST /v1/images/edits`` (OpenAI's ``ImagesResponse``)."""
 
     created: int
-    data: list[ImageData]
+    data: list[ImageItem]
     output_format: OutputFormat
     size: str
     background: ResolvedBackground

@@ -138,7 +138,7 @@ class LoraRegistry:
             if name in self._entries or any(name == on for on, _ in self.always_on):
                 raise LoraError(f"an adapter named {name!r} is already loaded")
             if len(self._entries) >= self.max_loras:
-                raise LoraError(f"{self.max_loras} loras are loaded, the most IMGEDIT_MAX_LORAS allows")
+                raise LoraError(f"{self.max_loras} adapters are loaded, the most IMGEDIT_MAX_LORAS allows")
         load_lora(self.pipeline, name, spec)
         with self._lock:
             self._entries[name] = Registered(name, spec, int(time.time()))
@@ -182,5 +182,5 @@ class LoraRegistry:
 
 def _refusal(pipeline: Pipeline) -> str | None:
     if not isinstance(pipeline, LoraPipeline):
-        return f"{type(pipeline).__name__} takes no LoRA loras"
+        return f"{type(pipeline).__name__} takes no LoRA adapters"
     return None

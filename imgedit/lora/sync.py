@@ -1,4 +1,4 @@
-"""Loading and unloading LoRA adapters on every worker, before an answer says they are.
+"""Loading and unloading LoRAs on every worker, before an answer says they are.
 
 Workers are separate processes behind one listening socket, so the worker that
 receives a load or an unload cannot call the others. Every such command goes

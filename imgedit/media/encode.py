@@ -59,7 +59,7 @@ def encode_image(image: Image.Image, alpha: Image.Image | None, options: EncodeO
     buffer = io.BytesIO()
     if options.output_format == "png":
         if options.png_compress_level == 1 and supports(image):
-            return encode_png(image, level=1)  # the fast default; see imgedit/png.py
+            return encode_png(image, level=1)  # the fast default; see imgedit/media/png.py
         image.save(buffer, format="PNG", compress_level=options.png_compress_level)
     elif options.output_format == "jpeg":
         image.save(buffer, format="JPEG", quality=options.quality)

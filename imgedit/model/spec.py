@@ -1,7 +1,7 @@
 """The call specification: one edit with every default resolved, before it becomes pipeline arguments.
 
 Resolution happens once, here, for every family: the request's value wins,
-then the operator's (``IMGEDIT_DEFAULT_*``), then the family's. Adapters read
+then the operator's (``IMGEDIT_DEFAULT_*``), then the family's. Families read
 the result and never look at what the request left unset.
 """
 

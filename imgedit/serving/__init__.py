@@ -1,1 +1,2 @@
-"""Serving: the request path, the engine that runs one call at a time, start-up, and the BentoML seam."""
+"""Serving: the request path, start-up, the worker that owns everything a BentoML worker serves, the option
+objects built from the settings for the layers below, and the BentoML seam."""

@@ -29,7 +29,7 @@ from imgedit.api.errors import ApiError, http_error, internal_error
 from imgedit.api.parse import EditRequest, RequestLimits, parse_edit_request
 from imgedit.api.responses import (
     SEEDS_HEADER,
-    ImageData,
+    ImageItem,
     ImagesResponse,
     StreamInfo,
     Usage,
@@ -282,7 +282,7 @@ class EditHandler:
             outputs = await self._run(job, deadline)
         body = ImagesResponse(
             created=int(time.time()),
-            data=[ImageData(b64_json=b64(image)) for image in await _encode(prepared, outputs)],
+            data=[ImageItem(b64_json=b64(image)) for image in await _encode(prepared, outputs)],
             output_format=prepared.request.output_format,
             size=str(prepared.plan.size),
             background=prepared.encoding.background,

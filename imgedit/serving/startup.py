@@ -8,7 +8,6 @@ fails there stops the whole server with one line (:func:`start_or_stop_server`).
 from __future__ import annotations
 
 import functools
-import signal
 import time
 import traceback
 from pathlib import Path
@@ -21,14 +20,15 @@ from imgedit.errors import StartupError, one_line
 from imgedit.logs import get_logger
 from imgedit.lora.admin import LoraAdmin
 from imgedit.lora.registry import LoraRegistry
-from imgedit.lora.sources import LoraError, parse_named_loras
+from imgedit.lora.sources import LoraError, parse_loras, parse_named_loras
 from imgedit.lora.sync import LoraSync, prepare_directory
 from imgedit.media.fetch import Fetcher
 from imgedit.model.acceleration import OptionError, check_options
 from imgedit.model.devices import DeviceError, pick_device, visible_gpus
 from imgedit.model.families import family_names
-from imgedit.ranks.group import RankGroup, RankSetup, RankStartupError
+from imgedit.ranks.group import RankGroup, RankSetup, RankStartupError, claim_gpus
 from imgedit.ranks.plans import ParallelError, RankLayout, check_layout
+from imgedit.scheduling.capacity import replica_concurrency
 from imgedit.scheduling.engine import Engine
 from imgedit.serving.bentoml_seam import arrange_exit_status, stop_server
 from imgedit.serving.handler import EditHandler
@@ -36,7 +36,7 @@ from imgedit.serving.options import acceleration_options, fetch_policy, load_opt
 from imgedit.serving.recipe import ModelRecipe, PreparedModel, prepare_family, prepare_model
 from imgedit.serving.worker import Worker
 from imgedit.weights.loader import check_placement, check_source
-from imgedit.weights.sources import ModelLoadError
+from imgedit.weights.sources import BENTOML_PREFIX, ModelLoadError
 
 log = get_logger(__name__)
 
@@ -72,7 +72,7 @@ def check_settings(settings: Settings) -> None:
             raise StartupError(
                 f"IMGEDIT_FAMILY: unknown family {settings.family!r}; known: {', '.join(family_names())}"
             )
-        _check_chosen_loras(settings)
+        _check_loras(settings)
         check_source(load, device)
         check_ranks(settings, device, visible_gpus())
     except (DeviceError, OptionError, ModelLoadError, ParallelError) as error:
@@ -100,6 +100,26 @@ def check_ranks(settings: Settings, device: torch.device, gpus: int | None) -> R
         fixed_loras=bool(settings.lora),
     )
     return layout
+
+
+def claim_devices(settings: Settings, index: int) -> None:
+    """In worker ``index``, before anything starts CUDA: with several ranks per edit, see only its own GPUs."""
+    claim_gpus(settings.ranks_per_edit, settings.device, index)
+
+
+def store_model(settings: Settings) -> str | None:
+    """The tag of the BentoML store model ``IMGEDIT_MODEL`` names (``bentoml:TAG``), which a Bento carries."""
+    return settings.model.removeprefix(BENTOML_PREFIX) if settings.model.startswith(BENTOML_PREFIX) else None
+
+
+def traffic(settings: Settings, workers: int, grace: float) -> dict[str, Any]:
+    """BentoML's ``traffic`` of the service: its timeout (``grace`` seconds past our own), and for BentoCloud the
+    requests a replica works on at once, the rest held in BentoCloud's queue."""
+    return {
+        "timeout": settings.request_timeout + grace,
+        "concurrency": replica_concurrency(workers, settings.max_queue, settings.max_batch),
+        "external_queue": True,
+    }
 
 
 def worker_count(settings: Settings) -> int:
@@ -205,12 +225,17 @@ def _serve(
     return Worker(served_name=settings.served_name, model=model, engine=engine, handler=handler, ranks=layout.ranks)
 
 
-def _check_chosen_loras(settings: Settings) -> None:
-    """``IMGEDIT_LORA_ADAPTERS``, ``IMGEDIT_LORA_DIR`` and ``IMGEDIT_MAX_LORAS`` agree.
+def _check_loras(settings: Settings) -> None:
+    """``IMGEDIT_LORA`` parses, and ``IMGEDIT_LORA_ADAPTERS``, ``IMGEDIT_LORA_DIR`` and ``IMGEDIT_MAX_LORAS`` agree.
 
     Raises:
         StartupError: naming the variable.
     """
+    if settings.lora:
+        try:
+            parse_loras(settings.lora)
+        except LoraError as error:
+            raise StartupError(f"IMGEDIT_LORA: {error}") from None
     named = []
     if settings.lora_adapters:
         try:
@@ -243,28 +268,6 @@ def _lora_admin(settings: Settings, loras: LoraRegistry, engine: Engine, index: 
     return lora_admin
 
 
-def drain_on_signals(engine: Engine, grace: float) -> None:
-    """On SIGTERM or SIGINT, stop admitting and give running edits ``grace`` seconds, then stop them.
-
-    The server's own handler still runs afterwards: it stops accepting
-    connections and waits for the requests in progress.
-    """
-
-    def chain(signum: int) -> None:
-        previous = signal.getsignal(signum)
-
-        def on_signal(number: int, frame: Any) -> None:
-            if not engine.draining:
-                engine.drain(grace)
-            if callable(previous):
-                previous(number, frame)
-
-        signal.signal(signum, on_signal)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        chain(signum)
-
-
 def start_or_stop_server(settings: Settings, index: int = 0) -> Worker:
     """:func:`start_worker`, draining on SIGTERM; or stop the whole server with a one-line message when it fails."""
     try:
@@ -274,7 +277,7 @@ def start_or_stop_server(settings: Settings, index: int = 0) -> Worker:
     except Exception as error:
         traceback.print_exc()
         stop_server(f"imgedit: start-up failed: {type(error).__name__}: {one_line(error)}")
-    drain_on_signals(worker.engine, settings.shutdown_grace)
+    worker.drain_on_signals(settings.shutdown_grace)
     return worker
 
 

@@ -1,13 +1,16 @@
 """One BentoML worker: what it serves and everything it owns, built once at start-up.
 
-``service.py`` holds a :class:`Worker` and talks to nothing else: the edit
-route, the model list, the LoRA endpoints, readiness and shutdown all go
-through it. Start-up (:mod:`imgedit.serving.startup`) builds it.
+``service.py`` holds a :class:`Worker` and talks to nothing else while it
+serves: the edit route, the model list, the LoRA endpoints, readiness,
+draining on SIGTERM and shutdown all go through it. Start-up
+(:mod:`imgedit.serving.startup`) builds it.
 """
 
 from __future__ import annotations
 
+import signal
 import time
+from types import FrameType
 from typing import Any
 
 from starlette.requests import Request
@@ -85,6 +88,27 @@ class Worker:
             raise http_error(error) from None
         except PartlyApplied as error:
             raise _partly_applied(error) from None
+
+    def drain_on_signals(self, grace: float) -> None:
+        """On SIGTERM or SIGINT, stop admitting and give running edits ``grace`` seconds, then stop them.
+
+        The server's own handler still runs afterwards: it stops accepting
+        connections and waits for the requests in progress.
+        """
+
+        def chain(signum: int) -> None:
+            previous = signal.getsignal(signum)
+
+            def on_signal(number: int, frame: FrameType | None) -> None:
+                if not self.engine.draining:
+                    self.engine.drain(grace)
+                if callable(previous):
+                    previous(number, frame)
+
+            signal.signal(signum, on_signal)
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            chain(signum)
 
     def close(self) -> None:
         """Stop following the LoRA commands, then run what is queued and stop the engine (and its ranks)."""

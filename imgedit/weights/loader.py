@@ -94,18 +94,13 @@ def check_placement(options: LoadOptions, device: torch.device) -> None:
 def check_source(options: LoadOptions, device: torch.device) -> None:
     """Fail fast, before any worker starts, when the model cannot be had as configured.
 
-    Checks that ``IMGEDIT_LORA`` parses, that a tiny name is known, that a saved pipeline
-    is where the source says (see :func:`~imgedit.weights.sources.pipeline_location`),
-    and that the quantization settings apply to its components. Weights are not downloaded here.
+    Checks that a tiny name is known, that a saved pipeline is where the source says
+    (see :func:`~imgedit.weights.sources.pipeline_location`), and that the quantization
+    settings apply to its components. Weights are not downloaded here.
 
     Raises:
         ModelLoadError: saying what is missing and how to run the tiny model.
     """
-    if options.loras:
-        try:
-            parse_loras(options.loras)
-        except LoraError as exc:
-            raise ModelLoadError(f"IMGEDIT_LORA: {exc}") from None
     source = parse_source(options.model, options.revision)
     if source.kind == "tiny":
         if source.location not in known_names():

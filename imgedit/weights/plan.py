@@ -206,7 +206,7 @@ def _alternatives(
         component_sets.append(big)
     offloads = ["none", "model", "group", "sequential"] if device.type == "cuda" else ["none"]
     device_maps = ["none", "balanced"] if device.type == "cuda" and devices > 1 else ["none"]
-    layouts = []
+    placements = []
     for method in methods:
         for components in component_sets if method != "none" else [()]:
             backends = set(fixed.values()) | ({BACKENDS[method]} if method != "none" else set())
@@ -216,8 +216,8 @@ def _alternatives(
                 for device_map in device_maps if offload == "none" else ["none"]:
                     cost = _QUANTIZE_COST[method] * (1 if components == component_sets[0] else 1.5)
                     cost += _OFFLOAD_COST[offload] + (0.5 if device_map != "none" else 0)
-                    layouts.append((cost, memory.Placement(method, components, offload, device_map)))
-    return [layout for _, layout in sorted(layouts, key=lambda pair: pair[0])]
+                    placements.append((cost, memory.Placement(method, components, offload, device_map)))
+    return [placement for _, placement in sorted(placements, key=lambda pair: pair[0])]
 
 
 def _runs(quantization: QuantizationOptions, method: Method, device: torch.device) -> bool:

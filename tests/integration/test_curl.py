@@ -1,4 +1,4 @@
-"""curl shapes beyond the README's: large uploads (``Expect: 100-continue``) and ``image[]``."""
+"""curl shapes beyond the docs': large uploads (``Expect: 100-continue``) and ``image[]``."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ from tests.helpers import edits_request_head, gradient_png, multipart_body
 
 pytestmark = pytest.mark.integration
 
-#: The most a pixel of a 2-rank edit may differ from the 1-rank edit, per channel (see README, Parallelism).
+#: The most a pixel of a 2-rank edit may differ from the 1-rank edit, per channel (see docs/parallel.md, "Pictures").
 TOLERANCE = 2
 GATE_STEP = 3
 OOM = "rank 1 runs out of memory"

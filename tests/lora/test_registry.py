@@ -23,48 +23,48 @@ IMAGE = [InputImage(rgb=Image.new("RGB", (64, 64), (10, 100, 200)), alpha=None)]
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     pipeline = build_tiny("tiny:qwen-image-edit-plus").pipeline
-    adapter = family_class_for(pipeline)(pipeline)
+    family = family_class_for(pipeline)(pipeline)
     files = tmp_path_factory.mktemp("loras")
     for seed, name in enumerate(("a", "b", "c"), start=1):
         write_lora(pipeline, files / name, seed)
-    return adapter, files
+    return family, files
 
 
-def edit(adapter) -> np.ndarray:
-    made = adapter.plan(adapter.resolve(EditOptions(prompt="p", seed=3, num_inference_steps=2), IMAGE, Size(64, 64)))
+def edit(family) -> np.ndarray:
+    made = family.plan(family.resolve(EditOptions(prompt="p", seed=3, num_inference_steps=2), IMAGE, Size(64, 64)))
     return np.asarray(made.calls[0].invoke()[0])
 
 
 def test_switching_between_runs_gives_each_choice_exactly_what_it_gives_alone(model):
-    adapter, files = model
-    base = edit(adapter)
-    plain_layers = set(adapter.loaded.transformer.state_dict())
-    registry = LoraRegistry(adapter.loaded, max_loras=4)
+    family, files = model
+    base = edit(family)
+    plain_layers = set(family.loaded.transformer.state_dict())
+    registry = LoraRegistry(family.loaded, max_loras=4)
     for name in ("a", "b"):
         registry.load(name, spec_in_directory(str(files), name))
     registry.activate(())
-    assert np.array_equal(edit(adapter), base)  # loaded but off: exactly the base model
+    assert np.array_equal(edit(family), base)  # loaded but off: exactly the base model
     outputs = {}
     for choice in [(("a", 1.0),), (("b", 1.0),), (("a", 0.5),), (("a", 1.0), ("b", 0.5)), ()]:
         registry.activate(choice)
-        outputs[choice] = edit(adapter)
+        outputs[choice] = edit(family)
     assert np.array_equal(outputs[()], base)
     assert len({bytes(picture) for picture in outputs.values()}) == len(outputs)  # every choice differs
     for choice in [(("b", 1.0),), (("a", 1.0), ("b", 0.5)), (("a", 0.5),), ()]:  # again, in another order
         registry.activate(choice)
-        assert np.array_equal(edit(adapter), outputs[choice])
+        assert np.array_equal(edit(family), outputs[choice])
     for name in ("a", "b"):
         registry.retire(name)
         registry.unload(name)
     registry.activate(())
-    assert np.array_equal(edit(adapter), base)
-    # With the last adapter gone the model has its own layers back, not peft's empty wrappers.
-    assert set(adapter.loaded.transformer.state_dict()) == plain_layers
+    assert np.array_equal(edit(family), base)
+    # With the last family gone the model has its own layers back, not peft's empty wrappers.
+    assert set(family.loaded.transformer.state_dict()) == plain_layers
 
 
 def test_selection_checks_names_and_takes_the_loaded_scale(model):
-    adapter, files = model
-    registry = LoraRegistry(adapter.loaded, max_loras=4)
+    family, files = model
+    registry = LoraRegistry(family.loaded, max_loras=4)
     registry.load("c", spec_in_directory(str(files), "c", scale=0.7))
     try:
         assert registry.selection([("c", None)]) == (("c", 0.7),)
@@ -79,9 +79,9 @@ def test_selection_checks_names_and_takes_the_loaded_scale(model):
     assert registry.names() == []
 
 
-def test_the_cap_refuses_one_adapter_too_many(model):
-    adapter, files = model
-    registry = LoraRegistry(adapter.loaded, max_loras=1)
+def test_the_cap_refuses_one_lora_too_many(model):
+    family, files = model
+    registry = LoraRegistry(family.loaded, max_loras=1)
     registry.load("a", spec_in_directory(str(files), "a"))
     try:
         with pytest.raises(LoraError, match="IMGEDIT_MAX_LORAS"):
@@ -92,8 +92,8 @@ def test_the_cap_refuses_one_adapter_too_many(model):
 
 
 def test_retiring_refuses_new_requests_and_waits_for_admitted_ones(model):
-    adapter, files = model
-    registry = LoraRegistry(adapter.loaded, max_loras=2)
+    family, files = model
+    registry = LoraRegistry(family.loaded, max_loras=2)
     registry.load("a", spec_in_directory(str(files), "a"))
     admitted = registry.selection([("a", None)])
     registry.acquire(admitted)
@@ -119,7 +119,7 @@ def test_a_model_without_lora_support_refuses_choices_but_runs_without():
         registry.selection([("a", None)])
 
 
-def test_named_adapters_and_paths_under_the_directory(tmp_path):
+def test_named_loras_and_paths_under_the_directory(tmp_path):
     (tmp_path / "loras" / "style").mkdir(parents=True)
     (tmp_path / "loras" / "one.safetensors").write_bytes(b"x")
     (tmp_path / "outside.safetensors").write_bytes(b"x")

@@ -36,7 +36,7 @@ from imgedit.serving.recipe import ModelRecipe, prepare_model
 from imgedit.serving.startup import rank_setup, worker_count
 
 HOOKS = hooks_path()
-#: The most a pixel of a 2-rank edit may differ from the 1-rank edit, per channel (see README, Parallelism).
+#: The most a pixel of a 2-rank edit may differ from the 1-rank edit, per channel (see docs/parallel.md, "Pictures").
 TOLERANCE = 2
 OOM, EARLY_OOM, HANG = "rank 1 runs out of memory", "rank 1 runs out of memory early", "rank 1 hangs"
 

@@ -394,7 +394,7 @@ async def test_compatible_queued_requests_run_as_one_batch(tiny_model, monkeypat
     for (image,), expected in zip(results, [*batched, alone[3]], strict=True):
         assert list(image.getdata()) == list(expected.getdata())  # each request got its own image, in order
     for (image,), single in zip(results, alone, strict=True):
-        # Batched arithmetic adds in another order: at most one level apart (README, "How edits are scheduled").
+        # Batched arithmetic adds in another order: at most one level apart (docs/operations.md, scheduling).
         difference = np.abs(np.asarray(image, dtype=int) - np.asarray(single, dtype=int))
         assert difference.max() <= FUSED_TOLERANCE
 

@@ -72,7 +72,7 @@ def test_full_size_qwen_needs_what_its_parameter_counts_say(qwen_2511):
     assert qwen_2511["transformer"].elements == pytest.approx(20.43e9, rel=1e-3)
     assert qwen_2511["text_encoder"].elements == pytest.approx(8.29e9, rel=1e-3)
     weights_bf16 = device_need(qwen_2511, torch.bfloat16, Placement()).weights
-    assert sum(weights_bf16) / 1e9 == pytest.approx(57.7, abs=0.05)  # "about 58 GB", as the README says
+    assert sum(weights_bf16) / 1e9 == pytest.approx(57.7, abs=0.05)  # "about 58 GB", as the quick start says
     int8 = device_need(qwen_2511, torch.bfloat16, Placement("int8", ("transformer",))).weights
     assert int8[0] / weights_bf16[0] == pytest.approx(0.5, abs=0.01)
 

@@ -56,12 +56,3 @@ def test_unreachable_hub_model_says_how_to_run_the_tiny_model():
 def test_a_model_missing_from_the_bentoml_store_says_how_to_add_it():
     with pytest.raises(ModelLoadError, match="imgedit import-model"):
         check_source(LoadOptions(model="bentoml:imgedit-tests-absent-model"), CPU)
-
-
-@pytest.mark.parametrize(
-    ("loras", "message"),
-    [("./missing.safetensors", "IMGEDIT_LORA"), ("owner/name:x:y", "IMGEDIT_LORA: bad scale")],
-)
-def test_the_loras_of_every_run_are_checked_before_loading(loras, message):
-    with pytest.raises(ModelLoadError, match=message):
-        check_source(LoadOptions(model="tiny:qwen-image-edit-plus", loras=loras), CPU)

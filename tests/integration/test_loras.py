@@ -75,7 +75,7 @@ def model_ids(server) -> list[str]:
     return [card["id"] for card in answer.json()["data"]]
 
 
-def test_registered_adapters_are_models_on_top_of_the_base(lora_server):
+def test_registered_loras_are_models_on_top_of_the_base(lora_server):
     answer = httpx.get(f"{lora_server.url}/v1/models", headers={"Authorization": f"Bearer {USER}"}, timeout=60)
     cards = {card["id"]: card for card in answer.json()["data"]}
     base = next(card for card in cards.values() if card["parent"] is None)
@@ -86,7 +86,7 @@ def test_registered_adapters_are_models_on_top_of_the_base(lora_server):
     assert inked.json()["data"][0]["b64_json"] == by_model.json()["data"][0]["b64_json"]
 
 
-def test_the_adapter_endpoints_need_the_admin_key(lora_server):
+def test_the_lora_endpoints_need_the_admin_key(lora_server):
     for key in (USER, "wrong"):
         refused = post(lora_server, "/load_lora_adapter", key, lora_name="light", lora_path="light")
         assert (refused.status_code, refused.json()["error"]["code"]) == (401, "invalid_api_key")
