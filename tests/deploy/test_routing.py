@@ -67,7 +67,9 @@ def balancer(servers, tmp_path_factory):
 
 
 def runs_in_flight(url: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+    # As long as the caller's own deadline: once, on a fresh clone, a server starting its first long edit
+    # took over 10 s to answer this (not reproduced since), and the answer matters, not its speed.
+    text = httpx.get(f"{url}/metrics", timeout=120).text
     return float(re.search(r"^imgedit_runs_in_flight(?:\{[^}]*\})? (\S+)$", text, re.MULTILINE).group(1))
 
 
