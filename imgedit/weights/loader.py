@@ -250,7 +250,7 @@ def _import_own_components(location: str, source: ModelSource) -> None:
             importlib.import_module(value[0])
 
 
-def _place(pipeline: Any, options: LoadOptions, device: torch.device) -> None:
+def _place(pipeline: Pipeline, options: LoadOptions, device: torch.device) -> None:
     """Move ``pipeline`` onto ``device``, or arrange CPU offloading onto it."""
     if options.device_map != "none":
         return  # from_pretrained placed every component
