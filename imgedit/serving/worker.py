@@ -8,8 +8,10 @@ draining on SIGTERM and shutdown all go through it. Start-up
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -69,12 +71,8 @@ class Worker:
         Raises:
             ApiError: 400 for a bad request, 500 or 504 when only some workers loaded it.
         """
-        try:
+        with _answered_as_api_errors():
             return await self.lora_admin.load(name, path, scale)
-        except RequestError as error:
-            raise http_error(error) from None
-        except PartlyApplied as error:
-            raise _partly_applied(error) from None
 
     async def unload_lora(self, name: Any) -> dict[str, Any]:
         """``POST /v1/unload_lora_adapter`` on every worker.
@@ -82,12 +80,8 @@ class Worker:
         Raises:
             ApiError: 404 when no such LoRA is loaded, 500 or 504 when only some workers unloaded it.
         """
-        try:
+        with _answered_as_api_errors():
             return await self.lora_admin.unload(name)
-        except RequestError as error:
-            raise http_error(error) from None
-        except PartlyApplied as error:
-            raise _partly_applied(error) from None
 
     def drain_on_signals(self, grace: float) -> None:
         """On SIGTERM or SIGINT, stop admitting and give running edits ``grace`` seconds, then stop them.
@@ -116,8 +110,15 @@ class Worker:
         self.engine.close()
 
 
-def _partly_applied(error: PartlyApplied) -> ApiError:
-    return ApiError(504 if error.timed_out else 500, str(error), code="lora_partly_applied")
+@contextlib.contextmanager
+def _answered_as_api_errors() -> Iterator[None]:
+    """What the LoRA endpoints tell the client when a command is refused or only some workers applied it."""
+    try:
+        yield
+    except RequestError as error:
+        raise http_error(error) from None
+    except PartlyApplied as error:
+        raise ApiError(504 if error.timed_out else 500, str(error), code="lora_partly_applied") from None
 
 
 def _export_model_metrics(served_name: str, model: PreparedModel, ranks: int) -> None:

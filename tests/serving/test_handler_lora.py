@@ -15,6 +15,7 @@ from imgedit.config import Settings
 from imgedit.lora.admin import LoraAdmin
 from imgedit.lora.registry import LoraRegistry
 from imgedit.lora.sources import spec_in_directory
+from imgedit.lora.sync import OK, LoraSync
 from imgedit.media.fetch import Fetcher, FetchPolicy
 from imgedit.model.call import PipelineCall
 from imgedit.model.families.qwen_image_edit import QwenImageEditPlusFamily
@@ -141,6 +142,23 @@ async def test_load_and_unload_with_the_cap(worker, lora_dir):
     with pytest.raises(ApiError) as gone:
         await worker.unload_lora("extra")
     assert gone.value.status == 404
+
+
+async def test_a_command_only_some_workers_applied_is_a_500_or_a_504(worker):
+    worker.lora_admin.sync = LoraSync(worker.lora_admin.apply, worker=0, workers=2)
+    with pytest.raises(ApiError) as silent:  # worker 1 never answers
+        await worker.load_lora("extra", "extra")
+    assert (silent.value.status, silent.value.code) == (504, "lora_partly_applied")
+    assert "workers [1] did not confirm" in silent.value.message
+
+    async def refused_on_worker_1(command):
+        return {0: OK, 1: "no room left"}
+
+    worker.lora_admin.sync.submit = refused_on_worker_1
+    with pytest.raises(ApiError) as refused:
+        await worker.unload_lora("extra")
+    assert (refused.value.status, refused.value.code) == (500, "lora_partly_applied")
+    assert "failed on workers [1] (no room left)" in refused.value.message
 
 
 async def test_unloading_waits_for_the_requests_admitted_with_the_lora(served, monkeypatch):
