@@ -130,9 +130,9 @@ def worker_count(settings: Settings) -> int:
     """
     if settings.workers is not None:
         return settings.workers
-    if settings.device == "cpu" or settings.device_map != "none" or not torch.cuda.is_available():
+    if settings.device == "cpu" or settings.device_map != "none":
         return 1
-    return max(1, torch.cuda.device_count() // settings.ranks_per_edit)
+    return max(1, visible_gpus() // settings.ranks_per_edit)
 
 
 def start_worker(settings: Settings, index: int = 0) -> Worker:
