@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 PORT ?= 3000
 IMGEDIT_MODEL ?= tiny:qwen-image-edit-plus
 
-.PHONY: install serve test e2e lint docs format bench bench-gpu bento image-smoke system-deps clean
+.PHONY: install serve test e2e lint docs format fuzz bench bench-gpu bento image-smoke system-deps clean
 
 install: $(BIN)/.installed
 
@@ -48,7 +48,14 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# The CPU benchmarks with the tiny models (about an hour on 2 cores); each writes its section of docs/benchmarks.md.
+# Coverage-guided fuzzing of the request parsers (fuzz/): FUZZ_SECONDS split over the targets; crashing
+# inputs land in fuzz/crashes/ and fail it. `make test` runs each target briefly (tests/test_fuzz.py).
+FUZZ_SECONDS ?= 600
+fuzz: install
+	$(BIN)/python -m fuzz --seconds $(FUZZ_SECONDS)
+
+# The CPU benchmarks with the tiny models (about an hour and a half on 2 cores, the 30-minute soak included);
+# each writes its section of docs/benchmarks.md.
 BENCH_RESULTS ?= docs/benchmarks.md
 bench: install
 	$(BIN)/python -m bench.overhead --write $(BENCH_RESULTS)
@@ -61,6 +68,7 @@ bench: install
 	$(BIN)/python -m bench.routing --write $(BENCH_RESULTS)
 	$(BIN)/python -m bench.parallel --write $(BENCH_RESULTS)
 	$(BIN)/python -m bench.lora --write $(BENCH_RESULTS)
+	$(BIN)/python -m bench.soak --write $(BENCH_RESULTS)
 
 # Full-size Qwen-Image-Edit-2511 (random weights) on a GPU with 80 GB: eager against the fast path,
 # and against fp8 and int8 weights (fp8 needs compute capability 8.9 or newer).

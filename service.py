@@ -25,7 +25,13 @@ from imgedit.errors import StartupError
 from imgedit.logs import configure_logging
 from imgedit.playground import MOUNT_PATH as PLAYGROUND_PATH
 from imgedit.playground import create_playground_app
-from imgedit.serving.bentoml_seam import in_worker, raw_request_input, worker_index
+from imgedit.serving.bentoml_seam import (
+    end_with_server,
+    in_worker,
+    prepare_serving_process,
+    raw_request_input,
+    worker_index,
+)
 from imgedit.serving.startup import (
     claim_devices,
     preflight,
@@ -47,8 +53,13 @@ configure_logging(settings.log_level)
 #: Extra seconds BentoML waits beyond our own deadline, so that the server's
 #: OpenAI-shaped 504 (which also stops the run) always comes first.
 TIMEOUT_GRACE_SECONDS = 60
-if in_worker():  # before anything starts CUDA
-    claim_devices(settings, worker_index())
+if in_worker():
+    end_with_server()  # with its ranks, however its `bentoml serve` ends
+    claim_devices(settings, worker_index())  # before anything starts CUDA
+else:
+    # In `bentoml serve`, before it starts the workers: metrics files of this server's own, apart from any
+    # other server's on the host, and the process id the workers follow.
+    prepare_serving_process()
 #: One worker per GPU, each with its own copy of the model and its own queue (per IMGEDIT_*_DEGREE GPUs
 #: with several ranks per edit).
 WORKERS = worker_count(settings)

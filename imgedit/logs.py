@@ -86,8 +86,9 @@ def configure_logging(level: str) -> None:
     # Importing torchao, which diffusers does even without quantization, logs several lines at every
     # start-up: each compiled kernel this machine cannot load (CUDA kernels on a CPU, kernels built
     # for another Python), and torch's deprecation notes on how torchao registers its types. Debug
-    # level hears them.
-    for name in ("torchao", "torch.utils._pytree"):
+    # level hears them. python-multipart warns of each malformed form with a byte of it, which is the
+    # client's data (and its answer already says the form is malformed).
+    for name in ("torchao", "torch.utils._pytree", "python_multipart"):
         logging.getLogger(name).setLevel(logging.NOTSET if logger.level <= logging.DEBUG else logging.ERROR)
 
 

@@ -67,3 +67,22 @@ def test_torchao_import_warnings_are_heard_only_at_debug_level() -> None:
     assert [int(value) for value in result.stdout.split()] == [error, error, warning, warning]
     assert "Failed to load" not in result.stderr
     assert "register_constant" not in result.stderr
+
+
+FORM_PARSER_PROBE = """
+import logging
+from imgedit.logs import configure_logging
+parser_log = logging.getLogger("python_multipart.multipart")
+configure_logging("info")
+quiet = parser_log.getEffectiveLevel()
+configure_logging("debug")
+print(quiet, parser_log.getEffectiveLevel())
+"""
+
+
+def test_a_malformed_form_leaves_no_byte_of_it_in_the_log() -> None:
+    # python-multipart warns of a malformed form with a byte of it ("Expected boundary character 97, got 120").
+    result = subprocess.run(
+        [sys.executable, "-c", FORM_PARSER_PROBE], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert [int(value) for value in result.stdout.split()] == [logging.ERROR, logging.WARNING]  # heard at debug

@@ -12,14 +12,14 @@ every failure, a client that hangs up included, is an
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from typing import Any
 
 from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from imgedit.api.errors import ApiError
+from imgedit.api.json_text import parse_json
 from imgedit.api.multipart import Form, MultipartLimits, paced, read_multipart, too_large
 from imgedit.errors import invalid
 
@@ -55,8 +55,9 @@ async def read_json(content_length: str | None, body: AsyncIterator[bytes], limi
     """A JSON object body, within the body size and pace of ``limits``.
 
     Raises:
-        ApiError: 400 for malformed JSON, JSON that is not an object (or nests
-            too deep, or writes ``NaN``), 413 past the size limit, 408 when too slow.
+        ApiError: 413 past the size limit, 408 when too slow.
+        RequestError: 400 for malformed JSON, JSON that is not an object, and
+            what :func:`~imgedit.api.json_text.parse_json` refuses (naming the field).
     """
     if content_length is not None and content_length.isdigit() and int(content_length) > limits.max_body_bytes:
         raise too_large("The request body", limits.max_body_bytes)
@@ -65,22 +66,7 @@ async def read_json(content_length: str | None, body: AsyncIterator[bytes], limi
         data += chunk
         if len(data) > limits.max_body_bytes:
             raise too_large("The request body", limits.max_body_bytes)
-    try:
-        parsed = json.loads(data, parse_constant=_not_json)
-    except (ValueError, RecursionError) as error:  # JSONDecodeError, bad UTF-8, a 5,000-digit number, deep nesting
-        raise invalid(None, f"The request body is not valid JSON: {_reason(error)}.", code="invalid_json") from None
+    parsed = parse_json(data, None, "The request body")
     if not isinstance(parsed, dict):
         raise invalid(None, "The JSON body must be an object of fields.", code="invalid_json")
     return parsed
-
-
-def _not_json(constant: str) -> NoReturn:
-    raise ValueError(f"{constant} is not a JSON value")
-
-
-def _reason(error: BaseException) -> str:
-    if isinstance(error, RecursionError):
-        return "it nests too deeply"
-    if isinstance(error, json.JSONDecodeError):
-        return f"{error.msg} at line {error.lineno}, column {error.colno}"
-    return str(error).split("\n")[0][:200]

@@ -12,10 +12,10 @@ exist is the server's to say.
 
 from __future__ import annotations
 
-import json
-import math
+import reprlib
 from typing import Any
 
+from imgedit.api.json_text import parse_json
 from imgedit.edit import LORA_NAME, LoraChoice
 from imgedit.errors import RequestError, invalid
 
@@ -38,11 +38,7 @@ def parse_lora(value: Any) -> tuple[LoraChoice, ...]:
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("{"):
-            try:
-                value = json.loads(text)
-            except ValueError:
-                raise _bad(f"{text[:40]!r} is not valid JSON") from None
-            return (_from_object(value),)
+            return (_from_object(parse_json(text, PARAM, "Invalid value for 'lora': the text")),)
         items: list[Any] = [item for item in text.split(",")]
     elif isinstance(value, dict):
         return (_from_object(value),)
@@ -91,7 +87,8 @@ def _first(item: dict[str, Any], keys: tuple[str, ...]) -> Any:
 
 def _name(name: Any) -> str:
     if not isinstance(name, str) or not LORA_NAME.fullmatch(name):
-        raise _bad(f"{name!r} is not an adapter name (letters, digits, '.', '_' and '-')")
+        # reprlib: a name may be any JSON value, a long string or a deep list among them.
+        raise _bad(f"{reprlib.repr(name)} is not an adapter name (letters, digits, '.', '_' and '-')")
     return name
 
 
@@ -103,7 +100,8 @@ def _scale(scale: Any) -> float:
             scale = float(scale)
         except ValueError:
             raise _bad(f"{scale!r} is not a number") from None
-    if not isinstance(scale, int | float) or not math.isfinite(scale) or abs(scale) > MAX_SCALE:
+    # One comparison refuses NaN and infinities too, and converts nothing (an integer may exceed a double).
+    if not isinstance(scale, int | float) or not abs(scale) <= MAX_SCALE:
         raise _bad(f"a scale is a number from {-MAX_SCALE:g} to {MAX_SCALE:g}")
     return float(scale)
 

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MAX_BOUNDARY_LENGTH, MultipartParser, parse_options_header
 
 from imgedit.api.errors import ApiError
 from imgedit.errors import invalid
@@ -160,22 +160,56 @@ async def read_multipart(
     if content_length is not None and content_length.isdigit() and int(content_length) > limits.max_body_bytes:
         raise too_large("The request body", limits.max_body_bytes)
 
+    if len(boundary) > MAX_BOUNDARY_LENGTH:
+        raise invalid(
+            None,
+            f"The multipart boundary is {len(boundary)} bytes long; at most {MAX_BOUNDARY_LENGTH} are accepted "
+            "(RFC 2046 allows 70).",
+            code="invalid_multipart",
+        )
     collector = _PartsCollector(limits=limits)
-    # python-multipart types its callbacks one by one; a dict of bound methods is what it takes.
-    parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]  # see above
     received = 0
+    preamble = _Preamble(b"--" + boundary)
     try:
+        # python-multipart types its callbacks one by one; a dict of bound methods is what it takes.
+        parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]  # see above
         async for chunk in paced(body, limits.idle_seconds, limits.total_seconds):
             received += len(chunk)
             if received > limits.max_body_bytes:
                 raise too_large("The request body", limits.max_body_bytes)
-            parser.write(chunk)
+            parser.write(preamble.past(chunk))
         parser.finalize()
     except FormParserError:
         raise invalid(None, "The multipart body is malformed.", code="invalid_multipart") from None
     if not collector.finished:
         raise invalid(None, "The multipart body ended before its closing boundary.", code="invalid_multipart")
     return Form(tuple(collector.parts))
+
+
+class _Preamble:
+    """Drops what comes before the first boundary (RFC 2046's preamble), whatever the chunks.
+
+    python-multipart skips a preamble or refuses the body depending on how the
+    body was split into chunks (a body it reads whole can fail one byte at a
+    time), so the parser is given the body from its first boundary on.
+    """
+
+    def __init__(self, delimiter: bytes) -> None:
+        self.delimiter = delimiter
+        self.seen = bytearray()
+        self.over = False
+
+    def past(self, chunk: bytes) -> bytes:
+        """The part of ``chunk`` after the preamble (all of it once the first boundary has come)."""
+        if self.over:
+            return chunk
+        self.seen += chunk
+        at = self.seen.find(self.delimiter)
+        if at < 0:
+            del self.seen[: -len(self.delimiter)]  # only a tail that may begin the boundary is kept
+            return b""
+        self.over = True
+        return bytes(self.seen[at:])
 
 
 async def paced(body: AsyncIterator[bytes], idle_seconds: float, total_seconds: float) -> AsyncIterator[bytes]:

@@ -152,12 +152,17 @@ def _in_range(field: Field, number: float) -> Any:
     low, high = field.low, field.high
     assert low is not None and high is not None, f"{field.name} declares its bounds"
     if not low <= number <= high:
-        if field.kind == "integer":
-            expected = f"{number}; expected an integer from {low} to {high}"
-        else:
-            expected = f"{number:g}; expected a number from {low:g} to {high:g}"
-        raise invalid(field.name, f"Invalid value for '{field.name}': {expected}.")
+        # Written back as the client sent it, cut short: a JSON integer may have hundreds of digits.
+        written = _shortened(str(number) if isinstance(number, int) else f"{number:g}")
+        expected = (
+            f"an integer from {low} to {high}" if field.kind == "integer" else f"a number from {low:g} to {high:g}"
+        )
+        raise invalid(field.name, f"Invalid value for '{field.name}': {written}; expected {expected}.")
     return number
+
+
+def _shortened(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _invalid_value(field: Field, written: object, expected: str) -> RequestError:

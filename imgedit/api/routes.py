@@ -9,7 +9,6 @@ own routes first, so the catch-all here only sees requests nothing else serves.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -19,8 +18,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from imgedit.api.errors import ApiError
+from imgedit.api.errors import ApiError, http_error
+from imgedit.api.json_text import parse_json
 from imgedit.api.responses import error_response
+from imgedit.errors import RequestError
 
 EDITS_PATH = "/images/edits"
 #: vLLM's LoRA endpoints, answered only with an admin key.
@@ -120,7 +121,8 @@ async def _admin_body(request: Request) -> dict[str, Any]:
     """The JSON object a LoRA endpoint was sent.
 
     Raises:
-        ApiError: 413 past :data:`MAX_ADMIN_BODY_BYTES`, 400 for anything but a JSON object.
+        ApiError: 413 past :data:`MAX_ADMIN_BODY_BYTES`, 400 for anything but a JSON object (naming a
+            field that holds what JSON text may not, as :func:`~imgedit.api.json_text.parse_json` says).
     """
     data = bytearray()
     async for chunk in request.stream():
@@ -128,9 +130,9 @@ async def _admin_body(request: Request) -> dict[str, Any]:
         if len(data) > MAX_ADMIN_BODY_BYTES:
             raise ApiError(413, f"The body exceeds {MAX_ADMIN_BODY_BYTES} bytes.", code="payload_too_large")
     try:
-        body = json.loads(data)
-    except ValueError:
-        body = None
+        body = parse_json(data, None, "The body")
+    except RequestError as error:
+        raise http_error(error) from None
     if not isinstance(body, dict):
         raise ApiError(400, 'Send a JSON object, e.g. {"lora_name": ..., "lora_path": ...}.', code="invalid_json")
     return body

@@ -201,11 +201,13 @@ def _http_url(url: str, base: httpx.URL | None = None) -> httpx.URL | None:
     try:
         parsed = base.join(url) if base is not None else httpx.URL(url)
         port = parsed.port
+        # raw_host encodes the host as ASCII, which an IPv6 zone id ("[fe80::1%é]") need not be.
+        host = parsed.raw_host
     except (httpx.InvalidURL, ValueError, TypeError, UnicodeError):
         return None
     if parsed.scheme not in ("http", "https") or not (port is None or 0 < port < 65536):
         return None
-    if not _HOST.fullmatch(parsed.raw_host):
+    if not _HOST.fullmatch(host):
         return None
     return parsed
 
@@ -280,7 +282,10 @@ class Fetcher:
             raise invalid(param, f"The data URL in '{param}' has no ',' before its data.", code="invalid_url")
         limit = self.policy.max_bytes
         if not header.lower().endswith(";base64"):
-            data = unquote_to_bytes(payload)
+            try:
+                data = unquote_to_bytes(payload)
+            except UnicodeEncodeError:  # a lone surrogate, which no URL can hold
+                raise invalid(param, f"The data URL in '{param}' is not valid text.", code="invalid_url") from None
         else:
             compact = "".join(payload.split()).replace("-", "+").replace("_", "/")
             try:

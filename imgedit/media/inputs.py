@@ -85,14 +85,13 @@ async def _fetch_all(sources: Sequence[ImageSource], fetcher: Fetcher) -> list[b
                 if source.url is not None:
                     group.start_soon(fetch, index, source)
     except ExceptionGroup as failures:
-        # The first failed fetch cancels the others; report it alone.
+        # The first failed fetch cancels the others; report it alone, a refusal before any fault of the
+        # server's, and never as a group (the handler answers a RequestError, not a group holding one).
         refusals = failures.subgroup(RequestError)
-        if refusals is None:
-            raise
-        raise _first_leaf(refusals) from None
+        raise _first_leaf(refusals if refusals is not None else failures) from None
     return payloads
 
 
-def _first_leaf(group: BaseExceptionGroup[RequestError]) -> RequestError:
+def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

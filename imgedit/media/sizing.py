@@ -75,8 +75,9 @@ def output_size(
     Args:
         requested: the parsed ``size`` field; None means ``auto``: an area of
             ``auto_pixels`` at the first input image's aspect ratio, or the first
-            input's own size when ``auto_pixels`` is None; either is scaled down
-            (aspect kept) when it is beyond the limits.
+            input's own size when ``auto_pixels`` is None; either is scaled up
+            until its shorter side reaches ``MIN_SIDE`` and down until it is
+            within the limits, the aspect kept (the limits win when both cannot hold).
         first_input: size of the first input image.
         multiple: the model's size multiple; both sides are rounded to it.
         limits: the same limits :func:`parse_size` enforced.
@@ -86,22 +87,33 @@ def output_size(
         A size whose sides are multiples of ``multiple``, at least ``MIN_SIDE``
         (rounded up to the multiple) and within ``limits``.
     """
+    smallest = math.ceil(MIN_SIDE / multiple) * multiple
     if requested is None:
         width, height = float(first_input.width), float(first_input.height)
         if auto_pixels is not None:
             to_area = math.sqrt(auto_pixels / first_input.pixels)
             width, height = width * to_area, height * to_area
-        scale = min(1.0, limits.max_side / max(width, height), math.sqrt(limits.max_pixels / (width * height)))
+        # Up to the smallest side first, both sides alike, so that a panorama keeps its aspect;
+        # then down within the limits, which win where the two cannot both hold.
+        scale = max(1.0, smallest / min(width, height))
+        scale = min(scale, limits.max_side / max(width, height), math.sqrt(limits.max_pixels / (width * height)))
         width, height = width * scale, height * scale
     else:
         width, height = float(requested.width), float(requested.height)
-    smallest = math.ceil(MIN_SIDE / multiple) * multiple
 
     def snap(side: float, rounding: str) -> int:
         steps = math.floor(side / multiple + (0.5 if rounding == "nearest" else 0.0))
         return max(smallest, steps * multiple)
 
     size = Size(snap(width, "nearest"), snap(height, "nearest"))
-    if size.pixels > limits.max_pixels or max(size.width, size.height) > limits.max_side:
+    if not _within(size, limits):
         size = Size(snap(width, "floor"), snap(height, "floor"))
+    if not _within(size, limits):  # the shorter side was raised to the smallest: the longer one gives way
+        shorter = min(size.width, size.height)
+        longer = max(smallest, min(limits.max_side, limits.max_pixels // shorter) // multiple * multiple)
+        size = Size(longer, shorter) if size.width >= size.height else Size(shorter, longer)
     return size
+
+
+def _within(size: Size, limits: SizeLimits) -> bool:
+    return size.pixels <= limits.max_pixels and max(size.width, size.height) <= limits.max_side

@@ -21,9 +21,11 @@ arguments; only the denoiser (the transformer) is split:
 diffusers 0.42 combines neither ring with Ulysses for prompts of any length
 (its "anything" modes need one of them alone) nor context with tensor
 parallelism, so one degree at most is above 1. On the CPU the ranks talk over
-gloo; diffusers then derives each rank's device from
-``rank % torch.accelerator.device_count()``, which is 0 without an
-accelerator, so :func:`enable_parallelism` makes that count 1 while it runs.
+gloo, which needs two shims, both installed by :func:`enable_parallelism`:
+diffusers derives each rank's device from ``rank % torch.accelerator.device_count()``,
+which is 0 without an accelerator, so that count is 1 while it runs; and
+gloo cannot gather slices of unequal sizes, which a degree that does not
+divide the sequence makes (3 ranks, 127 tokens), so they are padded to one size.
 """
 
 from __future__ import annotations
@@ -223,6 +225,8 @@ def enable_parallelism(pipeline: Pipeline, layout: RankLayout, device: torch.dev
         config = TensorParallelConfig(tp_degree=layout.tp)
     else:
         return
+    if device.type == "cpu":
+        _gather_unequal_slices_on_gloo()
     try:
         with _one_device_per_cpu_rank(device):
             model.enable_parallelism(config=config)
@@ -242,6 +246,41 @@ def _one_device_per_cpu_rank(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.accelerator.device_count = counted
+
+
+def _gather_unequal_slices_on_gloo() -> None:
+    """Let ``torch.distributed.all_gather`` take slices of different sizes on gloo, as it does on NCCL.
+
+    With ``ulysses_anything``, a sequence that the degree does not divide (3
+    ranks for 127 tokens) leaves the ranks with slices of 43, 42 and 42
+    tokens, which diffusers gathers with one ``all_gather`` into outputs of
+    those sizes. NCCL gathers unequal tensors (it falls back to broadcasts);
+    gloo refuses them ("invalid tensor size"). Here each slice is padded to
+    the largest, gathered, and cut back. Tensors of one size take the
+    original path; installing it twice does nothing.
+    """
+    import torch.distributed as dist
+
+    gather = dist.all_gather
+    if getattr(gather, "pads_unequal_slices", False):
+        return
+
+    def all_gather(
+        tensor_list: list[torch.Tensor], tensor: torch.Tensor, group: Any = None, async_op: Any = False
+    ) -> Any:
+        sizes = {output.numel() for output in tensor_list}
+        if async_op or len(sizes) <= 1 or dist.get_backend(group) != "gloo":
+            return gather(tensor_list, tensor, group=group, async_op=async_op)
+        padded = torch.zeros(max(sizes), dtype=tensor.dtype, device=tensor.device)
+        padded[: tensor.numel()] = tensor.reshape(-1)
+        slices = [torch.empty_like(padded) for _ in tensor_list]
+        gather(slices, padded, group=group)
+        for output, gathered in zip(tensor_list, slices, strict=True):
+            output.copy_(gathered[: output.numel()].view(output.shape))
+        return None
+
+    all_gather.pads_unequal_slices = True  # type: ignore[attr-defined]  # marks the wrapper, see above
+    dist.all_gather = all_gather
 
 
 def pretrained_components(

@@ -342,7 +342,9 @@ def _draining() -> ApiError:
         503,
         "The server is shutting down and takes no new edits; retry shortly.",
         code="server_shutting_down",
-        headers={"Retry-After": str(DRAINING_RETRY_SECONDS)},
+        # Closed after this answer, so that the client's next request opens a connection (to another replica)
+        # rather than reusing this one just as the server closes it.
+        headers={"Retry-After": str(DRAINING_RETRY_SECONDS), "Connection": "close"},
     )
 
 

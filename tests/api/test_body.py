@@ -80,3 +80,18 @@ async def test_other_content_types_are_a_400_naming_both(content_type):
     error = await error_of(b"prompt=p", content_type)
     assert (status_of(error), error.code) == (400, "invalid_content_type")
     assert "multipart/form-data or application/json" in error.message
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        # A lone surrogate reached the tokenizer and failed there with a 500.
+        (b'{"prompt": "red \\ud800 roses"}', "prompt"),
+        (b'{"prompt": "p", "images": [{"image_url": "data:image/png,\\udfff"}]}', "images"),
+        # An integer beyond a double made the error message itself fail.
+        (b'{"prompt": "p", "guidance_scale": 1' + b"0" * 400 + b"}", "guidance_scale"),
+    ],
+)
+async def test_json_a_model_cannot_take_is_a_400_naming_the_field(body, param):
+    error = await error_of(body, "application/json", limits=LARGE)
+    assert (status_of(error), error.param) == (400, param)

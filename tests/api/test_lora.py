@@ -9,6 +9,13 @@ from imgedit.edit import LoraChoice
 from tests.helpers import Refused, status_of
 
 
+def nested(depth: int) -> object:
+    value: object = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
@@ -40,6 +47,13 @@ def test_every_spelling(value, expected):
         "ink,ink:0.5",
         ",".join(f"a{index}" for index in range(9)),
         "{not json",
+        # JSON text nested past the parser's recursion limit, and a scale beyond a double: both were 500s.
+        '{"name": "ink", "x": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"name": "ink", "scale": 1' + "0" * 400 + "}",
+        [{"name": "ink", "scale": 10**400}],
+        "ink:1" + "0" * 400,
+        # A name nested deeper than repr() recurses (a direct caller's value; JSON readers stop at 64 levels).
+        {"name": nested(5000)},
         {"scale": 1},
         {"name": 5},
         {"name": "ink", "scale": True},
@@ -52,4 +66,4 @@ def test_bad_values_are_a_400_naming_lora(value):
     with pytest.raises(Refused) as caught:
         parse_lora(value)
     assert (status_of(caught.value), caught.value.param) == (400, "lora")
-    assert caught.value.message.startswith("Invalid value for 'lora'")
+    assert caught.value.message.startswith(("Invalid value for 'lora'", "Field 'lora'"))

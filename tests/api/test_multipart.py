@@ -12,6 +12,7 @@ from tests.helpers import Refused, multipart_body, status_of
 pytestmark = pytest.mark.anyio
 
 LIMITS = MultipartLimits(max_body_bytes=10_000, max_parts=5, part_bytes=lambda name: 4_000 if name == "image" else 100)
+LARGE = MultipartLimits(max_body_bytes=100_000, max_parts=5, part_bytes=lambda name: 100)
 
 
 async def _stream(body: bytes, chunk: int = 7):
@@ -100,6 +101,33 @@ async def test_garbage_body_is_400():
     with pytest.raises(Refused) as caught:
         await _read(b"this is not multipart at all", "multipart/form-data; boundary=abc")
     assert status_of(caught.value) == 400
+
+
+@pytest.mark.parametrize("length", [257, 5000])
+async def test_a_boundary_longer_than_the_parser_takes_is_400(length):
+    # python-multipart refuses it when the parser is made; that used to escape as a 500.
+    boundary = "b" * length
+    body = f'--{boundary}\r\nContent-Disposition: form-data; name="prompt"\r\n\r\np\r\n--{boundary}--\r\n'
+    with pytest.raises(Refused) as caught:
+        await _read(body.encode(), f"multipart/form-data; boundary={boundary}", limits=LARGE)
+    assert (status_of(caught.value), caught.value.code) == (400, "invalid_multipart")
+    assert f"{length} bytes long" in caught.value.message
+
+
+async def test_a_boundary_of_256_bytes_is_read():
+    boundary = "b" * 256
+    body = f'--{boundary}\r\nContent-Disposition: form-data; name="prompt"\r\n\r\np\r\n--{boundary}--\r\n'
+    form = await _read(body.encode(), f"multipart/form-data; boundary={boundary}", limits=LARGE)
+    assert form.named("prompt")[0].data == b"p"
+
+
+@pytest.mark.parametrize("preamble", [b"", b"\n", b"\r\n", b"\nx", b"junk before the form\r\n"])
+@pytest.mark.parametrize("chunk", [1, 2, 7, 4096])
+async def test_a_preamble_is_skipped_in_any_chunking(preamble, chunk):
+    # python-multipart read "\nx--b..." whole but refused it one byte at a time (found by the fuzzer).
+    body = preamble + b'--b0undary\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nx\r\n--b0undary--\r\n'
+    form = await read_multipart("multipart/form-data; boundary=b0undary", None, _stream(body, chunk), LIMITS)
+    assert [(part.name, part.data) for part in form.parts] == [("prompt", b"x")]
 
 
 async def test_part_without_a_name_is_400():

@@ -301,6 +301,10 @@ def test_json_nulls_empty_strings_and_unknown_keys_count_as_absent():
         ({"prompt": "p", "seed": 2**64}, "seed", 400),
         ({"prompt": "p", "guidance_scale": "high"}, "guidance_scale", 400),
         ({"prompt": "p", "guidance_scale": float("inf")}, "guidance_scale", 400),
+        # Integers beyond a double: the message used to format them as floats and fail with a 500.
+        ({"prompt": "p", "guidance_scale": 10**400}, "guidance_scale", 400),
+        ({"prompt": "p", "true_cfg_scale": -(10**300)}, "true_cfg_scale", 400),
+        ({"prompt": "p", "lora": [{"name": "ink", "scale": 10**400}]}, "lora", 400),
         ({"prompt": "p", "stream": "true"}, "stream", 400),
         ({"prompt": "p", "stream": 1}, "stream", 400),
         ({"prompt": "p", "quality": ["high"]}, "quality", 400),
@@ -336,3 +340,9 @@ def test_json_type_errors_say_what_was_expected():
     assert error.code == "unsupported_file_id" and "Files API" in error.message
     error = json_error({"prompt": "p", "images": [{"image_url": DATA_URL}], "output_format": "gif"})
     assert "png, jpeg, webp" in error.message
+
+
+def test_a_huge_number_is_written_back_cut_short():
+    error = json_error({"prompt": "p", "images": [{"image_url": DATA_URL}], "guidance_scale": 10**400})
+    written = "1000000000000000000000000000000000000..."
+    assert error.message == f"Invalid value for 'guidance_scale': {written}; expected a number from 0 to 20."

@@ -104,6 +104,13 @@ CASES = [
     # The body itself.
     Case("json body without images", 422, "image", "missing_required_parameter", raw=json_body(prompt="p")),
     Case("text body", 400, None, "invalid_content_type", raw=(b"prompt=p", "text/plain")),
+    Case(
+        "multipart boundary past the parser's limit",
+        400,
+        None,
+        "invalid_multipart",
+        raw=(b"--" + b"b" * 300 + b"--\r\n", "multipart/form-data; boundary=" + "b" * 300),
+    ),
     # JSON bodies.
     Case("malformed json", 400, None, "invalid_json", raw=(b'{"prompt": "p",', APPLICATION_JSON)),
     Case("json array", 400, None, "invalid_json", raw=(b'[{"prompt": "p"}]', APPLICATION_JSON)),
@@ -113,6 +120,40 @@ CASES = [
     Case("json huge number", 400, None, "invalid_json", raw=(b'{"seed": ' + b"7" * 5000 + b"}", APPLICATION_JSON)),
     Case("json bad utf-8", 400, None, "invalid_json", raw=(b'{"prompt": "\xff\xfe"}', APPLICATION_JSON)),
     Case("json n as text", 400, "n", "invalid_value", raw=json_body(prompt="p", images=JSON_IMAGE, n="2")),
+    # What a coverage-guided fuzzer found to end in a 500, one case per class.
+    Case(
+        "json number beyond a double",
+        400,
+        "guidance_scale",
+        raw=json_body(prompt="p", images=JSON_IMAGE, guidance_scale=10**400),
+    ),
+    Case(
+        "lora scale beyond a double",
+        400,
+        "lora",
+        raw=json_body(prompt="p", images=JSON_IMAGE, lora=[{"name": "ink", "scale": 10**400}]),
+    ),
+    Case(
+        "lora json text beyond a double",
+        400,
+        "lora",
+        parts=edit(("lora", '{"name": "ink", "scale": 1' + "0" * 400 + "}")),
+    ),
+    Case(
+        "lora json text nested deep",
+        400,
+        "lora",
+        "invalid_json",
+        parts=edit(("lora", '{"name":"ink","x":' + "[" * 1010 + "]" * 1010 + "}")),
+    ),
+    Case("json prompt lone surrogate", 400, "prompt", "invalid_text", raw=json_body(prompt="red \ud800 roses")),
+    Case(
+        "json data url lone surrogate",
+        400,
+        "images",
+        "invalid_text",
+        raw=json_body(prompt="p", images=[{"image_url": "data:image/png,\udfff"}]),
+    ),
     Case("json n as bool", 400, "n", "invalid_value", raw=json_body(prompt="p", images=JSON_IMAGE, n=True)),
     Case("json prompt number", 400, "prompt", "invalid_value", raw=json_body(prompt=5, images=JSON_IMAGE)),
     Case("json file id", 400, "images", "unsupported_file_id", raw=json_body(prompt="p", images=[{"file_id": "f"}])),

@@ -194,7 +194,7 @@ def test_metrics_after_traffic(slow_server):
     assert metric(text, "imgedit_images_total") >= 5
     assert metric(text, "imgedit_queue_wait_seconds_bucket", '{le="600.0"}') >= 5
     assert metric(text, "imgedit_run_seconds_bucket", '{le="600.0"}') >= 5
-    assert metric(text, "imgedit_step_seconds_count") >= 10
+    assert metric(text, "imgedit_step_seconds_count") >= 5  # a 2-step edit times its second step only
     assert metric(text, "imgedit_rejections_total", '{reason="out_of_memory"}') >= 1
     info = re.search(r"^imgedit_model_info\{(.*)\} 1\.0$", text, re.M)
     assert (

@@ -38,9 +38,9 @@ def test_one_file(client, tmp_path):
     with path.open("rb") as image:
         result = client.images.edit(image=image, prompt="make it night", model=MODEL)
     (output,) = images_of(result)
-    # size=auto: the tiny model's native 64x64 area at 3:2, with no side under 64.
-    assert output.format == "PNG" and output.size == (80, 64)
-    assert (result.output_format, result.size, result.background) == ("png", "80x64", "opaque")
+    # size=auto: the tiny model's native 64x64 area at 3:2, raised (still 3:2) until no side is under 64.
+    assert output.format == "PNG" and output.size == (96, 64)
+    assert (result.output_format, result.size, result.background) == ("png", "96x64", "opaque")
     assert result.quality == "high" and result.usage is not None and result.usage.total_tokens > 0
 
 

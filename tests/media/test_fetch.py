@@ -161,7 +161,15 @@ async def test_other_schemes_are_refused(url):
 
 
 @pytest.mark.parametrize(
-    "url", ["http://[::1/a.png", "http://example.com:99999/a.png", "http:///a.png", "https://", "http://exa mple.com/"]
+    "url",
+    [
+        "http://[::1/a.png",
+        "http://example.com:99999/a.png",
+        "http:///a.png",
+        "https://",
+        "http://exa mple.com/",
+        "http://[fe80::1%\u00e9]/x.png",  # a zone id that is no ASCII: found by the fuzzer as a 500
+    ],
 )
 async def test_malformed_urls_are_400(url):
     calls: list[str] = []
@@ -262,7 +270,16 @@ async def test_data_urls_are_decoded(encode):
     assert await Fetcher(FetchPolicy()).read(encode(PNG), "url[0]") == PNG
 
 
-@pytest.mark.parametrize("url", ["data:image/png;base64,!!!not base64!!!", "data:image/png;base64"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "data:image/png;base64,!!!not base64!!!",
+        "data:image/png;base64",
+        # A lone surrogate (a JSON body can write one): percent-decoding it used to fail with a 500.
+        "data:image/png,abc\ud800",
+        "data:image/png;base64,iVBO\udfff",
+    ],
+)
 async def test_bad_data_urls_are_400(url):
     assert (await error_of(Fetcher(FetchPolicy()), url)).code == "invalid_url"
 

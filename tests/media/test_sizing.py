@@ -40,7 +40,7 @@ def test_parse_size_rejects(text):
         (Size(1000, 750), Size(10, 10), 16, Size(1008, 752)),
         (Size(100, 70), Size(10, 10), 16, Size(96, 64)),
         (None, Size(1000, 750), 16, Size(1008, 752)),
-        (None, Size(80, 60), 8, Size(80, 64)),
+        (None, Size(80, 60), 8, Size(88, 64)),  # raised to the smallest side at 4:3, not 80x64
         (None, Size(10, 10), 16, Size(64, 64)),
         (None, Size(4000, 3000), 16, Size(2352, 1760)),
         (None, Size(8000, 100), 16, Size(4096, 64)),
@@ -127,3 +127,45 @@ def test_auto_native_sizes_are_multiples_within_limits_near_the_area(width, heig
     assert size.width % multiple == 0 and size.height % multiple == 0
     assert size.width >= MIN_SIDE and size.height >= MIN_SIDE
     assert max(size.width, size.height) <= PROPERTY_LIMITS.max_side and size.pixels <= PROPERTY_LIMITS.max_pixels
+
+
+@pytest.mark.parametrize(
+    ("first_input", "area", "expected"),
+    [
+        (Size(300, 100), 64 * 64, Size(192, 64)),  # 3:1 on a tiny model: was 112x64, each side raised alone
+        (Size(100, 300), 64 * 64, Size(64, 192)),
+        (Size(6000, 1000), 1024 * 1024, Size(2048, 336)),  # a panorama keeps 6:1 within max_side
+        (Size(120, 40), None, Size(192, 64)),  # and so does an input's own size
+    ],
+)
+def test_auto_raises_both_sides_when_the_smallest_side_binds(first_input, area, expected):
+    assert output_size(None, first_input, 16, SizeLimits(max_side=2048, max_pixels=2048 * 2048), area) == expected
+
+
+def test_auto_gives_up_the_aspect_only_where_the_limits_force_it():
+    # 40:1 cannot hold both a 64-pixel short side and a 1024-pixel long side: the limits win.
+    assert output_size(None, Size(4000, 100), 16, SizeLimits(max_side=1024, max_pixels=2**20), 64 * 64) == Size(
+        1024, 64
+    )
+
+
+@given(width=sides, height=sides, multiple=multiples, area=st.integers(min_value=64 * 64, max_value=2048 * 2048))
+def test_auto_keeps_the_aspect_to_within_rounding_wherever_the_limits_allow(width, height, multiple, area):
+    size = output_size(None, Size(width, height), multiple, PROPERTY_LIMITS, area)
+    smallest = -(-MIN_SIDE // multiple) * multiple
+    if max(width, height) / min(width, height) * smallest > PROPERTY_LIMITS.max_side - multiple:
+        return  # the limits cannot hold this aspect at the smallest side
+    aspect, made = width / height, size.width / size.height
+    assert abs(made - aspect) / aspect <= multiple / size.width + multiple / size.height + 1e-9
+
+
+@pytest.mark.parametrize(
+    ("first_input", "multiple", "limits", "area", "expected"),
+    [
+        # The shorter side raised to 64 left the longer one past max_pixels (found by the fuzzer).
+        (Size(4096, 16), 16, SizeLimits(max_side=16384, max_pixels=262144), 1048576, Size(4096, 64)),
+        (Size(1, 2), 1, SizeLimits(max_side=14697, max_pixels=4096), 5066281, Size(64, 64)),
+    ],
+)
+def test_the_longer_side_gives_way_when_the_shorter_one_is_raised(first_input, multiple, limits, area, expected):
+    assert output_size(None, first_input, multiple, limits, area) == expected

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import bentoml
+import psutil
 import pytest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.testclient import TestClient
 
 from imgedit.api.responses import ImagesResponse
-from imgedit.serving.bentoml_seam import FAILURE_FILE_VARIABLE, RawRequestInput, raw_request_input, worker_index
+from imgedit.serving.bentoml_seam import (
+    FAILURE_FILE_VARIABLE,
+    METRICS_FOLDER_PREFIX,
+    SERVER_PID_VARIABLE,
+    RawRequestInput,
+    _remove_abandoned_metrics_folders,
+    raw_request_input,
+    worker_index,
+)
 
 SCHEMA = {"type": "object", "title": "SeamForm", "properties": {"word": {"type": "string", "maxLength": 9}}}
 JSON_SCHEMA = {"type": "object", "title": "SeamJson", "properties": {"count": {"type": "integer", "maximum": 3}}}
@@ -97,3 +111,87 @@ pathlib.Path(os.environ["{FAILURE_FILE_VARIABLE}"]).write_text("worker failed")
         timeout=60,
     )
     assert (failed.returncode, clean.returncode) == (1, 0), failed.stderr
+
+
+def test_bentoml_keeps_the_metrics_in_the_folder_the_server_made_which_goes_when_it_exits(tmp_path):
+    script = """
+from bentoml.serving import ensure_prometheus_dir
+from imgedit.serving.bentoml_seam import own_metrics_folder
+print(own_metrics_folder())
+print(ensure_prometheus_dir())
+"""
+    environment = {**os.environ, "TMPDIR": str(tmp_path), "BENTOML_HOME": str(tmp_path / "home")}
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    made, used = ran.stdout.split()
+    assert made == used and Path(made).parent.parent == tmp_path
+    assert not Path(made).parent.exists()
+    assert not (tmp_path / "home" / "prometheus_multiproc_dir").exists()  # BentoML's shared one is left alone
+
+
+def test_a_new_server_removes_the_metrics_folders_of_servers_gone_and_only_those(tmp_path):
+    def folder(name: str, lock: str | None) -> Path:
+        home = tmp_path / f"{METRICS_FOLDER_PREFIX}{name}"
+        (home / "prometheus").mkdir(parents=True)
+        if lock is not None:
+            (home / "lock").write_text(lock)
+        return home
+
+    gone, live, being_made, foreign = (
+        folder("gone", "41\n"),
+        folder("live", "42\n"),
+        folder("new", ""),  # locked by its server but not yet written
+        folder("x", None),  # no lock file: not a server's (or not this user's)
+    )
+    with (live / "lock").open() as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        _remove_abandoned_metrics_folders(tmp_path)
+    assert not gone.exists()
+    assert live.exists() and being_made.exists() and foreign.exists()
+
+
+def test_a_worker_whose_server_is_killed_kills_its_process_group(tmp_path):
+    """The guard that does not rely on the kernel's parent-death signal: the thread that follows the server."""
+    pids = tmp_path / "pids"
+    worker = f"""
+import os, pathlib, subprocess, threading, time
+from imgedit.serving.bentoml_seam import SERVER_PID_VARIABLE, follow_server
+rank = subprocess.Popen(["sleep", "600"])
+threading.Thread(target=follow_server, args=(int(os.environ[SERVER_PID_VARIABLE]), 0.1), daemon=True).start()
+pathlib.Path({str(pids)!r}).write_text(f"{{os.getpid()}} {{rank.pid}}")
+time.sleep(600)
+"""
+    server = f"""
+import os, subprocess, sys, time
+os.environ[{SERVER_PID_VARIABLE!r}] = str(os.getpid())
+subprocess.Popen([sys.executable, "-c", {worker!r}], start_new_session=True)  # as circus starts a worker
+time.sleep(600)
+"""
+    process = subprocess.Popen([sys.executable, "-c", server], start_new_session=True)
+    followers: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not pids.exists() or len(pids.read_text().split()) < 2:
+            assert time.monotonic() < deadline and process.poll() is None, "the worker did not start"
+            time.sleep(0.05)
+        followers = [psutil.Process(int(pid)) for pid in pids.read_text().split()]
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 20
+        while not all(_ended(follower) for follower in followers):
+            assert time.monotonic() < deadline, "the worker or its rank outlived the server"
+            time.sleep(0.05)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for follower in followers:
+            with contextlib.suppress(psutil.Error):
+                follower.kill()
+
+
+def _ended(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

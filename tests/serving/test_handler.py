@@ -111,7 +111,7 @@ async def test_size_is_rounded_to_the_model_multiple_and_reported(handler):
 
 async def test_auto_size_is_the_native_area_at_the_first_images_aspect(handler):
     _, body = await call(handler, ("image", gradient_png(96, 64)), ("image", gradient_png(64, 128)), ("prompt", "p"))
-    assert body["size"] == "80x64"  # 4096 px at 3:2 is 78x52: 80 wide, and no side under 64
+    assert body["size"] == "96x64"  # 4096 px at 3:2 is 78x52; raised to a 64-pixel short side, 3:2 is 96x64
 
 
 async def test_auto_size_follows_the_first_image_when_the_operator_says_so(tiny_model, engine):
@@ -270,6 +270,7 @@ async def test_draining_is_a_503(tiny_model):
         engine.close()
     assert response.status_code == 503
     assert body["error"]["code"] == "server_shutting_down" and response.headers["retry-after"]
+    assert response.headers["connection"] == "close"  # not reused as the server closes it
 
 
 async def test_out_of_memory_is_a_503_with_retry_after(handler, monkeypatch):
