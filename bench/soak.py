@@ -153,21 +153,35 @@ class Soak:
                 )
 
     def lora_operator(self) -> None:
+        """Load ``light``, edit with it twice, unload it; over and over.
+
+        A command cut short by a kill leaves the client not knowing whether it
+        took effect (the workers agree, through the command log, but the client
+        was not told), so the next step is an unload that may find it loaded
+        (200) or not (404), as a careful operator would do.
+        """
         headers = {"Authorization": f"Bearer {ADMIN}"}
         load = {"lora_name": "light", "lora_path": str(self.server.tmp_dir.parent / "loras" / "light")}
         with httpx.Client(base_url=self.server.url, timeout=120, headers=headers) as http:
             outcomes = [""]
             while all(self._going(outcome) for outcome in outcomes):
+                if outcomes[-1] == "killed":
+                    outcomes = [self._one("lora unload", lambda: self._unload(http), also_ok=404)]
+                    continue
                 outcomes = [self._one("lora load", lambda: http.post("/v1/load_lora_adapter", json=load))]
-                outcomes += [self._one("lora edit", lambda: self._post(http, lora="light")) for _ in range(2)]
-                outcomes.append(self._one("lora unload", lambda: http.post("/v1/unload_lora_adapter", json=UNLOAD)))
+                if outcomes[0] == "ok":
+                    outcomes += [self._one("lora edit", lambda: self._post(http, lora="light")) for _ in range(2)]
+                    outcomes.append(self._one("lora unload", lambda: self._unload(http)))
+
+    def _unload(self, http: httpx.Client) -> httpx.Response:
+        return http.post("/v1/unload_lora_adapter", json=UNLOAD)
 
     def _going(self, outcome: str) -> bool:
         """Whether a client goes on after ``outcome``: until the server drains (or the soak is stopped)."""
         return outcome != "draining" and not self.stop_clients.is_set()
 
-    def _one(self, client: str, send: Callable[[], httpx.Response]) -> str:
-        """Send one request and record its outcome, which it returns."""
+    def _one(self, client: str, send: Callable[[], httpx.Response], also_ok: int | None = None) -> str:
+        """Send one request and record its outcome, which it returns; ``also_ok`` is a status as good as 200."""
         started = time.monotonic()
         try:
             response: httpx.Response | None = send()
@@ -175,6 +189,8 @@ class Soak:
         except httpx.HTTPError as failure:
             response, error = None, failure
         outcome = classify(self.ledger, started, response, error)
+        if response is not None and response.status_code == also_ok:
+            outcome = "ok"
         if outcome == "lost" and response is not None and self._lora_command_met_a_kill(response, started):
             outcome = "killed"
         detail = f"{response.status_code} {response.text[:160]}" if response is not None else repr(error)

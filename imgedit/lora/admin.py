@@ -86,6 +86,7 @@ class LoraAdmin:
             raise invalid("lora_path", "'lora_path' must name a file or directory under IMGEDIT_LORA_DIR.")
         if isinstance(scale, bool) or not isinstance(scale, int | float):
             raise invalid("scale", "'scale' must be a number.")
+        await self.sync.caught_up()  # so that what this worker holds is what every worker will hold
         if self.registry.has(name):
             raise invalid("lora_name", f"An adapter named {name!r} is already loaded.", code="lora_exists")
         if self.registry.refusal:
@@ -110,6 +111,7 @@ class LoraAdmin:
             NotFound: no such LoRA is loaded.
             PartlyApplied: not every worker unloaded it.
         """
+        await self.sync.caught_up()
         if not isinstance(name, str) or not self.registry.has(name):
             raise NotFound(f"No LoRA adapter {name!r} is loaded.", param="lora_name", code="lora_not_found")
         command = Command("unload", name)

@@ -90,6 +90,8 @@ class LoraSync:
         self.timeout = timeout
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: How far into the log this worker has applied, in bytes.
+        self._applied = 0
 
     @classmethod
     def from_environment(cls, apply: Apply, worker: int) -> LoraSync:
@@ -104,12 +106,27 @@ class LoraSync:
             return
         (self.directory / "acks").mkdir(parents=True, exist_ok=True)
         (self.directory / LOG).touch()
-        offset = self._catch_up(0)
+        offset = self._applied = self._catch_up(0)
         self._thread = threading.Thread(target=self._follow, args=(offset,), name="imgedit-lora-sync", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
         self._stop.set()
+
+    async def caught_up(self) -> None:
+        """Return once this worker has applied every command the log holds now.
+
+        A worker applies commands between two runs, so it may lag the log; what
+        it says of its LoRAs (loaded or not) holds for the log only once it has
+        caught up. A command cut short by a killed worker, say, can be in the
+        log and not yet applied here.
+        """
+        if self.directory is None or self._thread is None:
+            return
+        written = (self.directory / LOG).stat().st_size
+        deadline = time.monotonic() + self.timeout
+        while self._applied < written and time.monotonic() < deadline:
+            await anyio.sleep(POLL_SECONDS)
 
     async def submit(self, command: Command) -> dict[int, str]:
         """Have every worker apply ``command``; return each worker's outcome (``"ok"`` or why not).
@@ -150,7 +167,7 @@ class LoraSync:
     def _follow(self, offset: int) -> None:
         while not self._stop.wait(POLL_SECONDS):
             try:
-                offset = self._catch_up(offset)
+                offset = self._applied = self._catch_up(offset)
             except Exception:  # a broken line must not stop the worker from following
                 log.exception("cannot follow the LoRA command log")
 

@@ -120,3 +120,29 @@ async def test_without_a_directory_commands_apply_at_once():
     sync.start()
     assert await sync.submit(Command("load", "ink", "ink.safetensors")) == {0: OK}
     assert model.names == ["ink"]
+
+
+async def test_a_worker_answers_for_its_loras_only_once_it_has_caught_up_with_the_log(tmp_path):
+    # A command whose worker was killed before answering is in the log, and another worker may not have
+    # applied it yet (it applies commands between runs): its load and unload checks must wait for it.
+    model, gate = Worker(), threading.Event()
+
+    def apply_when_let(command: Command) -> None:
+        gate.wait(timeout=60)
+        model.apply(command)
+
+    sync = LoraSync(apply_when_let, 0, 1, tmp_path)
+    sync.start()
+    try:
+        sync._append(Command("load", "ink", "ink.safetensors"))  # as a killed worker left it: never answered
+
+        async def let_it_apply() -> None:
+            gate.set()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(let_it_apply)
+            await sync.caught_up()
+            assert model.names == ["ink"]
+    finally:
+        gate.set()
+        sync.close()
