@@ -28,6 +28,7 @@ import collections
 import json
 import math
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -48,6 +49,8 @@ MODEL = "tiny:qwen-image-edit-plus"
 ADMIN = "sk-soak-admin"
 OUTCOMES = ("ok", "busy", "refused", "draining", "killed", "hung up", "lost")
 UNLOAD = {"lora_name": "light"}
+#: The longest wait for the server to exit after SIGTERM: its drain grace, and then some.
+EXIT_SECONDS = 300
 EDIT = {"prompt": "make it night", "size": "64x64", "num_inference_steps": "2"}
 
 
@@ -61,6 +64,7 @@ class Ledger:
     kills: list[list[float]] = field(default_factory=list)
     samples: list[tuple[int, float, int]] = field(default_factory=list)
     sigterm_at: float | None = None
+    exit_seconds: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, client: str, outcome: str, detail: str = "") -> None:
@@ -276,7 +280,7 @@ def sampler(server: Server, ledger: Ledger, every: int, stop_sampling: threading
         next_at = done + every
 
 
-def run(minutes: float, kill_every: float, seed: int, sample_every: int) -> tuple[Ledger, int]:
+def run(minutes: float, kill_every: float, seed: int, sample_every: int) -> tuple[Ledger, int | None]:
     """Soak a fresh server for ``minutes``; returns the ledger and the server's exit status."""
     tmp = Path(tempfile.mkdtemp(prefix="imgedit-soak-"))
     pipeline = build_tiny(MODEL).pipeline
@@ -313,7 +317,11 @@ def run(minutes: float, kill_every: float, seed: int, sample_every: int) -> tupl
         helpers[0].join()
         ledger.sigterm_at = time.monotonic()
         server.process.send_signal(signal.SIGTERM)  # to `bentoml serve` alone: it stops its workers itself
-        status = server.process.wait(timeout=120)
+        try:
+            status: int | None = server.process.wait(timeout=EXIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            status = None  # reported as such; `stop` below ends it
+        ledger.exit_seconds = time.monotonic() - ledger.sigterm_at
         stop_clients.set()
         for thread in clients + helpers:
             thread.join()
@@ -324,16 +332,21 @@ def run(minutes: float, kill_every: float, seed: int, sample_every: int) -> tupl
     return ledger, status
 
 
-def results(ledger: Ledger, minutes: float, kill_every: float, status: int) -> str:
+def results(ledger: Ledger, minutes: float, kill_every: float, status: int | None) -> str:
     clients = sorted({client for client, _ in ledger.outcomes})
     rows = [[client, *(ledger.outcomes[client, outcome] for outcome in OUTCOMES)] for client in clients]
     rows.append(["all", *(sum(ledger.outcomes[client, outcome] for client in clients) for outcome in OUTCOMES)])
     first = ledger.samples[0] if ledger.samples else (0, 0.0, 0)
     samples = [[done, f"{rss:.0f}", f"{rss - first[1]:+.0f}", files] for done, rss, files in ledger.samples]
     lost = "\n".join(f"- {line}" for line in ledger.lost[:20]) or "none"
+    ending = (
+        f"the server exited with status {status} {ledger.exit_seconds:.0f} s after it"
+        if status is not None
+        else f"the server had not exited {EXIT_SECONDS} s after it"
+    )
     return (
         f"{minutes:g} minutes, two workers, a worker SIGKILLed every {kill_every:g} s "
-        f"({len(ledger.kills)} kills), SIGTERM at the end: the server exited with status {status}.\n\n"
+        f"({len(ledger.kills)} kills), SIGTERM at the end: {ending}.\n\n"
         + table(["client", *OUTCOMES], rows)
         + "\n\nThe server's processes (``bentoml serve`` and its workers) as the requests went by:\n\n"
         + table(["requests", "RSS MiB", "since the first", "open files"], samples)
@@ -361,6 +374,7 @@ def main() -> None:
         counts = {f"{client}/{outcome}": count for (client, outcome), count in ledger.outcomes.items()}
         summary = {
             "status": status,
+            "exit_seconds": ledger.exit_seconds,
             "kills": len(ledger.kills),
             "lost": ledger.lost,
             "counts": counts,
