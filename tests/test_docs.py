@@ -113,7 +113,12 @@ def test_the_scaling_query_shown_is_the_one_deployed():
 
 
 def test_every_benchmark_shown_is_run_by_the_smoke_tests():
-    runners = ("tests/integration/test_bench_smoke.py", "tests/test_bench_gpu_qwen.py", "tests/deploy/test_routing.py")
+    runners = (
+        "tests/integration/test_bench_smoke.py",
+        "tests/test_bench_gpu_qwen.py",
+        "tests/deploy/test_routing.py",
+        "tests/integration/test_soak.py",
+    )
     smoke = "".join((ROOT / runner).read_text() for runner in runners)
     for code in blocks_of("benchmark"):
         module = re.search(r"bench\.(\w+)", code)
