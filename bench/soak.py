@@ -5,8 +5,9 @@ with the registered LoRA ``ink``), streamed edits with a preview, clients
 that hang up mid-edit, a seeded stream of mutated requests
 (:mod:`devtools.mutations`), and an operator who loads the LoRA ``light``,
 edits with it and unloads it again, over and over. Every ``--kill-every``
-seconds one worker is SIGKILLed (BentoML starts another). At the end the
-server gets SIGTERM while the clients go on, and must drain and exit 0.
+seconds one worker is SIGKILLed (BentoML starts another), none in the last
+half interval. At the end the server gets SIGTERM while the clients go on,
+and must drain and exit 0.
 
 Every request is accounted for; anything outside these outcomes is *lost*:
 
@@ -221,27 +222,13 @@ class Soak:
         return answer
 
 
-def server_processes(server: Server) -> list[psutil.Process]:
-    """``bentoml serve`` and every process under it (workers, rank processes)."""
-    root = psutil.Process(server.process.pid)
-    return [root, *root.children(recursive=True)]
+def killer(server: Server, ledger: Ledger, every: float, last_before: float, stop_killing: threading.Event) -> None:
+    """SIGKILL one worker every ``every`` seconds, once two run, until ``time.monotonic()`` reaches ``last_before``.
 
-
-def workers(server: Server) -> list[psutil.Process]:
-    found = []
-    for child in server_processes(server)[1:]:
-        try:
-            if "worker" in " ".join(child.cmdline()):
-                found.append(child)
-        except psutil.Error:  # gone, or a zombie not yet reaped: a killed worker
-            continue
-    return found
-
-
-def killer(server: Server, ledger: Ledger, every: float, stop_killing: threading.Event) -> None:
-    """SIGKILL one worker every ``every`` seconds, once two run; a kill lasts until its worker's place is taken."""
-    while not stop_killing.wait(every):
-        alive = workers(server)
+    A kill lasts until its worker's place is taken.
+    """
+    while not stop_killing.wait(every) and time.monotonic() < last_before:
+        alive = server.workers()
         if len(alive) < 2:
             continue
         victim = min(alive, key=lambda process: process.create_time())
@@ -249,7 +236,7 @@ def killer(server: Server, ledger: Ledger, every: float, stop_killing: threading
         with ledger.lock:  # marked before the signal, so that no request it drops is judged before it is
             ledger.kills.append(kill)
         victim.send_signal(signal.SIGKILL)
-        while len(workers(server)) < 2 or _alive(victim):
+        while len(server.workers()) < 2 or _alive(victim):
             time.sleep(0.2)
         with ledger.lock:
             kill[1] = time.monotonic() + 2.0
@@ -270,7 +257,7 @@ def sampler(server: Server, ledger: Ledger, every: int, stop_sampling: threading
         if done < next_at:
             continue
         rss, files = 0.0, 0
-        for process in server_processes(server):
+        for process in server.processes():
             try:
                 rss += process.memory_info().rss / 2**20
                 files += process.num_fds()
@@ -306,7 +293,11 @@ def run(minutes: float, kill_every: float, seed: int, sample_every: int) -> tupl
         threading.Thread(target=soak.lora_operator),
     ]
     helpers = [
-        threading.Thread(target=killer, args=(server, ledger, kill_every, stop_helpers)),
+        # No kill in the last half interval: the SIGTERM finds both workers serving, whatever the timing.
+        threading.Thread(
+            target=killer,
+            args=(server, ledger, kill_every, time.monotonic() + minutes * 60 - kill_every / 2, stop_helpers),
+        ),
         threading.Thread(target=sampler, args=(server, ledger, sample_every, stop_helpers)),
     ]
     try:

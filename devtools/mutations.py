@@ -14,6 +14,7 @@ import base64
 import io
 import json
 import random
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -105,7 +106,7 @@ def valid_multipart(seed: int, steps: int = 2) -> FuzzRequest:
     """A valid multipart edit with ``steps`` denoising steps (the tiny models make it quick)."""
     fields = {"prompt": "make it night", "num_inference_steps": str(steps), "seed": str(seed)}
     parts = [(name, value.encode(), None) for name, value in fields.items()]
-    body, content_type = _multipart([*parts, ("image", small_png(seed), "in.png")], f"imgedit-fuzz-{seed}")
+    body, content_type = multipart_body([*parts, ("image", small_png(seed), "in.png")], f"imgedit-fuzz-{seed}")
     return FuzzRequest(body, content_type, ())
 
 
@@ -199,10 +200,15 @@ def _as_json(fields: dict[str, object], request: FuzzRequest, mutation: str) -> 
     return FuzzRequest(body, request.content_type, (*request.mutations, mutation))
 
 
-def _multipart(parts: list[tuple[str, bytes, str | None]], boundary: str) -> tuple[bytes, str]:
+def multipart_body(parts: list[tuple[str, bytes, str | None]], boundary: str | None = None) -> tuple[bytes, str]:
+    """Encode ``(name, data, filename)`` parts by hand; returns the body and its Content-Type.
+
+    ``boundary`` defaults to a random one.
+    """
+    boundary = boundary or uuid.uuid4().hex
     chunks = []
     for name, data, filename in parts:
-        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
         chunks.append(f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n")
     chunks.append(f"--{boundary}--\r\n".encode())
     return b"".join(chunks), f"multipart/form-data; boundary={boundary}"

@@ -40,13 +40,25 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def processes(self) -> list[psutil.Process]:
+        """``bentoml serve`` and every process under it (its workers and their ranks)."""
+        root = psutil.Process(self.process.pid)
+        return [root, *root.children(recursive=True)]
+
+    def workers(self) -> list[psutil.Process]:
+        """The live worker processes: those that hold the model and run the edits (not a killed one not yet reaped)."""
+        found = []
+        for child in self.processes()[1:]:
+            try:
+                if "worker" in " ".join(child.cmdline()):
+                    found.append(child)
+            except psutil.Error:  # gone, or a zombie not yet reaped
+                continue
+        return found
+
     def worker(self) -> psutil.Process:
-        """The worker process: the one that holds the model and runs the edits."""
-        workers = [
-            child
-            for child in psutil.Process(self.process.pid).children(recursive=True)
-            if "worker" in " ".join(child.cmdline())
-        ]
+        """The one worker process of a server with one worker."""
+        workers = self.workers()
         if len(workers) != 1:
             raise RuntimeError(f"expected one worker process, found {workers}")
         return workers[0]

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import io
 import struct
-import uuid
 import zlib
 
 import anyio
+import httpx
 from PIL import Image
 from starlette.requests import Request
 from starlette.types import Message
 
+from devtools.mutations import multipart_body
 from imgedit.api.errors import ApiError, http_error
 from imgedit.api.multipart import Form, Part
 from imgedit.errors import RequestError
@@ -61,15 +62,18 @@ def form(*parts: tuple[str, str | bytes] | Part) -> Form:
     return Form(tuple(built))
 
 
-def multipart_body(parts: list[tuple[str, bytes, str | None]], boundary: str | None = None) -> tuple[bytes, str]:
-    """Encode ``(name, data, filename)`` parts by hand; returns the body and its Content-Type."""
-    boundary = boundary or uuid.uuid4().hex
-    chunks = []
-    for name, data, filename in parts:
-        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
-        chunks.append(f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n")
-    chunks.append(f"--{boundary}--\r\n".encode())
-    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+def small_edit(url: str, headers: dict[str, str] | None = None, **fields: str) -> httpx.Response:
+    """POST a 64x64, two-step edit of :func:`gradient_png` to the server at ``url``, on a new connection.
+
+    ``fields`` are added to (or replace) the form's ``prompt``, ``size`` and ``num_inference_steps``.
+    """
+    return httpx.post(
+        f"{url}/v1/images/edits",
+        files=[("image", gradient_png(64, 64))],
+        data={"prompt": "p", "size": "64x64", "num_inference_steps": "2", **fields},
+        headers=headers,
+        timeout=300,
+    )
 
 
 def decode(data: bytes) -> Image.Image:

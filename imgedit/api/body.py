@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from imgedit.api.errors import ApiError
 from imgedit.api.json_text import parse_json
-from imgedit.api.multipart import Form, MultipartLimits, paced, read_multipart, too_large
+from imgedit.api.multipart import Form, MultipartLimits, paced, read_multipart, refuse_declared_excess, too_large
 from imgedit.errors import invalid
 
 MULTIPART = "multipart/form-data"
@@ -59,8 +59,7 @@ async def read_json(content_length: str | None, body: AsyncIterator[bytes], limi
         RequestError: 400 for malformed JSON, JSON that is not an object, and
             what :func:`~imgedit.api.json_text.parse_json` refuses (naming the field).
     """
-    if content_length is not None and content_length.isdigit() and int(content_length) > limits.max_body_bytes:
-        raise too_large("The request body", limits.max_body_bytes)
+    refuse_declared_excess(content_length, limits.max_body_bytes)
     data = bytearray()
     async for chunk in paced(body, limits.idle_seconds, limits.total_seconds):
         data += chunk

@@ -75,3 +75,19 @@ def internal_error() -> ApiError:
         code="server_error",
         headers={"x-should-retry": "false"},
     )
+
+
+#: Seconds a client is told to wait (``Retry-After``) before retrying a request refused while the server drains.
+SHUTTING_DOWN_RETRY_SECONDS = 5
+
+
+def shutting_down(message: str) -> ApiError:
+    """The 503 for a request the server refuses, or stops waiting for, while it drains for shutdown."""
+    return ApiError(
+        503,
+        message,
+        code="server_shutting_down",
+        # Closed after this answer, so that the client's next request opens a connection (to another replica)
+        # rather than reusing this one just as the server closes it.
+        headers={"Retry-After": str(SHUTTING_DOWN_RETRY_SECONDS), "Connection": "close"},
+    )

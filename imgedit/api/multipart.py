@@ -66,6 +66,20 @@ def too_large(what: str, limit: int, param: str | None = None) -> ApiError:
     return ApiError(413, f"{what} exceeds the limit of {limit} bytes.", param=param, code="payload_too_large")
 
 
+def refuse_declared_excess(content_length: str | None, limit: int) -> None:
+    """Refuse at once a body whose ``Content-Length`` declares more than ``limit`` bytes.
+
+    Only a plain ASCII number declares a length (``str.isdigit`` also takes
+    digits such as ``'²'`` that ``int`` refuses); with anything else the body is
+    measured as it arrives.
+
+    Raises:
+        ApiError: 413.
+    """
+    if content_length and content_length.isascii() and content_length.isdigit() and int(content_length) > limit:
+        raise too_large("The request body", limit)
+
+
 @dataclass(kw_only=True)
 class _PartsCollector:
     limits: MultipartLimits
@@ -157,8 +171,7 @@ async def read_multipart(
     boundary = options.get(b"boundary")
     if not boundary:
         raise invalid(None, "The multipart Content-Type has no boundary.", code="invalid_multipart")
-    if content_length is not None and content_length.isdigit() and int(content_length) > limits.max_body_bytes:
-        raise too_large("The request body", limits.max_body_bytes)
+    refuse_declared_excess(content_length, limits.max_body_bytes)
 
     if len(boundary) > MAX_BOUNDARY_LENGTH:
         raise invalid(

@@ -48,6 +48,14 @@ POLL_SECONDS = 0.1
 OK = "ok"
 
 
+class ShuttingDown(Exception):
+    """This worker drains for shutdown: it takes no new command and stops waiting for the others.
+
+    The other workers stop too, and a stopped worker acknowledges nothing, so
+    waiting on could hold the shutdown for the whole ``timeout``.
+    """
+
+
 @dataclass(frozen=True)
 class Command:
     """One load or unload, as the log keeps it: a load reads ``path`` under ``IMGEDIT_LORA_DIR``."""
@@ -89,6 +97,7 @@ class LoraSync:
         self.directory = directory
         self.timeout = timeout
         self._stop = threading.Event()
+        self._shutting_down = threading.Event()
         self._thread: threading.Thread | None = None
         #: How far into the log this worker has applied, in bytes.
         self._applied = 0
@@ -113,6 +122,13 @@ class LoraSync:
     def close(self) -> None:
         self._stop.set()
 
+    def stop_waiting(self) -> None:
+        """From now on, :meth:`submit` and :meth:`caught_up` raise :class:`ShuttingDown`, and those waiting stop.
+
+        Safe to call from a signal handler. This worker goes on applying what the log holds.
+        """
+        self._shutting_down.set()
+
     async def caught_up(self) -> None:
         """Return once this worker has applied every command the log holds now.
 
@@ -120,19 +136,29 @@ class LoraSync:
         it says of its LoRAs (loaded or not) holds for the log only once it has
         caught up. A command cut short by a killed worker, say, can be in the
         log and not yet applied here.
+
+        Raises:
+            ShuttingDown: this worker drains for shutdown.
         """
+        self._refuse_when_shutting_down()
         if self.directory is None or self._thread is None:
             return
         written = (self.directory / LOG).stat().st_size
         deadline = time.monotonic() + self.timeout
         while self._applied < written and time.monotonic() < deadline:
             await anyio.sleep(POLL_SECONDS)
+            self._refuse_when_shutting_down()
 
     async def submit(self, command: Command) -> dict[int, str]:
         """Have every worker apply ``command``; return each worker's outcome (``"ok"`` or why not).
 
         Workers that did not answer within ``timeout`` are missing from the result.
+
+        Raises:
+            ShuttingDown: this worker drains for shutdown, before the command went into the log or while it
+                waited for the workers (which may or may not have applied it).
         """
+        self._refuse_when_shutting_down()
         if self.directory is None:
             return {self.worker: await anyio.to_thread.run_sync(self._outcome, command)}
         sequence = await anyio.to_thread.run_sync(self._append, command)
@@ -142,6 +168,11 @@ class LoraSync:
             if len(outcomes) == self.workers or time.monotonic() > deadline:
                 return outcomes
             await anyio.sleep(POLL_SECONDS)
+            self._refuse_when_shutting_down()
+
+    def _refuse_when_shutting_down(self) -> None:
+        if self._shutting_down.is_set():
+            raise ShuttingDown("this worker is shutting down")
 
     # -- the log ----------------------------------------------------------------------------
 

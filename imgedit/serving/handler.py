@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from imgedit.api.body import read_body
-from imgedit.api.errors import ApiError, http_error, internal_error
+from imgedit.api.errors import ApiError, http_error, internal_error, shutting_down
 from imgedit.api.parse import EditRequest, RequestLimits, parse_edit_request
 from imgedit.api.responses import (
     SEEDS_HEADER,
@@ -48,6 +48,7 @@ from imgedit.logs import add_to_access_line, get_logger
 from imgedit.lora.admin import LoraAdmin, PartlyApplied
 from imgedit.lora.registry import LoraRegistry, UnknownLora
 from imgedit.lora.sources import LoraError
+from imgedit.lora.sync import ShuttingDown
 from imgedit.media.encode import EncodeOptions, encode_image, resolve_background
 from imgedit.media.fetch import Fetcher
 from imgedit.media.inputs import Inputs, load_inputs
@@ -64,8 +65,6 @@ log = get_logger(__name__)
 
 #: Seconds a client is asked to wait after the device ran out of memory.
 OUT_OF_MEMORY_RETRY_SECONDS = 10
-#: Seconds a client is asked to wait while the server shuts down (another replica may answer).
-DRAINING_RETRY_SECONDS = 5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -203,6 +202,7 @@ class EditHandler:
 
         Raises:
             RequestError: naming ``lora`` for a LoRA that is not loaded or cannot be.
+            ApiError: 503 when a path would be loaded while the server shuts down.
         """
         choices = list(request.lora)
         if request.model is not None and self.loras.has(request.model):
@@ -217,6 +217,8 @@ class EditHandler:
                         raise invalid("lora", error.message, code=error.code) from None
                     except PartlyApplied as error:
                         raise invalid("lora", str(error), code="lora_partly_applied") from None
+                    except ShuttingDown:
+                        raise _draining() from None
                 choices[index] = LoraChoice(name, choice.scale)
         try:
             return self.loras.selection([(choice.name, choice.scale) for choice in choices if choice.name])
@@ -338,14 +340,7 @@ def _name_of(path: str) -> str:
 
 
 def _draining() -> ApiError:
-    return ApiError(
-        503,
-        "The server is shutting down and takes no new edits; retry shortly.",
-        code="server_shutting_down",
-        # Closed after this answer, so that the client's next request opens a connection (to another replica)
-        # rather than reusing this one just as the server closes it.
-        headers={"Retry-After": str(DRAINING_RETRY_SECONDS), "Connection": "close"},
-    )
+    return shutting_down("The server is shutting down and takes no new edits; retry shortly.")
 
 
 async def _encode(prepared: _Prepared, images: Sequence[Image.Image]) -> list[bytes]:

@@ -19,10 +19,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from imgedit import metrics
-from imgedit.api.errors import ApiError, http_error
+from imgedit.api.errors import ApiError, http_error, shutting_down
 from imgedit.api.routes import ModelCard
 from imgedit.errors import RequestError
 from imgedit.lora.admin import LoraAdmin, PartlyApplied
+from imgedit.lora.sync import ShuttingDown
 from imgedit.scheduling.engine import Engine
 from imgedit.serving.handler import EditHandler
 from imgedit.serving.recipe import PreparedModel
@@ -69,7 +70,8 @@ class Worker:
         """``POST /v1/load_lora_adapter`` on every worker.
 
         Raises:
-            ApiError: 400 for a bad request, 500 or 504 when only some workers loaded it.
+            ApiError: 400 for a bad request, 500 or 504 when only some workers loaded it, 503 while the server
+                shuts down.
         """
         with _answered_as_api_errors():
             return await self.lora_admin.load(name, path, scale)
@@ -78,13 +80,25 @@ class Worker:
         """``POST /v1/unload_lora_adapter`` on every worker.
 
         Raises:
-            ApiError: 404 when no such LoRA is loaded, 500 or 504 when only some workers unloaded it.
+            ApiError: 404 when no such LoRA is loaded, 500 or 504 when only some workers unloaded it, 503 while
+                the server shuts down.
         """
         with _answered_as_api_errors():
             return await self.lora_admin.unload(name)
 
+    def drain(self, grace: float) -> None:
+        """Admit no new edit or LoRA command; give running edits ``grace`` seconds, then stop them.
+
+        A LoRA command in progress stops waiting for the other workers (they
+        are stopping too) and is answered 503 at once, so it never holds the
+        shutdown.
+        """
+        if not self.engine.draining:
+            self.engine.drain(grace)
+        self.lora_admin.sync.stop_waiting()
+
     def drain_on_signals(self, grace: float) -> None:
-        """On SIGTERM or SIGINT, stop admitting and give running edits ``grace`` seconds, then stop them.
+        """On SIGTERM or SIGINT, :meth:`drain` with ``grace``.
 
         The server's own handler still runs afterwards: it stops accepting
         connections and waits for the requests in progress.
@@ -94,8 +108,7 @@ class Worker:
             previous = signal.getsignal(signum)
 
             def on_signal(number: int, frame: FrameType | None) -> None:
-                if not self.engine.draining:
-                    self.engine.drain(grace)
+                self.drain(grace)
                 if callable(previous):
                     previous(number, frame)
 
@@ -117,6 +130,11 @@ def _answered_as_api_errors() -> Iterator[None]:
         yield
     except RequestError as error:
         raise http_error(error) from None
+    except ShuttingDown:
+        raise shutting_down(
+            "The server is shutting down and takes no new LoRA commands; a command already sent may have reached "
+            "only some workers. Retry once it is back."
+        ) from None
     except PartlyApplied as error:
         raise ApiError(504 if error.timed_out else 500, str(error), code="lora_partly_applied") from None
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from imgedit.api.body import read_body
+from imgedit.api.body import read_body, read_json
 from imgedit.api.errors import ApiError
-from imgedit.api.multipart import Form
+from imgedit.api.multipart import Form, read_multipart
 from imgedit.config import Settings
 from imgedit.errors import RequestError
 from imgedit.serving.options import multipart_limits
@@ -73,6 +73,19 @@ async def test_an_oversized_json_body_is_a_413_declared_or_streamed():
     declared = await error_of(body, "application/json")
     streamed = await error_of(body, "application/json", chunk_bytes=512, declare_length=False)
     assert (declared.status, streamed.status) == (413, 413)
+
+
+@pytest.mark.parametrize("declared", ["6\u00b94", "\u0663", "1e3", "-1", " 12", ""])
+async def test_a_content_length_that_is_no_plain_number_declares_nothing(declared):
+    # str.isdigit takes '\u00b9' and Arabic-Indic digits, which int() refuses; such a length must not fail the read.
+    async def chunks(data: bytes):
+        yield data
+
+    body = json.dumps({"prompt": "p"}).encode()
+    assert await read_json(declared, chunks(body), LIMITS) == {"prompt": "p"}
+    form, content_type = multipart_body([("prompt", b"p", None)])
+    read = await read_multipart(content_type, declared, chunks(form), LIMITS)
+    assert read.named("prompt")[0].data == b"p"
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", ""])

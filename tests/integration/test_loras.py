@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -11,7 +15,7 @@ import pytest
 from devtools.lora_files import write_lora
 from devtools.server import start_server, stop
 from imgedit.model.tiny import build_tiny
-from tests.helpers import gradient_png
+from tests.helpers import small_edit
 
 pytestmark = pytest.mark.integration
 
@@ -60,14 +64,7 @@ def post(server, path: str, key: str, **body) -> httpx.Response:
 
 
 def edit(server, **fields: str) -> httpx.Response:
-    # A new connection each time, so that the requests spread over both workers.
-    return httpx.post(
-        f"{server.url}/v1/images/edits",
-        files=[("image", gradient_png(64, 64))],
-        data={"prompt": "p", "seed": "3", "size": "64x64", "num_inference_steps": "2", **fields},
-        headers={"Authorization": f"Bearer {USER}"},
-        timeout=300,
-    )
+    return small_edit(server.url, headers={"Authorization": f"Bearer {USER}"}, seed="3", **fields)
 
 
 def model_ids(server) -> list[str]:
@@ -116,3 +113,31 @@ def test_load_reaches_both_workers_and_unload_refuses_it_everywhere(lora_server)
 def test_without_an_admin_key_the_endpoints_do_not_exist(server):
     answer = httpx.post(f"{server.url}/v1/load_lora_adapter", json={"lora_name": "a", "lora_path": "a"}, timeout=60)
     assert (answer.status_code, answer.json()["error"]["code"]) == (404, "not_found")
+
+
+def test_sigterm_answers_a_lora_command_still_waiting_and_the_server_exits(tmp_path):
+    # The command waits for the engine, held at a step by a gated edit; the SIGTERM must not wait for it
+    # (nor, with several workers, for workers that are stopping and will never acknowledge it).
+    gate, loras = tmp_path / "gate", tmp_path / "loras"
+    write_lora(build_tiny("tiny:qwen-image-edit-plus").pipeline, loras / "ink", seed=1)
+    server = start_server(
+        tmp_path, hooks=True, TEST_STEP_GATE=str(gate), IMGEDIT_LORA_DIR=str(loras), IMGEDIT_ADMIN_KEY=ADMIN
+    )
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            held = pool.submit(small_edit, server.url, prompt="gated")
+            while not Path(f"{gate}.reached").exists():
+                time.sleep(0.02)
+            load = pool.submit(post, server, "/load_lora_adapter", ADMIN, lora_name="ink", lora_path="ink")
+            while not any(log.stat().st_size for log in server.tmp_dir.glob("imgedit-lora-*/commands.jsonl")):
+                time.sleep(0.02)
+            server.process.send_signal(signal.SIGTERM)
+            answer = load.result(timeout=60)  # before the gate opens: the engine is still held
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"]["code"] == "server_shutting_down" and answer.headers["retry-after"]
+            gate.touch()
+            assert held.result(timeout=60).status_code == 200
+        assert server.process.wait(timeout=60) == 0
+    finally:
+        gate.touch()
+        stop(server.process)

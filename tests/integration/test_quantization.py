@@ -11,7 +11,7 @@ import torch
 from devtools.server import start_server, stop
 from imgedit.model.tiny import build_tiny
 from imgedit.weights.memory import component_bytes, footprint
-from tests.helpers import gradient_png
+from tests.helpers import small_edit
 from tests.integration.test_startup import run_until_exit
 
 pytestmark = pytest.mark.integration
@@ -27,12 +27,7 @@ def test_a_saved_pipeline_is_served_with_int8_weights_and_their_bytes_are_export
     }
     server = start_server(tmp_path, IMGEDIT_MODEL=str(saved), IMGEDIT_QUANTIZE="int8")
     try:
-        response = httpx.post(
-            f"{server.url}/v1/images/edits",
-            files=[("image", gradient_png(64, 64))],
-            data={"prompt": "p", "size": "64x64", "num_inference_steps": "2"},
-            timeout=120,
-        )
+        response = small_edit(server.url)
         assert response.status_code == 200, response.text
         metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
         exported = {

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from imgedit.lora.sources import LoraError
-from imgedit.lora.sync import OK, Command, LoraSync
+from imgedit.lora.sync import OK, Command, LoraSync, ShuttingDown
 
 pytestmark = pytest.mark.anyio
 
@@ -143,6 +143,45 @@ async def test_a_worker_answers_for_its_loras_only_once_it_has_caught_up_with_th
             group.start_soon(let_it_apply)
             await sync.caught_up()
             assert model.names == ["ink"]
+    finally:
+        gate.set()
+        sync.close()
+
+
+async def test_a_worker_shutting_down_stops_waiting_for_the_others_and_takes_no_new_command(tmp_path):
+    # Worker 1 never acknowledges, as a worker that has stopped: without stop_waiting, submit waits the whole timeout.
+    _, syncs = workers(tmp_path, 2)
+    syncs[0].start()
+    try:
+        async with anyio.create_task_group() as tasks:
+
+            async def stop_once_in_the_log() -> None:
+                while not (tmp_path / "commands.jsonl").read_text():
+                    await anyio.sleep(0.01)
+                syncs[0].stop_waiting()
+
+            tasks.start_soon(stop_once_in_the_log)
+            with pytest.raises(ShuttingDown):
+                await syncs[0].submit(Command("load", "ink", "ink.safetensors"))
+        with pytest.raises(ShuttingDown):
+            await syncs[0].submit(Command("load", "light", "light.safetensors"))
+        with pytest.raises(ShuttingDown):
+            await syncs[0].caught_up()
+        assert len((tmp_path / "commands.jsonl").read_text().splitlines()) == 1  # the refused one never went in
+    finally:
+        syncs[0].close()
+
+
+async def test_a_worker_shutting_down_stops_waiting_to_catch_up(tmp_path):
+    gate = threading.Event()
+    sync = LoraSync(lambda command: gate.wait(timeout=60), 0, 1, tmp_path)
+    sync.start()
+    try:
+        sync._append(Command("load", "ink", "ink.safetensors"))  # applied only once the gate opens
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(anyio.to_thread.run_sync, sync.stop_waiting)
+            with pytest.raises(ShuttingDown):
+                await sync.caught_up()
     finally:
         gate.set()
         sync.close()
