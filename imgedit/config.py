@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     """FirstBlockCache: higher skips more steps (faster, lower fidelity)."""
     cache_interval: int = Field(5, ge=1, le=50)
     """TaylorSeer: steps predicted between full computations."""
+    cfg_until: float = Field(1.0, gt=0, le=1)
+    """The fraction of each edit's steps that run classifier-free guidance (`round(fraction x steps)`, from the
+    first); later steps run the conditional branch alone, one denoiser call instead of two. 1 guides every step.
+    Families that call the denoiser once per branch (Qwen, Kontext, FLUX.2-klein); others refuse a value below 1."""
 
     # Weights (see Quantization and memory).
     quantize: Literal["none", "int8", "fp8", "nf4"] = "none"

@@ -33,6 +33,10 @@ run_time = Histogram(
 )
 step_time = Histogram("imgedit_step_seconds", "Seconds per denoising step.", buckets=STEP_BUCKETS)
 images = Counter("imgedit_images", "Images produced.")
+denoiser_calls = Counter(
+    "imgedit_denoiser_calls",
+    "Forward calls of the denoiser (transformer or UNet) that edits ran, once per call however many ranks ran it.",
+)
 rejections = Counter("imgedit_rejections", "Requests refused, by reason.", ["reason"])
 cancellations = Counter("imgedit_cancellations", "Runs stopped or dropped before finishing, by reason.", ["reason"])
 parallel_degree = Gauge(

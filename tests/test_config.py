@@ -32,6 +32,8 @@ def test_defaults_serve_qwen_image_edit_2511():
         ("IMGEDIT_URL_ALLOW_PRIVATE", "perhaps", "IMGEDIT_URL_ALLOW_PRIVATE: Input should be a valid boolean"),
         ("IMGEDIT_DEVICE", "tpu", "IMGEDIT_DEVICE: Input should be 'auto', 'cuda' or 'cpu'"),
         ("imgedit_log_level", "loud", "IMGEDIT_LOG_LEVEL: Input should be"),
+        ("IMGEDIT_CFG_UNTIL", "0", "IMGEDIT_CFG_UNTIL: Input should be greater than 0"),
+        ("IMGEDIT_CFG_UNTIL", "1.5", "IMGEDIT_CFG_UNTIL: Input should be less than or equal to 1"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_variable(monkeypatch, variable, value, expected):

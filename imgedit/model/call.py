@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from imgedit.media.sizing import Size
+from imgedit.model.guidance import denoiser_seam
 from imgedit.model.pipeline import Pipeline
 
 #: Called after every denoising step with the step index (from 0), the number
@@ -33,43 +34,48 @@ class RunCancelled(Exception):
     """The run was dropped or stopped because nobody waits for its result any more."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PipelineCall:
     """One ``pipeline(**kwargs)`` call, returning ``num_images`` images of ``generated_size``.
 
     ``generated_size`` is what the pipeline really makes; it differs from the
     request's size only for pipelines that choose their own size (the output is
-    then resized to the requested one).
+    then resized to the requested one). ``cfg_until`` is the fraction of the
+    steps that run classifier-free guidance (see :mod:`imgedit.model.guidance`).
     """
 
     pipeline: Pipeline
     kwargs: dict[str, Any]
     num_images: int
     generated_size: Size
+    cfg_until: float = 1.0
 
     def invoke(self, on_step: StepHook | None = None) -> list[Image.Image]:
         """Run the call, wiring ``on_step`` into whichever step callback the pipeline has."""
         kwargs = dict(self.kwargs)
-        if on_step is not None:
-            parameters = call_parameters(type(self.pipeline))
+        parameters = call_parameters(type(self.pipeline))
+        with denoiser_seam(self.pipeline, self.cfg_until, self._total_steps) as step_ended:
             if "callback_on_step_end" in parameters:
 
                 def on_step_end(
                     pipeline: Pipeline, step: int, timestep: Any, tensors: dict[str, Any]
                 ) -> dict[str, Any]:
-                    on_step(step, self._total_steps(), tensors["latents"])
+                    step_ended(step)
+                    if on_step is not None:
+                        on_step(step, self._total_steps(), tensors["latents"])
                     return tensors
 
                 kwargs["callback_on_step_end"] = on_step_end
-            elif "callback" in parameters and "callback_steps" in parameters:  # the pre-0.22 callback style
+            elif on_step is not None and "callback" in parameters and "callback_steps" in parameters:
+                # The pre-0.22 callback style; these pipelines batch guidance into one call, which the seam leaves be.
 
                 def legacy(step: int, timestep: Any, latents: torch.Tensor) -> None:
                     on_step(step, self._total_steps(), latents)
 
                 kwargs["callback"] = legacy
                 kwargs["callback_steps"] = 1
-        with torch.inference_mode():
-            return list(self.pipeline(**kwargs).images)
+            with torch.inference_mode():
+                return list(self.pipeline(**kwargs).images)
 
     def _total_steps(self) -> int:
         """Steps this call runs: the pipeline's own count once it started (strength shortens it)."""

@@ -12,6 +12,7 @@ fused by the handler: the same seed always gives the same bytes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable, Sequence
 
 from PIL import Image
@@ -44,7 +45,7 @@ def fusion_key(call: PipelineCall) -> Hashable | None:
             parts.append((name, value))
         else:
             return None
-    return (id(call.pipeline), call.generated_size, tuple(parts))
+    return (id(call.pipeline), call.generated_size, call.cfg_until, tuple(parts))
 
 
 def fuse(calls: Sequence[PipelineCall]) -> PipelineCall:
@@ -56,4 +57,4 @@ def fuse(calls: Sequence[PipelineCall]) -> PipelineCall:
             values = [call.kwargs[name] for call in calls]
             # Each call has one generator list of one; the batch wants one list.
             kwargs[name] = [item for value in values for item in value] if name == "generator" else values
-    return PipelineCall(first.pipeline, kwargs, len(calls), first.generated_size)
+    return dataclasses.replace(first, kwargs=kwargs, num_images=len(calls))

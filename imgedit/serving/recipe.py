@@ -17,7 +17,7 @@ from typing import Any
 from imgedit.config import Settings
 from imgedit.errors import StartupError
 from imgedit.model.acceleration import AccelerationOptions, OptionError, apply_options
-from imgedit.model.families import Family, UnsupportedPipeline, family_class_for
+from imgedit.model.families import Family, GuidanceError, UnsupportedPipeline, family_class_for
 from imgedit.model.spec import Defaults
 from imgedit.ranks.plans import ParallelError, check_model, enable_parallelism
 from imgedit.serving.options import acceleration_options, default_overrides, load_options
@@ -36,6 +36,7 @@ class ModelRecipe:
         family: ``IMGEDIT_FAMILY``, a forced family; None picks it from the pipeline class.
         overrides: the operator's ``IMGEDIT_DEFAULT_*`` overrides of the family's defaults.
         max_images: ``IMGEDIT_MAX_IMAGES``; None keeps the family's default.
+        cfg_until: ``IMGEDIT_CFG_UNTIL``, the fraction of the steps that run guidance.
     """
 
     load: LoadOptions
@@ -43,6 +44,7 @@ class ModelRecipe:
     family: str | None = None
     overrides: Defaults = field(default_factory=Defaults)
     max_images: int | None = None
+    cfg_until: float = 1.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelRecipe:
@@ -52,6 +54,7 @@ class ModelRecipe:
             family=settings.family,
             overrides=default_overrides(settings),
             max_images=settings.max_images,
+            cfg_until=settings.cfg_until,
         )
 
 
@@ -92,9 +95,15 @@ def prepare_model(recipe: ModelRecipe, slot: int, loaded_everywhere: Callable[[]
     overrides = dataclasses.replace(recipe.overrides, steps=recipe.overrides.steps or loaded.default_steps)
     try:
         family = family_class(
-            loaded.pipeline, overrides=overrides, max_images=recipe.max_images, native_pixels=loaded.native_pixels
+            loaded.pipeline,
+            overrides=overrides,
+            max_images=recipe.max_images,
+            native_pixels=loaded.native_pixels,
+            cfg_until=recipe.cfg_until,
         )
-    except ValueError as error:  # the only setting a family can refuse
+    except GuidanceError as error:
+        raise StartupError(f"IMGEDIT_CFG_UNTIL={recipe.cfg_until:g}: {error}") from None
+    except ValueError as error:  # the other setting a family can refuse
         raise StartupError(f"IMGEDIT_MAX_IMAGES: {error}") from None
     return PreparedModel(loaded=loaded, family=family, options=tuple(options))
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from imgedit import metrics
 from imgedit.config import Settings
 from imgedit.errors import StartupError, one_line
 from imgedit.logs import get_logger
@@ -26,6 +27,7 @@ from imgedit.media.fetch import Fetcher
 from imgedit.model.acceleration import OptionError, check_options
 from imgedit.model.devices import DeviceError, pick_device, visible_gpus
 from imgedit.model.families import family_names
+from imgedit.model.guidance import observe_denoiser_calls
 from imgedit.ranks.group import RankGroup, RankSetup, RankStartupError, claim_gpus
 from imgedit.ranks.plans import ParallelError, RankLayout, check_layout
 from imgedit.scheduling.capacity import replica_concurrency
@@ -210,6 +212,7 @@ def _serve(
         raise StartupError(
             f"IMGEDIT_FAMILY: {settings.family!r} cannot run {type(loaded.pipeline).__name__}: {one_line(error)}"
         ) from None
+    observe_denoiser_calls(metrics.denoiser_calls.inc)  # from here on, the edits' calls (not the warm-up's)
     log.info(
         "serving %s as %r (%s, family %s, %s on %s%s) after %.1f s",
         loaded.model_id,

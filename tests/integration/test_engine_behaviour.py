@@ -192,6 +192,7 @@ def test_metrics_after_traffic(slow_server):
     for name in ("imgedit_queue_depth", "imgedit_runs_in_flight", "imgedit_images_total"):
         assert metric(text, name) >= 0
     assert metric(text, "imgedit_images_total") >= 5
+    assert metric(text, "imgedit_denoiser_calls_total") >= 5 * 2 * 2  # 2 steps, each guided: 2 calls
     assert metric(text, "imgedit_queue_wait_seconds_bucket", '{le="600.0"}') >= 5
     assert metric(text, "imgedit_run_seconds_bucket", '{le="600.0"}') >= 5
     assert metric(text, "imgedit_step_seconds_count") >= 5  # a 2-step edit times its second step only

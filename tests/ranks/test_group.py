@@ -8,6 +8,7 @@ and prompts the hooks know, never with sleeps.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import threading
@@ -153,7 +154,13 @@ def test_a_call_crosses_to_another_rank_whole(tiny_model):
     (generator,), (sent,) = call.kwargs["generator"], rebuilt.kwargs["generator"]
     assert torch.equal(generator.get_state(), sent.get_state())
     with pytest.raises(ValueError, match="no rank can rebuild"):
-        pack(CallMessage(PipelineCall(tiny_model.pipeline, {}, 1, Size(64, 64)), "req-2"), roles)
+        pack(
+            CallMessage(
+                PipelineCall(pipeline=tiny_model.pipeline, kwargs={}, num_images=1, generated_size=Size(64, 64)),
+                "req-2",
+            ),
+            roles,
+        )
 
 
 @pytest.mark.parametrize("model", ["tiny:qwen-image-edit", "tiny:flux-kontext", "tiny:flux2", "tiny:flux2-klein"])
@@ -226,11 +233,23 @@ class TestOneGroup:
         assert largest_difference(group.invoke(calls(family)[0]), reference) <= TOLERANCE
         assert fatal == []
 
+    def test_guidance_kept_to_the_first_steps_skips_the_same_calls_on_every_rank(self, qwen):
+        # 3 steps at 0.5: guidance for round(1.5) = 2 of them. A rank that skipped a call the other ran would wait
+        # in a collective (or a checkpoint) until the rank timeout.
+        group, family, fatal = qwen.group, qwen.family, qwen.fatal.messages
+        truncated = dataclasses.replace(calls(family)[0], cfg_until=0.5)
+        alone = dataclasses.replace(calls(one_rank("tiny:qwen-image-edit-plus"))[0], cfg_until=0.5)
+        assert largest_difference(group.invoke(truncated), alone.invoke()) <= TOLERANCE
+        assert fatal == []
+
     def test_a_failure_on_every_rank_is_rank_0s_own_error(self, qwen, reference):
         group, family, fatal = qwen.group, qwen.family, qwen.fatal.messages
         call = calls(family)[0]
         broken = PipelineCall(
-            call.pipeline, {**call.kwargs, "no_such_argument": 1}, call.num_images, call.generated_size
+            pipeline=call.pipeline,
+            kwargs={**call.kwargs, "no_such_argument": 1},
+            num_images=call.num_images,
+            generated_size=call.generated_size,
         )
         with pytest.raises(TypeError, match="no_such_argument"):
             group.invoke(broken)

@@ -99,11 +99,11 @@ class GatePipeline:
         return SimpleNamespace(images=[Image.new("RGB", (8, 8))])
 
     def calls(self) -> list[PipelineCall]:
-        return [PipelineCall(self, {}, 1, Size(8, 8))]
+        return [PipelineCall(pipeline=self, kwargs={}, num_images=1, generated_size=Size(8, 8))]
 
 
 def calls(name: str, **kwargs) -> list[PipelineCall]:
-    return [PipelineCall(PIPELINE, {"name": name, **kwargs}, 1, Size(8, 8))]
+    return [PipelineCall(pipeline=PIPELINE, kwargs={"name": name, **kwargs}, num_images=1, generated_size=Size(8, 8))]
 
 
 def far() -> float:
@@ -203,7 +203,7 @@ async def test_every_call_runs_on_the_engine_thread_start_up_ones_too():
         threads.append(threading.current_thread().name)
         return SimpleNamespace(images=[Image.new("RGB", (8, 8))])
 
-    call = [PipelineCall(pipeline, {}, 1, Size(8, 8))]
+    call = [PipelineCall(pipeline=pipeline, kwargs={}, num_images=1, generated_size=Size(8, 8))]
     engine = Engine()
     try:
         assert len(engine.run_now(call)) == 1  # from a thread with no event loop, as at start-up
@@ -328,10 +328,26 @@ async def test_out_of_memory_fails_only_its_request():
     pipeline = RunsOutOfMemory()
     engine = Engine()
     try:
-        failing = [PipelineCall(pipeline, {"name": "big", "fail": True}, 1, Size(8, 8))]
+        failing = [
+            PipelineCall(
+                pipeline=pipeline, kwargs={"name": "big", "fail": True}, num_images=1, generated_size=Size(8, 8)
+            )
+        ]
         with pytest.raises(OutOfMemory):
             await engine.run(failing, far())
-        assert len(await engine.run([PipelineCall(pipeline, {"name": "small"}, 1, Size(8, 8))], far())) == 1
+        assert (
+            len(
+                await engine.run(
+                    [
+                        PipelineCall(
+                            pipeline=pipeline, kwargs={"name": "small"}, num_images=1, generated_size=Size(8, 8)
+                        )
+                    ],
+                    far(),
+                )
+            )
+            == 1
+        )
     finally:
         engine.close()
 
@@ -557,7 +573,7 @@ async def test_only_calls_with_the_same_loras_fuse_and_each_run_gets_its_loras(m
     ink = (("ink", 1.0),)
     try:
         blocker = engine.submit(gate.calls())
-        call = PipelineCall(batchable, {"prompt": "p"}, 1, Size(8, 8))
+        call = PipelineCall(pipeline=batchable, kwargs={"prompt": "p"}, num_images=1, generated_size=Size(8, 8))
         jobs = [engine.submit([call], loras=loras) for loras in (ink, (), ink, ())]
         gate.release.set()
         await engine.result(blocker, far())

@@ -7,6 +7,7 @@ import torch
 
 from imgedit.config import Settings
 from imgedit.errors import StartupError
+from imgedit.serving.recipe import ModelRecipe, prepare_model
 from imgedit.serving.startup import check_settings, worker_count
 
 
@@ -57,3 +58,18 @@ def test_one_worker_per_gpu_by_default(monkeypatch):
     assert worker_count(Settings()) == 4
     assert worker_count(Settings(device_map="balanced")) == 1
     assert worker_count(Settings(device="cpu")) == 1
+
+
+@pytest.mark.parametrize(
+    ("model", "says"),
+    [
+        ("tiny:instruct-pix2pix", "instruct-pix2pix runs classifier-free guidance in one batched denoiser call"),
+        ("tiny:flux2", "flux2 runs no classifier-free guidance"),
+    ],
+)
+def test_guidance_that_cannot_stop_part_way_refuses_a_fraction_at_start_up(model, says):
+    settings = Settings(model=model, device="cpu", cfg_until=0.5)
+    with pytest.raises(StartupError, match=f"^IMGEDIT_CFG_UNTIL=0.5: {says}") as caught:
+        prepare_model(ModelRecipe.from_settings(settings), 0)
+    assert "\n" not in str(caught.value)
+    assert prepare_model(ModelRecipe.from_settings(settings.model_copy(update={"cfg_until": 1.0})), 0).family

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imgedit.model.families.base import Family
+from imgedit.model.families.base import Family, GuidanceError
 from imgedit.model.families.flux2 import Flux2Family, Flux2KleinFamily
 from imgedit.model.families.flux_kontext import FluxKontextFamily
 from imgedit.model.families.qwen_image_edit import QwenImageEditFamily, QwenImageEditPlusFamily
@@ -19,7 +19,7 @@ FAMILIES: tuple[type[Family], ...] = (
     StableDiffusionFamily,
 )
 
-__all__ = ["FAMILIES", "Family", "UnsupportedPipeline", "family_class_for", "family_names"]
+__all__ = ["FAMILIES", "Family", "GuidanceError", "UnsupportedPipeline", "family_class_for", "family_names"]
 
 
 class UnsupportedPipeline(Exception):

@@ -15,7 +15,7 @@ import dataclasses
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar, Generic, TypeVar, cast
+from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
 import torch
 from PIL import Image
@@ -64,6 +64,10 @@ def from_pipe(pipeline_class: Any, pipeline: Pipeline) -> Pipeline:
     return built
 
 
+class GuidanceError(ValueError):
+    """The family cannot stop guidance part-way through a call (``IMGEDIT_CFG_UNTIL`` below 1)."""
+
+
 class Family(ABC, Generic[P]):
     """Maps resolved edits onto one family of diffusers pipelines.
 
@@ -72,9 +76,11 @@ class Family(ABC, Generic[P]):
         overrides: the operator's overrides of the family's defaults (``IMGEDIT_DEFAULT_*``).
         max_images: overrides ``default_max_images``, up to ``max_images_supported``.
         native_pixels: overrides the output area ``size=auto`` aims at (tiny models are built for less).
+        cfg_until: the fraction of each call's steps that run guidance (``IMGEDIT_CFG_UNTIL``, 1 by default).
 
     Raises:
         ValueError: ``max_images`` is more than the pipeline takes.
+        GuidanceError: ``cfg_until`` is below 1 and the family's guidance is not ``sequential``.
     """
 
     #: Family name: chosen with ``IMGEDIT_FAMILY``, shown in logs.
@@ -96,6 +102,10 @@ class Family(ABC, Generic[P]):
     #: Whether queued single-image calls with equal parameters may run as one
     #: batched call (lists of prompts, images and generators): the engine fuses them.
     fusable: ClassVar[bool] = False
+    #: How the pipelines run classifier-free guidance: ``sequential`` (a conditional, then an unconditional
+    #: denoiser call per step, which ``IMGEDIT_CFG_UNTIL`` can stop; see :mod:`imgedit.model.guidance`),
+    #: ``batched`` (both branches in one call) or ``none`` (no second branch).
+    guidance: ClassVar[Literal["none", "sequential", "batched"]] = "none"
     #: The pipeline classes served, by diffusers class name: each edit pipeline
     #: with its inpainting counterpart (None when there is none). Whichever of
     #: a pair is loaded, the other is built from the same weights with
@@ -109,7 +119,19 @@ class Family(ABC, Generic[P]):
         overrides: Defaults | None = None,
         max_images: int | None = None,
         native_pixels: int | None = None,
+        cfg_until: float = 1.0,
     ) -> None:
+        if cfg_until < 1 and self.guidance != "sequential":
+            raise GuidanceError(
+                f"{self.name} runs "
+                + (
+                    "no classifier-free guidance"
+                    if self.guidance == "none"
+                    else "classifier-free guidance in one batched denoiser call"
+                )
+                + ", so it cannot be stopped part-way; only families that call the denoiser once per branch can"
+            )
+        self.cfg_until = cfg_until
         self.max_images = max_images or self.default_max_images
         if self.max_images > self.max_images_supported:
             raise ValueError(f"{self.name} takes at most {self.max_images_supported} input images")
@@ -232,7 +254,15 @@ class Family(ABC, Generic[P]):
         calls = []
         for seeds in groups:
             arguments = self.arguments(pipeline, _with_seeds(spec, seeds))
-            calls.append(PipelineCall(pipeline, _accepted_only(pipeline, arguments), len(seeds), generated))
+            calls.append(
+                PipelineCall(
+                    pipeline=pipeline,
+                    kwargs=_accepted_only(pipeline, arguments),
+                    num_images=len(seeds),
+                    generated_size=generated,
+                    cfg_until=self.cfg_until,
+                )
+            )
         return EditPlan(calls, spec.size, spec.steps, spec.mask_mode)
 
     def tokens(self, spec: EditSpec) -> Tokens:

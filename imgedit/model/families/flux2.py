@@ -159,7 +159,7 @@ class Flux2Family(_Flux2):
     defaults = Defaults(steps=50, guidance_scale=4.0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class NegativePromptCall(PipelineCall):
     """A Klein call that encodes ``negative_prompt`` into ``negative_prompt_embeds`` when it runs.
 
@@ -182,11 +182,20 @@ class NegativePromptCall(PipelineCall):
                 prompt=self.negative_prompt, device=pipeline._execution_device, num_images_per_prompt=1, **options
             )
         kwargs = {**self.kwargs, "negative_prompt_embeds": embeds}
-        return PipelineCall(self.pipeline, kwargs, self.num_images, self.generated_size).invoke(on_step)
+        plain = PipelineCall(
+            pipeline=pipeline,
+            kwargs=kwargs,
+            num_images=self.num_images,
+            generated_size=self.generated_size,
+            cfg_until=self.cfg_until,
+        )
+        return plain.invoke(on_step)
 
 
 class Flux2KleinFamily(_Flux2):
     """FLUX.2-klein, base or step-distilled: several references; masks are inpainted natively."""
+
+    guidance = "sequential"
 
     name = "flux2-klein"
     pipeline_pairs = (("Flux2KleinPipeline", "Flux2KleinInpaintPipeline"),)
@@ -241,7 +250,12 @@ class Flux2KleinFamily(_Flux2):
             return plan
         calls = [
             NegativePromptCall(
-                self.pipeline_of(call), call.kwargs, call.num_images, call.generated_size, negative_prompt
+                pipeline=self.pipeline_of(call),
+                kwargs=call.kwargs,
+                num_images=call.num_images,
+                generated_size=call.generated_size,
+                cfg_until=call.cfg_until,
+                negative_prompt=negative_prompt,
             )
             for call in plan.calls
         ]

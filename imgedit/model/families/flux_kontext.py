@@ -75,6 +75,8 @@ class KontextPipelineLike(Pipeline, Protocol):
 class FluxKontextFamily(Family[KontextPipelineLike]):
     """FLUX.1 Kontext (dev and its fine-tunes): one input image; masks are inpainted natively."""
 
+    guidance = "sequential"
+
     name = "flux-kontext"
     pipeline_pairs = (("FluxKontextPipeline", "FluxKontextInpaintPipeline"),)
     #: Inpainting repaints the masked area fully unless the request says otherwise.

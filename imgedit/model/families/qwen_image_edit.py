@@ -72,6 +72,8 @@ class QwenPipelineLike(Pipeline, Protocol):
 class _QwenImageEdit(Family[QwenPipelineLike]):
     """What every Qwen-Image-Edit pipeline shares."""
 
+    guidance = "sequential"
+
     @property
     def size_multiple(self) -> int:
         return int(self.pipeline.vae_scale_factor) * 2

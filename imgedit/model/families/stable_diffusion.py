@@ -109,6 +109,8 @@ class StableDiffusionPipelineLike(Pipeline, Protocol):
 class _StableDiffusion(Family[StableDiffusionPipelineLike]):
     """What every Stable Diffusion pipeline shares: size multiple, guidance, previews."""
 
+    guidance = "batched"
+
     fusable = True
 
     @property

@@ -264,7 +264,9 @@ def test_a_klein_negative_prompt_is_encoded_when_the_call_runs(klein):
     assert "negative_prompt_embeds" not in negative.kwargs  # encoded on the engine thread, not while planning
     # An empty negative prompt is what the pipeline encodes itself: same picture, so the embeddings are right.
     (fresh,) = plan(klein, images, Size(64, 64), [3]).calls  # its own, unused generator
-    empty = NegativePromptCall(fresh.pipeline, fresh.kwargs, 1, fresh.generated_size, "")
+    empty = NegativePromptCall(
+        pipeline=fresh.pipeline, kwargs=fresh.kwargs, num_images=1, generated_size=fresh.generated_size, negative_prompt=""
+    )
     baseline = pixels(plain.invoke()[0])
     assert np.array_equal(baseline, pixels(empty.invoke()[0]))
     assert not np.array_equal(baseline, pixels(negative.invoke()[0]))

@@ -152,7 +152,19 @@ def test_request_guidance_overrides_the_defaults(family):
 def test_true_cfg_without_a_negative_prompt_gets_an_empty_one(family):
     (call,) = plan(family, [IMAGE], Size(64, 64), [1], true_cfg_scale=2.0).calls
     assert call.kwargs["negative_prompt"] == ""
-    assert len(run(PipelineCall(call.pipeline, {**call.kwargs, "num_inference_steps": 1}, 1, Size(64, 64)))) == 1
+    assert (
+        len(
+            run(
+                PipelineCall(
+                    pipeline=call.pipeline,
+                    kwargs={**call.kwargs, "num_inference_steps": 1},
+                    num_images=1,
+                    generated_size=Size(64, 64),
+                )
+            )
+        )
+        == 1
+    )
 
 
 def test_a_negative_prompt_without_true_cfg_is_dropped(family):
@@ -239,7 +251,14 @@ def _refused_param(family, edit: EditSpec) -> str | None:
 def _inpaint_runs(family, edit: EditSpec) -> bool:
     arguments = family.arguments(family.inpaint_pipeline, edit)
     try:
-        run(PipelineCall(family.inpaint_pipeline, _accepted_only(family.inpaint_pipeline, arguments), 1, Size(64, 64)))
+        run(
+            PipelineCall(
+                pipeline=family.inpaint_pipeline,
+                kwargs=_accepted_only(family.inpaint_pipeline, arguments),
+                num_images=1,
+                generated_size=Size(64, 64),
+            )
+        )
     except ValueError:
         return False
     return True
