@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     """FirstBlockCache: higher skips more steps (faster, lower fidelity)."""
     cache_interval: int = Field(5, ge=1, le=50)
     """TaylorSeer: steps predicted between full computations."""
+    encoding_cache_mb: int | None = Field(None, ge=0, le=1_000_000)
+    """Megabytes of prompt encodings and reference-image latents kept for the next edits that need them (least
+    recently used out first; pictures are the same bytes). 0 turns it off. Qwen-Image-Edit families."""
     cfg_until: float = Field(1.0, gt=0, le=1)
     """The fraction of each edit's steps that run classifier-free guidance (`round(fraction x steps)`, from the
     first); later steps run the conditional branch alone, one denoiser call instead of two. 1 guides every step.
@@ -291,6 +294,7 @@ SHOWN_DEFAULTS = {
     "served_model_name": "last segment of the model",
     "family": "from the pipeline class",
     "max_images": "the family's default",
+    "encoding_cache_mb": "1024 on a GPU, 256 on the CPU",
     "default_steps": "the family's default",
     "default_guidance_scale": "the family's default",
     "default_true_cfg_scale": "the family's default",

@@ -33,6 +33,12 @@ run_time = Histogram(
 )
 step_time = Histogram("imgedit_step_seconds", "Seconds per denoising step.", buckets=STEP_BUCKETS)
 images = Counter("imgedit_images", "Images produced.")
+encoding_cache_hits = Counter(
+    "imgedit_encoding_cache_hits", "Encodings (of a prompt, or of reference images) found kept from an earlier edit."
+)
+encoding_cache_misses = Counter(
+    "imgedit_encoding_cache_misses", "Encodings (of a prompt, or of reference images) computed, not found kept."
+)
 denoiser_calls = Counter(
     "imgedit_denoiser_calls",
     "Forward calls of the denoiser (transformer or UNet) that edits ran, once per call however many ranks ran it.",

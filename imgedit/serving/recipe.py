@@ -17,6 +17,7 @@ from typing import Any
 from imgedit.config import Settings
 from imgedit.errors import StartupError
 from imgedit.model.acceleration import AccelerationOptions, OptionError, apply_options
+from imgedit.model.encodings import DEFAULT_MEGABYTES, EncodingCache
 from imgedit.model.families import Family, GuidanceError, UnsupportedPipeline, family_class_for
 from imgedit.model.spec import Defaults
 from imgedit.ranks.plans import ParallelError, check_model, enable_parallelism
@@ -37,6 +38,7 @@ class ModelRecipe:
         overrides: the operator's ``IMGEDIT_DEFAULT_*`` overrides of the family's defaults.
         max_images: ``IMGEDIT_MAX_IMAGES``; None keeps the family's default.
         cfg_until: ``IMGEDIT_CFG_UNTIL``, the fraction of the steps that run guidance.
+        encoding_cache_mb: ``IMGEDIT_ENCODING_CACHE_MB``; None picks the device's default.
     """
 
     load: LoadOptions
@@ -45,6 +47,7 @@ class ModelRecipe:
     overrides: Defaults = field(default_factory=Defaults)
     max_images: int | None = None
     cfg_until: float = 1.0
+    encoding_cache_mb: int | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelRecipe:
@@ -55,6 +58,7 @@ class ModelRecipe:
             overrides=default_overrides(settings),
             max_images=settings.max_images,
             cfg_until=settings.cfg_until,
+            encoding_cache_mb=settings.encoding_cache_mb,
         )
 
 
@@ -105,6 +109,10 @@ def prepare_model(recipe: ModelRecipe, slot: int, loaded_everywhere: Callable[[]
         raise StartupError(f"IMGEDIT_CFG_UNTIL={recipe.cfg_until:g}: {error}") from None
     except ValueError as error:  # the other setting a family can refuse
         raise StartupError(f"IMGEDIT_MAX_IMAGES: {error}") from None
+    megabytes = recipe.encoding_cache_mb
+    if megabytes is None:
+        megabytes = DEFAULT_MEGABYTES.get(loaded.device.type, DEFAULT_MEGABYTES["cpu"])
+    family.keep_encodings(EncodingCache(megabytes * 2**20))
     return PreparedModel(loaded=loaded, family=family, options=tuple(options))
 
 

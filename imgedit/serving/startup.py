@@ -26,6 +26,7 @@ from imgedit.lora.sync import LoraSync, prepare_directory
 from imgedit.media.fetch import Fetcher
 from imgedit.model.acceleration import OptionError, check_options
 from imgedit.model.devices import DeviceError, pick_device, visible_gpus
+from imgedit.model.encodings import observe_lookups
 from imgedit.model.families import family_names
 from imgedit.model.guidance import observe_denoiser_calls
 from imgedit.ranks.group import RankGroup, RankSetup, RankStartupError, claim_gpus
@@ -212,7 +213,9 @@ def _serve(
         raise StartupError(
             f"IMGEDIT_FAMILY: {settings.family!r} cannot run {type(loaded.pipeline).__name__}: {one_line(error)}"
         ) from None
-    observe_denoiser_calls(metrics.denoiser_calls.inc)  # from here on, the edits' calls (not the warm-up's)
+    # From here on, what the edits do (not the warm-up).
+    observe_denoiser_calls(metrics.denoiser_calls.inc)
+    observe_lookups(lambda found: (metrics.encoding_cache_hits if found else metrics.encoding_cache_misses).inc())
     log.info(
         "serving %s as %r (%s, family %s, %s on %s%s) after %.1f s",
         loaded.model_id,

@@ -193,6 +193,10 @@ def test_metrics_after_traffic(slow_server):
         assert metric(text, name) >= 0
     assert metric(text, "imgedit_images_total") >= 5
     assert metric(text, "imgedit_denoiser_calls_total") >= 5 * 2 * 2  # 2 steps, each guided: 2 calls
+    # The same picture and prompts each time: from the second edit on, the prompt, the negative prompt and the
+    # picture's VAE encoding are found kept.
+    assert metric(text, "imgedit_encoding_cache_hits_total") >= 4 * 3
+    assert metric(text, "imgedit_encoding_cache_misses_total") >= 3
     assert metric(text, "imgedit_queue_wait_seconds_bucket", '{le="600.0"}') >= 5
     assert metric(text, "imgedit_run_seconds_bucket", '{le="600.0"}') >= 5
     assert metric(text, "imgedit_step_seconds_count") >= 5  # a 2-step edit times its second step only

@@ -26,6 +26,7 @@ from imgedit.logs import get_logger
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
 from imgedit.model.call import EditPlan, PipelineCall, Tokens, call_parameters
+from imgedit.model.encodings import EncodingCache
 from imgedit.model.pipeline import Pipeline
 from imgedit.model.spec import Defaults, EditSpec, resolve
 
@@ -106,6 +107,10 @@ class Family(ABC, Generic[P]):
     #: denoiser call per step, which ``IMGEDIT_CFG_UNTIL`` can stop; see :mod:`imgedit.model.guidance`),
     #: ``batched`` (both branches in one call) or ``none`` (no second branch).
     guidance: ClassVar[Literal["none", "sequential", "batched"]] = "none"
+    #: By pipeline class name, the methods that compute encodings worth keeping (:mod:`imgedit.model.encodings`):
+    #: each must depend on its arguments and the weights alone, draw nothing from a generator it is given, and
+    #: belong to an encoder that no LoRA this family loads changes.
+    encoders: ClassVar[dict[str, tuple[str, ...]]] = {}
     #: The pipeline classes served, by diffusers class name: each edit pipeline
     #: with its inpainting counterpart (None when there is none). Whichever of
     #: a pair is loaded, the other is built from the same weights with
@@ -210,6 +215,12 @@ class Family(ABC, Generic[P]):
     def generated_size(self, pipeline: P, spec: EditSpec) -> Size:
         """The size ``pipeline`` will really generate for ``spec`` (by default, ``spec.size``)."""
         return spec.size
+
+    def keep_encodings(self, cache: EncodingCache) -> None:
+        """Have the edit and inpainting pipelines look their :attr:`encoders`' results up in ``cache`` first."""
+        for pipeline in (self.pipeline, self.inpaint_pipeline):
+            if pipeline is not None:
+                cache.wrap(pipeline, self.encoders.get(type(pipeline).__name__, ()))
 
     def pipeline_of(self, call: PipelineCall) -> P:
         """This family's own pipeline that ``call`` runs: its inpainting one, or its edit one."""

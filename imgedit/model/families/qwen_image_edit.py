@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from PIL import Image
@@ -73,6 +73,14 @@ class _QwenImageEdit(Family[QwenPipelineLike]):
     """What every Qwen-Image-Edit pipeline shares."""
 
     guidance = "sequential"
+    # The vision-language encoder reads the prompt with the reference pictures. The edit pipelines' VAE encodes
+    # them by the mode of its distribution; the inpainting one samples it with the request's generator, so its
+    # VAE encodings are not kept.
+    encoders: ClassVar[dict[str, tuple[str, ...]]] = {
+        "QwenImageEditPlusPipeline": ("_get_qwen_prompt_embeds", "_encode_vae_image"),
+        "QwenImageEditPipeline": ("_get_qwen_prompt_embeds", "_encode_vae_image"),
+        "QwenImageEditInpaintPipeline": ("_get_qwen_prompt_embeds",),
+    }
 
     @property
     def size_multiple(self) -> int:

@@ -265,7 +265,11 @@ def test_a_klein_negative_prompt_is_encoded_when_the_call_runs(klein):
     # An empty negative prompt is what the pipeline encodes itself: same picture, so the embeddings are right.
     (fresh,) = plan(klein, images, Size(64, 64), [3]).calls  # its own, unused generator
     empty = NegativePromptCall(
-        pipeline=fresh.pipeline, kwargs=fresh.kwargs, num_images=1, generated_size=fresh.generated_size, negative_prompt=""
+        pipeline=fresh.pipeline,
+        kwargs=fresh.kwargs,
+        num_images=1,
+        generated_size=fresh.generated_size,
+        negative_prompt="",
     )
     baseline = pixels(plain.invoke()[0])
     assert np.array_equal(baseline, pixels(empty.invoke()[0]))
