@@ -68,6 +68,7 @@ bench: install
 	$(BIN)/python -m bench.routing --write $(BENCH_RESULTS)
 	$(BIN)/python -m bench.parallel --write $(BENCH_RESULTS)
 	$(BIN)/python -m bench.lora --write $(BENCH_RESULTS)
+	$(BIN)/python -m bench.levers --write $(BENCH_RESULTS)
 	$(BIN)/python -m bench.soak --write $(BENCH_RESULTS)
 
 # Full-size Qwen-Image-Edit-2511 (random weights) on a GPU with 80 GB: eager against the fast path,

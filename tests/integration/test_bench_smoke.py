@@ -19,6 +19,7 @@ SMALLEST = {
     "quantization": ["--models", "tiny:flux-kontext", "--size", "64", "--steps", "2", "--runs", "1"],
     "parallel": ["--sizes", "64", "--rounds", "1", "--warmup", "0", "--steps", "1", "--tp-degrees", "2"],
     "lora": ["--sizes", "64", "--steps", "1", "--runs", "1", "--rank", "2"],
+    "levers": ["--steps", "4", "--runs", "1", "--full-side", "256"],
 }
 HEADERS = {
     "overhead": "| size | n | format | direct ms |",
@@ -30,6 +31,7 @@ HEADERS = {
     "quantization": "| tiny:flux-kontext | int8 + text encoders |",
     "parallel": "| size | 1 rank ms | 1 rank, 1 thread ms | 2 ranks ms |",
     "lora": "| 64x64 | per request, switching |",
+    "levers": "| recipe | denoiser calls | text encoder calls | VAE encoder calls |",
 }
 
 
