@@ -74,7 +74,7 @@ bench: install
 # Full-size Qwen-Image-Edit-2511 (random weights) on a GPU with 80 GB: eager against the fast path,
 # and against fp8 and int8 weights (fp8 needs compute capability 8.9 or newer).
 bench-gpu: install
-	$(BIN)/python -m bench.gpu_qwen --quantize fp8 int8 --write $(BENCH_RESULTS)
+	$(BIN)/python -m bench.gpu_qwen --quantize fp8 int8 --levers --write $(BENCH_RESULTS)
 
 # A Bento of the current tree. Settings travel in it as arguments, e.g.
 #   make bento ARGS="--arg model=bentoml:qwen-image-edit-2511"

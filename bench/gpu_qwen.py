@@ -19,6 +19,11 @@ because compilation cannot be undone:
   that works here, picked by timing each candidate at this model's attention
   shape, and regional compilation of the transformer blocks.
 
+``--levers`` adds the fast path with ``IMGEDIT_CFG_UNTIL=0.5``
+(:mod:`imgedit.model.guidance`), with the encodings kept
+(:mod:`imgedit.model.encodings`; the warm-up edit encodes the same picture and
+prompts, so the timed edit finds them), and with both.
+
 ``--quantize fp8 int8`` adds one variant per method after those: the transformer
 rebuilt with the same random weights (same seed), converted in place with the
 torchao configuration ``IMGEDIT_QUANTIZE`` gives diffusers
@@ -65,6 +70,9 @@ import torch
 
 from bench.common import photo_like, report, table
 from imgedit.model.acceleration import CUDA_ATTENTION_BACKENDS, AccelerationOptions, apply_options
+from imgedit.model.encodings import EncodingCache
+from imgedit.model.families.qwen_image_edit import QwenImageEditPlusFamily
+from imgedit.model.guidance import denoiser_seam
 
 CONFIGS = Path(__file__).resolve().parent / "configs" / "qwen-image-edit-2511"
 PROMPT = "Replace the sky with a sunset and add a red kite flying above the house"
@@ -268,39 +276,47 @@ class EditTiming:
         return statistics.median(b - a for a, b in zip(self.step_ends, self.step_ends[1:], strict=False))
 
 
-def time_edit(pipeline: Any, image: Any, size: int, steps: int, device: torch.device) -> EditTiming:
-    """Run one edit and time it step by step; records the transformer's sequence lengths on each forward."""
+def time_edit(
+    pipeline: Any, image: Any, size: int, steps: int, device: torch.device, cfg_until: float = 1.0
+) -> EditTiming:
+    """Run one edit and time it step by step; records the transformer's sequence lengths on each forward.
+
+    ``cfg_until`` below 1 keeps guidance to the first steps, as ``IMGEDIT_CFG_UNTIL`` does.
+    """
     timing = EditTiming()
 
     def record_lengths(_module: Any, _args: Any, kwargs: dict[str, Any]) -> None:
         timing.forwards.append((kwargs["hidden_states"].shape[1], kwargs["encoder_hidden_states"].shape[1]))
 
-    def step_end(_pipeline: Any, _step: int, _timestep: Any, _kwargs: dict[str, Any]) -> dict[str, Any]:
-        _synchronize(device)
-        timing.step_ends.append(time.perf_counter())
-        timing.latents = _kwargs.get("latents")
-        return {}
-
     hook = pipeline.transformer.register_forward_pre_hook(record_lengths, with_kwargs=True)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        _synchronize(device)
-        started = time.perf_counter()
-        pipeline(
-            image=[image],
-            prompt=PROMPT,
-            negative_prompt=" ",
-            true_cfg_scale=4.0,
-            height=size,
-            width=size,
-            num_inference_steps=steps,
-            generator=torch.Generator(device="cpu").manual_seed(0),
-            callback_on_step_end=step_end,
-            output_type="pil",
-        )
-        _synchronize(device)
-        timing.seconds = time.perf_counter() - started
+        with denoiser_seam(pipeline, cfg_until, lambda: steps) as step_ended:
+
+            def step_end(_pipeline: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+                step_ended(step)
+                _synchronize(device)
+                timing.step_ends.append(time.perf_counter())
+                timing.latents = tensors.get("latents")
+                return {}
+
+            _synchronize(device)
+            started = time.perf_counter()
+            pipeline(
+                image=[image],
+                prompt=PROMPT,
+                negative_prompt=" ",
+                true_cfg_scale=4.0,
+                height=size,
+                width=size,
+                num_inference_steps=steps,
+                generator=torch.Generator(device="cpu").manual_seed(0),
+                callback_on_step_end=step_end,
+                output_type="pil",
+            )
+            _synchronize(device)
+            timing.seconds = time.perf_counter() - started
     finally:
         hook.remove()
     if device.type == "cuda":
@@ -342,6 +358,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument(
         "--quantize", nargs="*", default=[], choices=("int8", "fp8"), help="also time these IMGEDIT_QUANTIZE methods"
     )
+    parser.add_argument(
+        "--levers", action="store_true", help="also time the fast path with IMGEDIT_CFG_UNTIL=0.5 and kept encodings"
+    )
     parser.add_argument("--write", type=Path, help="put the results into this Markdown file")
     arguments = parser.parse_args(argv)
 
@@ -367,6 +386,16 @@ def main(argv: list[str] | None = None) -> str:
     )
     warm_up(pipeline, image, arguments.size, device, arguments.warmups)
     results["fast"] = time_edit(pipeline, image, arguments.size, arguments.steps, device)
+    if arguments.levers:
+        results["cfg"] = time_edit(pipeline, image, arguments.size, arguments.steps, device, cfg_until=0.5)
+        # The warm-up edits encode the same picture and prompts: the timed edit finds them kept.
+        methods = QwenImageEditPlusFamily.encoders[type(pipeline).__name__]
+        EncodingCache(4 * 2**30).wrap(pipeline, methods)
+        warm_up(pipeline, image, arguments.size, device, 1)
+        results["encodings"] = time_edit(pipeline, image, arguments.size, arguments.steps, device)
+        results["cfg + encodings"] = time_edit(pipeline, image, arguments.size, arguments.steps, device, 0.5)
+        for name in methods:  # the quantized variants below run without them, as before
+            delattr(pipeline, name)
     for method in arguments.quantize:
         pipeline.register_modules(transformer=None)  # free the previous transformer before building the next
         if device.type == "cuda":
@@ -377,7 +406,13 @@ def main(argv: list[str] | None = None) -> str:
 
     rate = matmul_rate(device, dtype, arguments.matmul_side)
     rows = []
-    labels = {"fast": f"fast ({', '.join(applied)})", "eager": "eager (SDPA default)"}
+    labels = {
+        "fast": f"fast ({', '.join(applied)})",
+        "eager": "eager (SDPA default)",
+        "cfg": "fast, IMGEDIT_CFG_UNTIL=0.5",
+        "encodings": "fast, encodings kept (a repeated edit)",
+        "cfg + encodings": "fast, CFG until 0.5, encodings kept",
+    }
     for name, timing in results.items():
         flops_per_step = sum(transformer_flops(transformer, *lengths) for lengths in timing.forwards) / arguments.steps
         cosine = torch.nn.functional.cosine_similarity(

@@ -16,6 +16,7 @@ from devtools.server import ROOT
 REDUCED_RUN = [
     *("--scale", "reduced", "--size", "64", "--steps", "2", "--no-compile", "--matmul-side", "256", "--warmups", "1"),
     *("--quantize", "int8"),  # fp8 needs a GPU with FP8
+    "--levers",
 ]
 
 
@@ -88,8 +89,16 @@ def test_the_comparison_runs_end_to_end_at_reduced_scale() -> None:
         timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    rows = [line for line in completed.stdout.splitlines() if line.startswith(("| eager", "| fast", "| int8"))]
+    rows = [line for line in completed.stdout.splitlines() if line.startswith(("| eager", "| fast (", "| int8"))]
     assert len(rows) == 3
+    levers = [line for line in completed.stdout.splitlines() if line.startswith("| fast, ")]
+    assert [line.split("|")[1].strip() for line in levers] == [
+        "fast, IMGEDIT_CFG_UNTIL=0.5",
+        "fast, encodings kept (a repeated edit)",
+        "fast, CFG until 0.5, encodings kept",
+    ]
+    fast, kept = (line.rstrip(" |").rsplit("|", 1)[1] for line in (rows[1], levers[1]))
+    assert kept == fast  # kept encodings: the fast path's own latents
     assert "attention=native" in rows[1]
     assert "1.00x" in rows[0]
     assert rows[0].endswith("| 1.000000 |")  # eager's latents against themselves
