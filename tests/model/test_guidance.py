@@ -119,8 +119,8 @@ def test_the_fraction_travels_with_the_calls_and_separates_fusion():
 @pytest.mark.parametrize(
     ("family_class", "model", "says"),
     [
-        (InstructPix2PixFamily, "tiny:instruct-pix2pix", "one batched denoiser call"),
-        (Flux2Family, "tiny:flux2", "no classifier-free guidance"),
+        (InstructPix2PixFamily, "tiny:instruct-pix2pix", "runs its guidance in one batched call"),
+        (Flux2Family, "tiny:flux2", "has no classifier-free guidance"),
     ],
 )
 def test_a_family_that_cannot_stop_guidance_part_way_refuses_a_fraction(family_class, model, says):

@@ -63,8 +63,8 @@ def test_one_worker_per_gpu_by_default(monkeypatch):
 @pytest.mark.parametrize(
     ("model", "says"),
     [
-        ("tiny:instruct-pix2pix", "instruct-pix2pix runs classifier-free guidance in one batched denoiser call"),
-        ("tiny:flux2", "flux2 runs no classifier-free guidance"),
+        ("tiny:instruct-pix2pix", "instruct-pix2pix runs its guidance in one batched call"),
+        ("tiny:flux2", "flux2 has no classifier-free guidance"),
     ],
 )
 def test_guidance_that_cannot_stop_part_way_refuses_a_fraction_at_start_up(model, says):

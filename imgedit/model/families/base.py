@@ -127,14 +127,10 @@ class Family(ABC, Generic[P]):
         cfg_until: float = 1.0,
     ) -> None:
         if cfg_until < 1 and self.guidance != "sequential":
+            how = {"none": "has no classifier-free guidance", "batched": "runs its guidance in one batched call"}
             raise GuidanceError(
-                f"{self.name} runs "
-                + (
-                    "no classifier-free guidance"
-                    if self.guidance == "none"
-                    else "classifier-free guidance in one batched denoiser call"
-                )
-                + ", so it cannot be stopped part-way; only families that call the denoiser once per branch can"
+                f"{self.name} {how[self.guidance]}, so it cannot stop guidance part-way; "
+                "only families that call the denoiser once per branch can"
             )
         self.cfg_until = cfg_until
         self.max_images = max_images or self.default_max_images
