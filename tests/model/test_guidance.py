@@ -13,7 +13,7 @@ from imgedit.media.sizing import Size
 from imgedit.model.acceleration import AccelerationOptions, apply_options
 from imgedit.model.call import PipelineCall
 from imgedit.model.families import GuidanceError
-from imgedit.model.families.flux2 import Flux2Family
+from imgedit.model.families.flux2 import Flux2Family, Flux2KleinFamily
 from imgedit.model.families.flux_kontext import FluxKontextFamily
 from imgedit.model.families.qwen_image_edit import QwenImageEditPlusFamily
 from imgedit.model.families.stable_diffusion import InstructPix2PixFamily
@@ -75,6 +75,26 @@ def test_unguided_steps_compute_exactly_what_a_run_without_guidance_does(tiny_mo
     assert np.array_equal(
         pixels(qwen_call(tiny_model.pipeline, 0.5, 4)), pixels(qwen_call(tiny_model.pipeline, 0.5, 4))
     )
+
+
+@pytest.mark.parametrize(
+    ("family_class", "model", "guided", "unguided"),
+    [
+        (FluxKontextFamily, "tiny:flux-kontext", {"true_cfg_scale": 4.0, "negative_prompt": "blurry"}, {}),
+        (Flux2KleinFamily, "tiny:flux2-klein", {"guidance_scale": 4.0}, {"guidance_scale": 1.0}),
+    ],
+)
+def test_the_other_sequential_families_compute_exactly_the_unguided_run_too(family_class, model, guided, unguided):
+    pipeline = build_tiny(model).pipeline
+
+    def run(cfg_until: float, **options) -> np.ndarray:
+        family = family_class(pipeline, cfg_until=cfg_until)
+        (call,) = plan(family, [IMAGE], Size(64, 64), [3], num_inference_steps=4, **options).calls
+        return pixels(call)
+
+    truncated = run(0.1, **guided)
+    assert np.array_equal(truncated, run(1.0, **unguided))
+    assert not np.array_equal(truncated, run(1.0, **guided))
 
 
 def test_the_seam_puts_back_whatever_forward_the_denoiser_had(calls):
