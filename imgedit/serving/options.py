@@ -23,8 +23,13 @@ _DATA_URL_OVERHEAD = 1024
 
 
 def rank_layout(settings: Settings) -> RankLayout:
-    """``IMGEDIT_ULYSSES_DEGREE``, ``IMGEDIT_RING_DEGREE`` and ``IMGEDIT_TP_DEGREE``."""
-    return RankLayout(settings.ulysses_degree, settings.ring_degree, settings.tp_degree)
+    """``IMGEDIT_ULYSSES_DEGREE``, ``IMGEDIT_RING_DEGREE``, ``IMGEDIT_TP_DEGREE`` and ``IMGEDIT_CFG_PARALLEL``."""
+    return RankLayout(
+        ulysses=settings.ulysses_degree,
+        ring=settings.ring_degree,
+        tp=settings.tp_degree,
+        cfg=2 if settings.cfg_parallel else 1,
+    )
 
 
 def acceleration_options(settings: Settings) -> AccelerationOptions:

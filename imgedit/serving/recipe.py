@@ -90,7 +90,7 @@ def prepare_model(recipe: ModelRecipe, slot: int, loaded_everywhere: Callable[[]
         check_model(loaded.pipeline, layout)
         if loaded_everywhere is not None:
             loaded_everywhere()
-        enable_parallelism(loaded.pipeline, layout, loaded.device)
+        enable_parallelism(loaded.pipeline, layout, loaded.device, family_class.guidance_of(loaded.pipeline))
         options = [*loaded.options, *apply_options(loaded.pipeline, recipe.acceleration, loaded.device)]
     except (ModelLoadError, UnsupportedPipeline, OptionError, ParallelError) as error:
         raise StartupError(str(error)) from None

@@ -191,7 +191,9 @@ def _serve(
     """Warm up the prepared model and build the worker serving it."""
     loaded, family = model.loaded, model.family
     # Per-request LoRAs switch on this process's model alone, so they need one rank per edit.
-    refusal = "per-request adapters need one rank per edit (IMGEDIT_*_DEGREE=1)" if layout.ranks > 1 else None
+    refusal = None
+    if layout.ranks > 1:
+        refusal = "per-request adapters need one rank per edit (IMGEDIT_*_DEGREE=1, no IMGEDIT_CFG_PARALLEL)"
     loras = LoraRegistry(loaded.pipeline, max_loras=settings.max_loras, always_on=loaded.always_on, refusal=refusal)
     engine = Engine(
         max_queue=settings.max_queue,

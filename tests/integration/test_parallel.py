@@ -1,8 +1,9 @@
-"""A real server running each edit on two gloo ranks (``IMGEDIT_ULYSSES_DEGREE=2`` on the CPU).
+"""Real servers running each edit on two gloo ranks on the CPU: ``IMGEDIT_ULYSSES_DEGREE=2``, ``IMGEDIT_CFG_PARALLEL``.
 
 Compared with the one-rank server the other integration tests share: the same
-pictures within ``TOLERANCE`` levels, streaming, cancellation, a rank out of
-memory, metrics, and a rank killed mid-run (last: it ends the server). Runs are held
+pictures within ``TOLERANCE`` levels, streaming, cancellation and metrics on
+both; a rank out of memory, and a rank killed mid-run (last: it ends the
+server), on the Ulysses one. Runs are held
 at a step with the file gate of the test hooks (``devtools/test_hooks.py``, in
 both ranks; the rank faults in the extra rank alone), never timed with sleeps.
 """
@@ -37,21 +38,38 @@ OOM = "rank 1 runs out of memory"
 EDIT = {"prompt": "a bear with a hat", "seed": "77", "n": "2", "size": "64x64"}
 
 
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("two-ranks")
+def ranked_server(directory: Path, **settings: str) -> Server:
     server = start_server(
         directory,
         IMGEDIT_DEVICE="cpu",
-        IMGEDIT_ULYSSES_DEGREE="2",
         hooks=True,
         TEST_STEP_GATE=str(directory / "gate"),
         TEST_STEP_GATE_AT=str(GATE_STEP),
         TEST_RANK_OOM_PROMPT=OOM,
+        **settings,
     )
     server.gate = directory / "gate"  # type: ignore[attr-defined]
+    return server
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    server = ranked_server(tmp_path_factory.mktemp("two-ranks"), IMGEDIT_ULYSSES_DEGREE="2")
     yield server
     stop(server.process)
+
+
+@pytest.fixture(scope="module")
+def cfg_ranks(tmp_path_factory):
+    server = ranked_server(tmp_path_factory.mktemp("cfg-ranks"), IMGEDIT_CFG_PARALLEL="true")
+    yield server
+    stop(server.process)
+
+
+@pytest.fixture(params=["two_ranks", "cfg_ranks"])
+def ranks(request):
+    """Each of the two servers in turn: Ulysses, then guidance's branches on two ranks."""
+    return request.getfixturevalue(request.param)
 
 
 def edit(url: str, **fields: str) -> httpx.Response:
@@ -87,16 +105,16 @@ def metric(url: str, name: str) -> str:
     return match.group(0)
 
 
-def test_two_ranks_make_the_pictures_of_one(two_ranks, server):
+def test_two_ranks_make_the_pictures_of_one(ranks, server):
     # Qwen-Image-Edit-Plus: two input images, true CFG (its default true_cfg_scale 4), two images of two calls.
-    split, alone = pictures(edit(two_ranks.url)), pictures(edit(server.url))
+    split, alone = pictures(edit(ranks.url)), pictures(edit(server.url))
     assert len(split) == len(alone) == 2
     for one, other in zip(split, alone, strict=True):
         assert np.abs(one - other).max() <= TOLERANCE
 
 
-def test_streaming_gives_previews_and_the_same_images(two_ranks):
-    client = openai.OpenAI(api_key="x", base_url=f"{two_ranks.url}/v1", max_retries=0)
+def test_streaming_gives_previews_and_the_same_images(ranks):
+    client = openai.OpenAI(api_key="x", base_url=f"{ranks.url}/v1", max_retries=0)
     stream = client.images.edit(
         image=[gradient_png(64, 64), gradient_png(48, 80)],
         prompt=EDIT["prompt"],
@@ -110,15 +128,15 @@ def test_streaming_gives_previews_and_the_same_images(two_ranks):
     kinds = [event.type for event in events]
     assert kinds.count("image_edit.partial_image") == 4 and kinds.count("image_edit.completed") == 2
     streamed = [decoded(event.b64_json) for event in events if event.type == "image_edit.completed"]
-    for one, other in zip(streamed, pictures(edit(two_ranks.url)), strict=True):
+    for one, other in zip(streamed, pictures(edit(ranks.url)), strict=True):
         assert np.array_equal(one, other)
 
 
-def test_a_client_that_leaves_stops_both_ranks_at_the_same_step(two_ranks):
-    gate, reached = two_ranks.gate, Path(f"{two_ranks.gate}.reached")
+def test_a_client_that_leaves_stops_both_ranks_at_the_same_step(ranks):
+    gate, reached = ranks.gate, Path(f"{ranks.gate}.reached")
     gate.unlink(missing_ok=True)
     reached.unlink(missing_ok=True)
-    address = urlsplit(two_ranks.url)
+    address = urlsplit(ranks.url)
     body, content_type = multipart_body(
         [("image", gradient_png(64, 64), "a.png"), ("prompt", b"gated", None), ("num_inference_steps", b"200", None)]
     )
@@ -127,12 +145,12 @@ def test_a_client_that_leaves_stops_both_ranks_at_the_same_step(two_ranks):
         connection.sendall(head + body)
         while not reached.exists():  # both ranks are held at step GATE_STEP
             time.sleep(0.02)
-    assert two_ranks.wait_for_log("[leaves-two-ranks] client disconnected; stopping its edit")
+    assert ranks.wait_for_log("[leaves-two-ranks] client disconnected; stopping its edit")
     gate.touch()
     after = f"after step {GATE_STEP + 1}/200"
-    assert two_ranks.wait_for_log(f"[leaves-two-ranks] stopped mid-run (disconnect) {after}")
-    assert two_ranks.wait_for_log(f"[leaves-two-ranks] rank 1 left the call {after}: rank 0 stopped it")
-    assert pictures(edit(two_ranks.url, n="1"))
+    assert ranks.wait_for_log(f"[leaves-two-ranks] stopped mid-run (disconnect) {after}")
+    assert ranks.wait_for_log(f"[leaves-two-ranks] rank 1 left the call {after}: rank 0 stopped it")
+    assert pictures(edit(ranks.url, n="1"))
 
 
 def test_another_rank_out_of_memory_fails_only_that_request(two_ranks):
@@ -143,10 +161,22 @@ def test_another_rank_out_of_memory_fails_only_that_request(two_ranks):
     assert pictures(edit(two_ranks.url, n="1"))
 
 
-def test_metrics_say_how_many_ranks_run_each_edit(two_ranks, server):
+def test_metrics_say_how_many_ranks_run_each_edit(two_ranks, cfg_ranks, server):
     assert metric(two_ranks.url, "imgedit_parallel_degree").endswith(" 2.0")
     assert 'options="ulysses=2"' in metric(two_ranks.url, "imgedit_model_info")
+    assert metric(cfg_ranks.url, "imgedit_parallel_degree").endswith(" 2.0")
+    assert 'options="cfg=2"' in metric(cfg_ranks.url, "imgedit_model_info")
     assert metric(server.url, "imgedit_parallel_degree").endswith(" 1.0")
+
+
+def test_each_denoiser_call_counts_once_whichever_rank_runs_it(cfg_ranks, server):
+    def calls_made(url: str) -> float:
+        before = float(metric(url, "imgedit_denoiser_calls_total").split()[-1])
+        pictures(edit(url))
+        return float(metric(url, "imgedit_denoiser_calls_total").split()[-1]) - before
+
+    # Two images of 4 steps, each step a conditional and an unconditional call.
+    assert calls_made(cfg_ranks.url) == calls_made(server.url) == 16
 
 
 def test_a_rank_killed_mid_run_stops_the_server_with_one_line(two_ranks):

@@ -28,6 +28,8 @@ from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
 from imgedit.model.call import PipelineCall, RunCancelled
 from imgedit.model.families import Family
+from imgedit.model.guidance import observe_denoiser_calls
+from imgedit.model.pipeline import denoiser
 from imgedit.ranks import group as ranks_module
 from imgedit.ranks.group import RankGroup, RankStartupError, claim_gpus
 from imgedit.ranks.lockstep import CallMessage, RankFailure, pack, pipeline_roles, unpack
@@ -188,6 +190,69 @@ def test_three_ranks_split_a_sequence_that_3_does_not_divide():
         assert largest_difference(split, alone) <= TOLERANCE
         engine.close()
         assert [rank.process.returncode for rank in ranks.group._ranks] == [0, 0]
+    assert ranks.fatal.messages == []
+
+
+def forward_passes(family: Family) -> list[int]:
+    """The batch of every forward pass this process's denoiser really runs from now on (its first layer's input)."""
+    model = denoiser(family.pipeline)
+    first = model.transformer_blocks[0] if hasattr(model, "transformer_blocks") else model.conv_in
+    batches: list[int] = []
+
+    def record(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        tensor = next(value for value in (*args, *kwargs.values()) if isinstance(value, torch.Tensor))
+        batches.append(tensor.shape[0])
+
+    first.register_forward_pre_hook(record, with_kwargs=True)
+    return batches
+
+
+@pytest.mark.parametrize(
+    ("model", "passes", "alone_passes"),
+    [
+        # Sequential guidance, 3 steps: rank 0 runs the 3 conditional passes, rank 1 the unconditional ones.
+        ("tiny:qwen-image-edit-plus", [1, 1, 1], [1] * 6),
+        ("tiny:flux2-klein", [1, 1, 1], [1] * 6),
+        # Batched guidance with three branches (text, image, neither): rank 0 runs two of them, rank 1 one.
+        ("tiny:instruct-pix2pix", [2, 2, 2], [3, 3, 3]),
+    ],
+)
+def test_guidance_over_two_ranks_makes_the_pictures_of_one_from_fewer_passes(model, passes, alone_passes):
+    single = one_rank(model)
+    passes_alone = forward_passes(single)
+    alone = [image for call in calls(single) for image in call.invoke()]
+    counted: list[int] = []
+    observe_denoiser_calls(lambda: counted.append(1))
+    try:
+        with two_ranks(model, degree=1, cfg_parallel=True) as ranks:
+            split_passes = forward_passes(ranks.family)
+            split = Engine(runner=ranks.group).run_now(calls(ranks.family))
+            assert largest_difference(split, alone) <= TOLERANCE
+    finally:
+        observe_denoiser_calls(None)
+    assert (split_passes, passes_alone) == (passes, alone_passes)
+    assert len(counted) == len(alone_passes)  # every logical call counted once, whichever rank ran it
+    assert ranks.fatal.messages == []
+
+
+def test_guidance_over_two_groups_of_two_ulysses_ranks_runs_stops_and_truncates_in_step():
+    model = "tiny:qwen-image-edit-plus"
+    single = one_rank(model)
+    alone = [image for call in calls(single) for image in call.invoke()]
+    truncated_alone = dataclasses.replace(calls(single)[0], cfg_until=0.5).invoke()
+    with two_ranks(model, degree=2, cfg_parallel=True) as ranks:
+        group, family = ranks.group, ranks.family
+        assert largest_difference(group.invoke(calls(family)[0]), alone) <= TOLERANCE
+
+        def stop_after_step_2(step: int, total: int, latents: torch.Tensor) -> None:
+            if step == 1:
+                raise RunCancelled
+
+        with pytest.raises(RunCancelled):
+            group.invoke(calls(family)[0], stop_after_step_2)
+        # Every rank left at the same checkpoint: the next calls run in step, guidance cut short too.
+        truncated = group.invoke(dataclasses.replace(calls(family)[0], cfg_until=0.5))
+        assert largest_difference(truncated, truncated_alone) <= TOLERANCE
     assert ranks.fatal.messages == []
 
 

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from imgedit.config import Settings
+from imgedit.errors import StartupError
 from imgedit.model.tiny import build_tiny
 from imgedit.ranks.plans import ParallelError, RankLayout, check_model, pretrained_components
 from imgedit.serving.options import load_options, rank_layout
+from imgedit.serving.recipe import ModelRecipe, prepare_model
 from imgedit.serving.startup import check_ranks
 from imgedit.weights.loader import load_model
 
@@ -25,6 +27,11 @@ def test_the_degrees_multiply_into_the_ranks_per_edit():
     layout = rank_layout(settings(tp_degree=2))
     assert (layout.ranks, layout.context, layout.variable, layout.describe()) == (2, False, "IMGEDIT_TP_DEGREE", "tp=2")
     assert check_ranks(settings(), CPU, gpus=0) == RankLayout()
+    both = rank_layout(settings(cfg_parallel=True, ulysses_degree=2))
+    assert (both.ranks, both.context, both.describe()) == (4, True, "cfg=2,ulysses=2")
+    alone = rank_layout(settings(cfg_parallel=True))
+    assert (alone.ranks, alone.context, alone.variable, alone.describe()) == (2, False, "IMGEDIT_CFG_PARALLEL", "cfg=2")
+    assert settings(cfg_parallel=True, ulysses_degree=4).ranks_per_edit == 8
 
 
 def test_ulysses_runs_on_the_cpu_and_on_gpus_it_divides():
@@ -54,6 +61,8 @@ def test_ulysses_runs_on_the_cpu_and_on_gpus_it_divides():
         ({"ring_degree": 2}, CUDA, 2, r"^IMGEDIT_RING_DEGREE: ring attention needs an attention backend that"),
         ({"ulysses_degree": 2, "cache": "first_block"}, CPU, 0, r"^IMGEDIT_CACHE: 'first_block' decides on each rank"),
         ({"tp_degree": 2, "lora": "a.safetensors"}, CUDA, 2, r"^IMGEDIT_LORA: diffusers' tensor parallelism shards"),
+        ({"tp_degree": 2, "cfg_parallel": True}, CUDA, 4, r"^IMGEDIT_CFG_PARALLEL: .* IMGEDIT_TP_DEGREE; choose one$"),
+        ({"cfg_parallel": True}, CUDA, 3, r"^IMGEDIT_CFG_PARALLEL: 2 ranks per edit do not divide the 3 visible GPUs$"),
     ],
 )
 def test_what_cannot_work_is_refused_naming_the_variable(values, device, gpus, message):
@@ -98,3 +107,10 @@ def test_tensor_parallelism_needs_a_transformer(tmp_path):
         ParallelError, match=r"^IMGEDIT_TP_DEGREE: StableDiffusionPipeline has no diffusers transformer"
     ):
         pretrained_components(str(tmp_path), None, torch.float32, RankLayout(tp=2))
+
+
+def test_guidance_over_two_ranks_needs_a_family_with_guidance():
+    check_model(build_tiny("tiny:stable-diffusion").pipeline, RankLayout(cfg=2))  # its batched guidance is split
+    recipe = ModelRecipe.from_settings(Settings(model="tiny:flux2", device="cpu", cfg_parallel=True))
+    with pytest.raises(StartupError, match=r"^IMGEDIT_CFG_PARALLEL: Flux2Pipeline runs no classifier-free guidance"):
+        prepare_model(recipe, 0)

@@ -15,7 +15,7 @@ import dataclasses
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import torch
 from PIL import Image
@@ -25,6 +25,7 @@ from imgedit.errors import invalid
 from imgedit.logs import get_logger
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
+from imgedit.model.branches import GuidanceKind
 from imgedit.model.call import EditPlan, PipelineCall, Tokens, call_parameters
 from imgedit.model.encodings import EncodingCache
 from imgedit.model.pipeline import Pipeline
@@ -106,7 +107,7 @@ class Family(ABC, Generic[P]):
     #: How the pipelines run classifier-free guidance: ``sequential`` (a conditional, then an unconditional
     #: denoiser call per step, which ``IMGEDIT_CFG_UNTIL`` can stop; see :mod:`imgedit.model.guidance`),
     #: ``batched`` (both branches in one call) or ``none`` (no second branch).
-    guidance: ClassVar[Literal["none", "sequential", "batched"]] = "none"
+    guidance: ClassVar[GuidanceKind] = "none"
     #: By pipeline class name, the methods that compute encodings worth keeping (:mod:`imgedit.model.encodings`):
     #: each must depend on its arguments and the weights alone, draw nothing from a generator it is given, and
     #: belong to an encoder that no LoRA this family loads changes.
@@ -126,10 +127,11 @@ class Family(ABC, Generic[P]):
         native_pixels: int | None = None,
         cfg_until: float = 1.0,
     ) -> None:
-        if cfg_until < 1 and self.guidance != "sequential":
+        guidance = self.guidance_of(pipeline)
+        if cfg_until < 1 and guidance != "sequential":
             how = {"none": "has no classifier-free guidance", "batched": "runs its guidance in one batched call"}
             raise GuidanceError(
-                f"{self.name} {how[self.guidance]}, so it cannot stop guidance part-way; "
+                f"{self.name} {how[guidance]}, so it cannot stop guidance part-way; "
                 "only families that call the denoiser once per branch can"
             )
         self.cfg_until = cfg_until
@@ -146,6 +148,11 @@ class Family(ABC, Generic[P]):
         self.resolved_defaults = self.family_defaults().overridden_by(overrides or Defaults())
         #: The output area ``size=auto`` aims at, at the first image's aspect ratio.
         self.native_pixels = native_pixels or self.family_native_pixels()
+
+    @classmethod
+    def guidance_of(cls, pipeline: Pipeline) -> GuidanceKind:
+        """How ``pipeline`` runs classifier-free guidance (by default :attr:`guidance`; a checkpoint may have none)."""
+        return cls.guidance
 
     @classmethod
     def pipeline_classes(cls) -> tuple[str, ...]:

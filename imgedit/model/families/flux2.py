@@ -50,6 +50,7 @@ from imgedit.edit import HARD_MAX_IMAGES
 from imgedit.errors import invalid
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
+from imgedit.model.branches import GuidanceKind
 from imgedit.model.call import EditPlan, PipelineCall, StepHook, generators, postprocess
 from imgedit.model.families.base import Family, require_a_denoising_step
 from imgedit.model.pipeline import Pipeline
@@ -204,10 +205,15 @@ class Flux2KleinFamily(_Flux2):
     #: Inpainting repaints the masked area fully unless the request says otherwise.
     defaults = Defaults(steps=50, guidance_scale=4.0, inpaint_strength=1.0)
 
+    @classmethod
+    def guidance_of(cls, pipeline: Pipeline) -> GuidanceKind:
+        """``none`` for a step-distilled checkpoint: its pipeline never runs the second branch."""
+        return "none" if _is_distilled(pipeline) else cls.guidance
+
     @property
     def distilled(self) -> bool:
         """Whether the model is step-distilled (``is_distilled``): no CFG, few steps."""
-        return bool(getattr(self.pipeline.config, "is_distilled", False))
+        return _is_distilled(self.pipeline)
 
     def family_defaults(self) -> Defaults:
         if self.distilled:
@@ -267,3 +273,7 @@ class Flux2KleinFamily(_Flux2):
         if spec.negative_prompt is None or self.distilled or guidance_scale is None or guidance_scale <= 1:
             return None
         return spec.negative_prompt
+
+
+def _is_distilled(pipeline: Pipeline) -> bool:
+    return bool(getattr(getattr(pipeline, "config", None), "is_distilled", False))
