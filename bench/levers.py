@@ -38,7 +38,7 @@ from imgedit.model.encodings import EncodingCache
 from imgedit.model.families.qwen_image_edit import QwenImageEditPlusFamily
 from imgedit.model.guidance import guided_steps, observe_denoiser_calls
 from imgedit.model.pipeline import denoiser
-from imgedit.model.spec import Defaults
+from imgedit.model.spec import Defaults, Levers
 from imgedit.model.tiny import build_tiny
 
 #: NVIDIA H200 SXM, dense BF16 Tensor Core throughput (the datasheet's 1,979 TFLOPS is with 2:4 sparsity).
@@ -93,7 +93,9 @@ def tiny_edit(recipe: Recipe, steps: int, size: int) -> tuple[Callable[[], np.nd
     pipeline = build_tiny("tiny:qwen-image-edit-plus").pipeline
     if recipe.cache != "none":
         apply_options(pipeline, AccelerationOptions(cache=recipe.cache), denoiser(pipeline).device)  # type: ignore[arg-type]
-    family = QwenImageEditPlusFamily(pipeline, overrides=Defaults(steps=steps), cfg_until=recipe.cfg_until)
+    family = QwenImageEditPlusFamily(
+        pipeline, overrides=Defaults(steps=steps), levers=Levers(cfg_until=recipe.cfg_until)
+    )
     if recipe.encodings:
         family.keep_encodings(EncodingCache(256 * 2**20))
     counted = Counted(pipeline)

@@ -53,6 +53,14 @@ TOKENS: dict[str, list[str | bytes]] = {
     ],
     "size": ["x", "X", "auto", "AUTO", " ", "\n", "64", "4096", "16384", "999999", "١", "０"],
     "admin": [*_HEAD, *_JSON],
+    "presets": [
+        *("low:", "medium:", "high:", "xhigh:", "max:", "\n  ", ": ", "{", "}", "[", "]", "- ", "&a ", "*a", "<<: "),
+        *("!!int ", "!!float ", "!!str ", "!!map ", "!!binary ", "!!python/object ", "%YAML 1.1\n", "---\n", "..."),
+        *("num_inference_steps", "guidance_scale", "true_cfg_scale", "image_guidance_scale", "strength"),
+        *("negative_prompt", "input_fidelity", "lora", "cfg_until", "cache", "cache_threshold", "cache_interval"),
+        *("first_block", "taylorseer", "none", ".inf", ".nan", "~", "null", "yes", "0x1F", "1_000", "0o17", "1e400"),
+        *_NUMBERS,
+    ],
 }
 
 

@@ -188,6 +188,21 @@ def admin() -> Seeds:
     }
 
 
+def presets() -> Seeds:
+    """``IMGEDIT_PRESETS`` files: the shipped example, JSON, YAML's anchors and tags, and broken ones."""
+    example = Path(__file__).resolve().parents[1] / "deploy" / "presets" / "qwen-image-edit-2511.yaml"
+    return {
+        "example.yaml": example.read_bytes(),
+        "levers.json": b'{"medium": {"cfg_until": 0.5, "cache": "first_block", "cache_threshold": 0.1}}',
+        "loras.yaml": b"low:\n  lora: [{name: fast, scale: 1.0}, 'ink:0.5']\n  num_inference_steps: 4\n",
+        "anchors.yaml": b"low: &r {num_inference_steps: 4, cache: taylorseer, cache_interval: 3}\nmedium: *r\n",
+        "tags.yaml": b"low: !!map {num_inference_steps: !!int 4, guidance_scale: !!float 1e3}\n",
+        "text.yaml": b'high: {negative_prompt: "blurry, \\u00e9", input_fidelity: high, strength: 0.5}\n',
+        "deep.yaml": b"low: " + b"[" * 200 + b"]" * 200 + b"\n",
+        "broken.yaml": b"low: {num_inference_steps: 4\n\tmax: [\n",
+    }
+
+
 SEEDS: dict[str, Callable[[], Seeds]] = {
     "multipart": multipart,
     "json_body": json_body,
@@ -197,6 +212,7 @@ SEEDS: dict[str, Callable[[], Seeds]] = {
     "images": images,
     "size": size,
     "admin": admin,
+    "presets": presets,
 }
 
 

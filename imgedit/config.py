@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     encoding_cache_mb: int | None = Field(None, ge=0, le=1_000_000)
     """Megabytes of prompt encodings and reference-image latents kept for the next edits that need them (least
     recently used out first; pictures are the same bytes). 0 turns it off. Qwen-Image-Edit families."""
+    presets: str | None = Field(None, min_length=1)
+    """A YAML or JSON file mapping `quality` levels (`low`, `medium`, `high`, `xhigh`, `max`) to recipes: request
+    fields used where a request leaves them unset, and `cfg_until`, `cache`, `cache_threshold`, `cache_interval` for
+    those edits alone (see Speed). `auto` runs `high`."""
     cfg_until: float = Field(1.0, gt=0, le=1)
     """The fraction of each edit's steps that run classifier-free guidance (`round(fraction x steps)`, from the
     first); later steps run the conditional branch alone, one denoiser call instead of two. 1 guides every step.

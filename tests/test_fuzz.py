@@ -32,6 +32,7 @@ PARSERS = (
     "imgedit.media.sizing.parse_size",
     "imgedit.media.sizing.output_size",
     "imgedit.api.routes._admin_body",
+    "imgedit.serving.presets.parse_presets",
 )
 
 

@@ -177,7 +177,8 @@ FIELDS: tuple[Field, ...] = (
         kind="choice",
         description=(
             "`low`, `medium`, `high`, `xhigh` and `max` run 1/4, 1/2, 1, 1.5 and 2 times the model's default steps (at "
-            "most 200); `auto` and `standard` run the default (see Models). The response reports what ran."
+            "most 200), or the recipe `IMGEDIT_PRESETS` gives the level (see Speed); `auto` and `standard` run `high`. "
+            "The response reports the level that ran."
         ),
         default="auto",
         choices=("auto", "low", "medium", "high", "xhigh", "max"),

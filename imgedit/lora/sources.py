@@ -80,6 +80,12 @@ def parse_loras(value: str) -> list[LoraSpec]:
     return specs
 
 
+def name_for_path(path: str) -> str:
+    """A LoRA name for one given only by its path: the file's or directory's name, made safe."""
+    stem = Path(path).stem or "adapter"
+    return re.sub(r"[^A-Za-z0-9._-]", "-", stem).lstrip("._-")[:128] or "adapter"
+
+
 def parse_named_loras(value: str) -> list[tuple[str, LoraSpec]]:
     """The LoRAs of ``IMGEDIT_LORA_ADAPTERS``: ``name=SOURCE[:SCALE]``, comma-separated.
 

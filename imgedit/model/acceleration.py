@@ -11,6 +11,7 @@ the loader's.)
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,6 +33,25 @@ class OptionError(Exception):
     """An option cannot be applied to this model or machine; the message names the variable."""
 
 
+#: ``IMGEDIT_CACHE``'s values.
+CacheKind = Literal["none", "first_block", "taylorseer"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepCache:
+    """A cache of computation across denoising steps, as one call runs it.
+
+    Attributes:
+        kind: ``none``, ``first_block`` (FirstBlockCache) or ``taylorseer``.
+        threshold: FirstBlockCache's threshold.
+        interval: TaylorSeer's steps between full computations.
+    """
+
+    kind: CacheKind = "none"
+    threshold: float = 0.05
+    interval: int = 5
+
+
 @dataclass(frozen=True, kw_only=True)
 class AccelerationOptions:
     """What to turn on; every field is the ``IMGEDIT_`` setting of the same name.
@@ -47,12 +67,17 @@ class AccelerationOptions:
     """
 
     attention_backend: str | None = None
-    cache: Literal["none", "first_block", "taylorseer"] = "none"
+    cache: CacheKind = "none"
     cache_threshold: float = 0.05
     cache_interval: int = 5
     vae_tiling: bool = False
     vae_slicing: bool = False
     compile: bool = False
+
+    @property
+    def step_cache(self) -> StepCache:
+        """The step cache these options turn on (kind ``none`` when they do not)."""
+        return StepCache(kind=self.cache, threshold=self.cache_threshold, interval=self.cache_interval)
 
 
 def check_options(options: AccelerationOptions, device: torch.device) -> None:
@@ -80,7 +105,10 @@ def apply_options(pipeline: Pipeline, options: AccelerationOptions, device: torc
         _set_attention_backend(pipeline, options.attention_backend)
         applied.append(f"attention={options.attention_backend}")
     if options.cache != "none":
-        _enable_cache(pipeline, options)
+        try:
+            use_step_cache(pipeline, options.step_cache)
+        except ValueError as error:
+            raise OptionError(f"IMGEDIT_CACHE: {error}") from None
         applied.append(f"cache={options.cache}")
     for enabled, variable, method in (
         (options.vae_tiling, "IMGEDIT_VAE_TILING", "enable_tiling"),
@@ -114,20 +142,45 @@ def _set_attention_backend(pipeline: Pipeline, backend: str) -> None:
         raise OptionError(f"IMGEDIT_ATTENTION_BACKEND: {backend!r} is not usable here: {one_line(exc)}") from None
 
 
-def _enable_cache(pipeline: Pipeline, options: AccelerationOptions) -> None:
+#: The step cache each denoiser runs with now (absent: none).
+_caches: weakref.WeakKeyDictionary[torch.nn.Module, StepCache] = weakref.WeakKeyDictionary()
+
+
+def use_step_cache(pipeline: Pipeline, cache: StepCache) -> None:
+    """Have the pipeline's denoiser run with ``cache`` (kind ``none``: without one), changing it only if it differs.
+
+    A server with speed tiers (``IMGEDIT_PRESETS``) may switch it between two calls;
+    diffusers' hooks are removed and registered again, which costs little.
+
+    Raises:
+        ValueError: the denoiser cannot run ``cache``; the message says why.
+    """
     from diffusers import FirstBlockCacheConfig, TaylorSeerCacheConfig
 
-    model = _denoiser(pipeline, "IMGEDIT_CACHE")
+    try:
+        model = denoiser(pipeline)
+    except ValueError:
+        if cache.kind == "none":
+            return
+        raise
+    if _caches.get(model, StepCache()) == cache:
+        return
     if not hasattr(model, "enable_cache"):
-        raise OptionError(f"IMGEDIT_CACHE: {type(model).__name__} does not support diffusers' caching")
-    if options.cache == "first_block":
-        config: Any = FirstBlockCacheConfig(threshold=options.cache_threshold)
+        raise ValueError(f"{type(model).__name__} does not support diffusers' caching")
+    if model.is_cache_enabled:
+        model.disable_cache()
+    _caches.pop(model, None)
+    if cache.kind == "none":
+        return
+    if cache.kind == "first_block":
+        config: Any = FirstBlockCacheConfig(threshold=cache.threshold)
     else:
-        config = TaylorSeerCacheConfig(cache_interval=options.cache_interval)
+        config = TaylorSeerCacheConfig(cache_interval=cache.interval)
     try:
         model.enable_cache(config)
     except (ValueError, RuntimeError, TypeError) as exc:
-        raise OptionError(f"IMGEDIT_CACHE: {options.cache!r} does not work with this model: {one_line(exc)}") from None
+        raise ValueError(f"{cache.kind!r} does not work with this model: {one_line(exc)}") from None
+    _caches[model] = cache
 
 
 def _compile(pipeline: Pipeline) -> str:

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from imgedit.media.sizing import Size
+from imgedit.model.acceleration import StepCache, use_step_cache
 from imgedit.model.guidance import denoiser_seam
 from imgedit.model.pipeline import Pipeline
 
@@ -41,7 +42,8 @@ class PipelineCall:
     ``generated_size`` is what the pipeline really makes; it differs from the
     request's size only for pipelines that choose their own size (the output is
     then resized to the requested one). ``cfg_until`` is the fraction of the
-    steps that run classifier-free guidance (see :mod:`imgedit.model.guidance`).
+    steps that run classifier-free guidance (see :mod:`imgedit.model.guidance`);
+    ``cache`` the step cache the denoiser runs with (None: whichever it has).
     """
 
     pipeline: Pipeline
@@ -49,11 +51,14 @@ class PipelineCall:
     num_images: int
     generated_size: Size
     cfg_until: float = 1.0
+    cache: StepCache | None = None
 
     def invoke(self, on_step: StepHook | None = None) -> list[Image.Image]:
         """Run the call, wiring ``on_step`` into whichever step callback the pipeline has."""
         kwargs = dict(self.kwargs)
         parameters = call_parameters(type(self.pipeline))
+        if self.cache is not None:
+            use_step_cache(self.pipeline, self.cache)
         with denoiser_seam(self.pipeline, self.cfg_until, self._total_steps) as step_ended:
             if "callback_on_step_end" in parameters:
 

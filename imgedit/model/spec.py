@@ -16,6 +16,7 @@ from PIL import Image
 from imgedit.edit import MAX_STEPS, EditOptions, seeds_for
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
+from imgedit.model.acceleration import StepCache
 from imgedit.model.call import MaskMode
 
 #: Share of the default steps that each ``quality`` runs (at most :data:`~imgedit.edit.MAX_STEPS`).
@@ -47,6 +48,19 @@ class Defaults:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Levers:
+    """The server's speed settings for one edit: its own (``IMGEDIT_CFG_UNTIL``, ``IMGEDIT_CACHE``) or a tier's.
+
+    Attributes:
+        cfg_until: the fraction of the steps that run classifier-free guidance.
+        cache: the step cache the denoiser runs with (None: whichever it has).
+    """
+
+    cfg_until: float = 1.0
+    cache: StepCache | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class EditSpec:
     """One edit, resolved: what a family turns into pipeline arguments.
 
@@ -64,6 +78,7 @@ class EditSpec:
         mask: the edit region at the output size (white repaints) when the family
             inpaints natively; None otherwise.
         mask_mode: how the request's mask is honoured.
+        levers: the server's speed settings for this edit.
     """
 
     prompt: str
@@ -78,6 +93,7 @@ class EditSpec:
     strength: float | None = None
     mask: Image.Image | None = None
     mask_mode: MaskMode = "none"
+    levers: Levers = Levers()
 
 
 def resolve(
@@ -88,6 +104,7 @@ def resolve(
     mask_region: Image.Image | None,
     *,
     native_mask: bool,
+    levers: Levers,
 ) -> EditSpec:
     """Resolve ``options`` against ``defaults`` (the family's, with the operator's overrides).
 
@@ -97,6 +114,7 @@ def resolve(
         mask_region: the request's edit region at the first image's size (255
             where to edit), or None without a mask.
         native_mask: whether the family inpaints a mask itself (else it is composited).
+        levers: the server's speed settings for the edit.
     """
     assert defaults.steps is not None, "every family has default steps"
     if options.num_inference_steps is not None:
@@ -121,6 +139,7 @@ def resolve(
         strength=_given(options.strength, default_strength),
         mask=mask,
         mask_mode=mask_mode,
+        levers=levers,
     )
 
 

@@ -45,7 +45,7 @@ def fusion_key(call: PipelineCall) -> Hashable | None:
             parts.append((name, value))
         else:
             return None
-    return (id(call.pipeline), call.generated_size, call.cfg_until, tuple(parts))
+    return (id(call.pipeline), call.generated_size, call.cfg_until, call.cache, tuple(parts))
 
 
 def fuse(calls: Sequence[PipelineCall]) -> PipelineCall:

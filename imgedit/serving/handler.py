@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -47,7 +45,7 @@ from imgedit.errors import RequestError, invalid
 from imgedit.logs import add_to_access_line, get_logger
 from imgedit.lora.admin import LoraAdmin, PartlyApplied
 from imgedit.lora.registry import LoraRegistry, UnknownLora
-from imgedit.lora.sources import LoraError
+from imgedit.lora.sources import LoraError, name_for_path
 from imgedit.lora.sync import ShuttingDown
 from imgedit.media.encode import EncodeOptions, encode_image, resolve_background
 from imgedit.media.fetch import Fetcher
@@ -60,6 +58,7 @@ from imgedit.model.spec import EditSpec
 from imgedit.scheduling.engine import Engine
 from imgedit.scheduling.jobs import DeadlineExceeded, Draining, Job, OutOfMemory, PreviewSink, QueueFull
 from imgedit.serving.options import multipart_limits
+from imgedit.serving.presets import Presets
 
 log = get_logger(__name__)
 
@@ -106,6 +105,7 @@ class EditHandler:
         engine: runs the pipeline.
         fetcher: reads URL inputs.
         lora_admin: loads and unloads LoRAs; by default one for this process alone.
+        presets: the recipes behind ``quality`` (``IMGEDIT_PRESETS``), if any.
     """
 
     def __init__(
@@ -115,8 +115,10 @@ class EditHandler:
         engine: Engine,
         fetcher: Fetcher,
         lora_admin: LoraAdmin | None = None,
+        presets: Presets | None = None,
     ) -> None:
         self.settings = settings
+        self.presets = presets
         self.family = family
         self.engine = engine
         self.fetcher = fetcher
@@ -160,7 +162,11 @@ class EditHandler:
             return error_response(internal_error())
 
     async def _prepare(self, request: EditRequest) -> _Prepared:
-        options = request.options
+        options, levers = request.options, None
+        recipe = self.presets.for_quality(options.quality) if self.presets is not None else None
+        if recipe is not None:  # the request's own fields win over its tier's
+            options, levers = recipe.fill(options), recipe.levers_over(self.family.levers)
+            add_to_access_line(preset=recipe.level)
         add_to_access_line(n=options.n)
         log.debug(
             "prompt=%r negative_prompt=%r user=%r safety_identifier=%r",
@@ -173,7 +179,7 @@ class EditHandler:
         size = output_size(
             request.size, inputs.first.size, self.family.size_multiple, self.limits.size, self.auto_pixels
         )
-        spec = self.family.resolve(options, inputs.images, size, inputs.mask_region)
+        spec = self.family.resolve(options, inputs.images, size, inputs.mask_region, levers)
         plan = self.family.plan(spec)
         add_to_access_line(
             size=size, steps=plan.steps, **({"mask": plan.mask_mode} if plan.mask_mode != "none" else {})
@@ -184,7 +190,7 @@ class EditHandler:
             background=resolve_background(request.background, inputs.first.alpha, request.output_format),
             png_compress_level=self.settings.png_compress_level,
         )
-        loras = await self._loras(request)
+        loras = await self._loras(request, recipe.loras if recipe is not None else ())
         if loras:
             add_to_access_line(lora=",".join(f"{name}:{scale:g}" for name, scale in loras))
         return _Prepared(
@@ -197,8 +203,10 @@ class EditHandler:
             loras=loras,
         )
 
-    async def _loras(self, request: EditRequest) -> Loras:
+    async def _loras(self, request: EditRequest, tier: Sequence[LoraChoice]) -> Loras:
         """The LoRAs the request chose: ``model`` naming one, then ``lora``; paths are loaded first.
+
+        A request that chooses none runs its speed tier's, ``tier``.
 
         Raises:
             RequestError: naming ``lora`` for a LoRA that is not loaded or cannot be.
@@ -207,9 +215,10 @@ class EditHandler:
         choices = list(request.lora)
         if request.model is not None and self.loras.has(request.model):
             choices.insert(0, LoraChoice(request.model))
+        choices = choices or list(tier)
         for index, choice in enumerate(choices):
             if choice.path is not None:
-                name = choice.name or _name_of(choice.path)
+                name = choice.name or name_for_path(choice.path)
                 if not self.loras.has(name):
                     try:
                         await self.lora_admin.load(name, choice.path)
@@ -331,12 +340,6 @@ class EditHandler:
 
         headers = {SEEDS_HEADER: ",".join(str(seed) for seed in prepared.spec.seeds), "Cache-Control": "no-cache"}
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
-
-
-def _name_of(path: str) -> str:
-    """A LoRA name for a request that gave only a path: the file's or directory's name, made safe."""
-    stem = Path(path).stem or "adapter"
-    return re.sub(r"[^A-Za-z0-9._-]", "-", stem).lstrip("._-")[:128] or "adapter"
 
 
 def _draining() -> ApiError:

@@ -19,7 +19,7 @@ from imgedit.errors import StartupError
 from imgedit.model.acceleration import AccelerationOptions, OptionError, apply_options
 from imgedit.model.encodings import DEFAULT_MEGABYTES, EncodingCache
 from imgedit.model.families import Family, GuidanceError, UnsupportedPipeline, family_class_for
-from imgedit.model.spec import Defaults
+from imgedit.model.spec import Defaults, Levers
 from imgedit.ranks.plans import ParallelError, check_model, enable_parallelism
 from imgedit.serving.options import acceleration_options, default_overrides, load_options
 from imgedit.weights.loader import LoadedModel, load_model
@@ -103,7 +103,7 @@ def prepare_model(recipe: ModelRecipe, slot: int, loaded_everywhere: Callable[[]
             overrides=overrides,
             max_images=recipe.max_images,
             native_pixels=loaded.native_pixels,
-            cfg_until=recipe.cfg_until,
+            levers=Levers(cfg_until=recipe.cfg_until, cache=recipe.acceleration.step_cache),
         )
     except GuidanceError as error:
         raise StartupError(f"IMGEDIT_CFG_UNTIL={recipe.cfg_until:g}: {error}") from None

@@ -27,7 +27,7 @@ from imgedit.media.fetch import Fetcher
 from imgedit.model.acceleration import OptionError, check_options
 from imgedit.model.devices import DeviceError, pick_device, visible_gpus
 from imgedit.model.encodings import observe_lookups
-from imgedit.model.families import family_names
+from imgedit.model.families import Family, family_names
 from imgedit.model.guidance import observe_denoiser_calls
 from imgedit.ranks.group import RankGroup, RankSetup, RankStartupError, claim_gpus
 from imgedit.ranks.plans import ParallelError, RankLayout, check_layout
@@ -36,6 +36,7 @@ from imgedit.scheduling.engine import Engine
 from imgedit.serving.bentoml_seam import arrange_exit_status, stop_server
 from imgedit.serving.handler import EditHandler
 from imgedit.serving.options import acceleration_options, fetch_policy, load_options, rank_layout
+from imgedit.serving.presets import PresetError, Presets, check_presets, load_presets
 from imgedit.serving.recipe import ModelRecipe, PreparedModel, prepare_family, prepare_model
 from imgedit.serving.worker import Worker
 from imgedit.weights.loader import check_placement, check_source
@@ -76,10 +77,14 @@ def check_settings(settings: Settings) -> None:
                 f"IMGEDIT_FAMILY: unknown family {settings.family!r}; known: {', '.join(family_names())}"
             )
         _check_loras(settings)
+        if settings.presets is not None:
+            load_presets(settings.presets)
         check_source(load, device)
         check_ranks(settings, device, visible_gpus())
     except (DeviceError, OptionError, ModelLoadError, ParallelError) as error:
         raise StartupError(str(error)) from None
+    except PresetError as error:
+        raise StartupError(f"IMGEDIT_PRESETS: {error}") from None
 
 
 def check_ranks(settings: Settings, device: torch.device, gpus: int | None) -> RankLayout:
@@ -205,6 +210,7 @@ def _serve(
         runner=ranks,
     )
     lora_admin = _lora_admin(settings, loras, engine, index)
+    presets = _presets(settings, family, layout)
     try:
         for plan in family.warmup_plans():
             engine.run_now(plan.calls)
@@ -229,7 +235,7 @@ def _serve(
         "".join(f", {option}" for option in model.options),
         time.monotonic() - started,
     )
-    handler = EditHandler(settings, family, engine, Fetcher(fetch_policy(settings)), lora_admin)
+    handler = EditHandler(settings, family, engine, Fetcher(fetch_policy(settings)), lora_admin, presets)
     return Worker(served_name=settings.served_name, model=model, engine=engine, handler=handler, ranks=layout.ranks)
 
 
@@ -256,6 +262,23 @@ def _check_loras(settings: Settings) -> None:
         )
     if settings.lora_dir and not Path(settings.lora_dir).expanduser().is_dir():
         raise StartupError(f"IMGEDIT_LORA_DIR: {settings.lora_dir!r} is not a directory")
+
+
+def _presets(settings: Settings, family: Family[Any], layout: RankLayout) -> Presets | None:
+    """``IMGEDIT_PRESETS``, read and tried on the loaded model (None when unset).
+
+    Raises:
+        StartupError: naming the variable, the level and the key.
+    """
+    if settings.presets is None:
+        return None
+    adapters = [name for name, _ in parse_named_loras(settings.lora_adapters or "")]
+    try:
+        presets = load_presets(settings.presets)
+        check_presets(presets, family, ranks=layout.ranks, context=layout.context, adapters=adapters)
+    except PresetError as error:
+        raise StartupError(f"IMGEDIT_PRESETS: {error}") from None
+    return presets
 
 
 def _lora_admin(settings: Settings, loras: LoraRegistry, engine: Engine, index: int) -> LoraAdmin:

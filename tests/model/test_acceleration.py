@@ -5,7 +5,14 @@ import pytest
 import torch
 from PIL import Image
 
-from imgedit.model.acceleration import AccelerationOptions, OptionError, apply_options, check_options
+from imgedit.model.acceleration import (
+    AccelerationOptions,
+    OptionError,
+    StepCache,
+    apply_options,
+    check_options,
+    use_step_cache,
+)
 from imgedit.model.tiny import build_tiny
 
 CPU = torch.device("cpu")
@@ -67,6 +74,27 @@ def test_caches_run_and_change_the_computation(cache, expected):
     cached = edit(pipeline, steps=12)
     assert cached.shape == reference.shape
     assert not np.array_equal(cached, reference)  # steps were skipped or predicted
+
+
+def test_each_call_runs_with_its_own_step_cache_and_switches_only_when_it_differs():
+    pipeline = fresh()
+    plain = edit(pipeline, steps=8)
+    use_step_cache(pipeline, StepCache(kind="taylorseer", interval=3))
+    hooks = pipeline.transformer._diffusers_hook
+    cached = edit(pipeline, steps=8)
+    use_step_cache(pipeline, StepCache(kind="taylorseer", interval=3))  # the same: left as it is
+    assert pipeline.transformer._diffusers_hook is hooks and pipeline.transformer.is_cache_enabled
+    use_step_cache(pipeline, StepCache())
+    assert not pipeline.transformer.is_cache_enabled
+    assert np.array_equal(edit(pipeline, steps=8), plain) and not np.array_equal(cached, plain)
+    use_step_cache(pipeline, StepCache(kind="first_block", threshold=0.5))
+    assert np.array_equal(edit(pipeline, steps=8), edit_with_first_block(steps=8))
+
+
+def edit_with_first_block(steps: int) -> np.ndarray:
+    pipeline = fresh()
+    apply_options(pipeline, AccelerationOptions(cache="first_block", cache_threshold=0.5), CPU)
+    return edit(pipeline, steps=steps)
 
 
 def test_vae_tiling_and_slicing_are_switched_on():

@@ -10,7 +10,7 @@ from PIL import Image
 
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
-from imgedit.model.acceleration import AccelerationOptions, apply_options
+from imgedit.model.acceleration import AccelerationOptions, StepCache, apply_options
 from imgedit.model.call import PipelineCall
 from imgedit.model.families import GuidanceError
 from imgedit.model.families.flux2 import Flux2Family, Flux2KleinFamily
@@ -19,6 +19,7 @@ from imgedit.model.families.qwen_image_edit import QwenImageEditPlusFamily
 from imgedit.model.families.stable_diffusion import InstructPix2PixFamily
 from imgedit.model.guidance import guided_steps, observe_denoiser_calls
 from imgedit.model.pipeline import denoiser
+from imgedit.model.spec import Levers
 from imgedit.model.tiny import build_tiny
 from imgedit.scheduling.fusion import fuse, fusion_key
 from tests.model.families.conftest import plan
@@ -40,7 +41,7 @@ def calls():
 
 
 def qwen_call(pipeline, cfg_until: float, steps: int, **options) -> PipelineCall:
-    family = QwenImageEditPlusFamily(pipeline, cfg_until=cfg_until)
+    family = QwenImageEditPlusFamily(pipeline, levers=Levers(cfg_until=cfg_until))
     (call,) = plan(family, [IMAGE], Size(64, 64), [3], num_inference_steps=steps, **options).calls
     return call
 
@@ -88,7 +89,7 @@ def test_the_other_sequential_families_compute_exactly_the_unguided_run_too(fami
     pipeline = build_tiny(model).pipeline
 
     def run(cfg_until: float, **options) -> np.ndarray:
-        family = family_class(pipeline, cfg_until=cfg_until)
+        family = family_class(pipeline, levers=Levers(cfg_until=cfg_until))
         (call,) = plan(family, [IMAGE], Size(64, 64), [3], num_inference_steps=4, **options).calls
         return pixels(call)
 
@@ -128,12 +129,14 @@ def test_without_true_cfg_every_step_is_one_call(tiny_model, calls):
 
 
 def test_the_fraction_travels_with_the_calls_and_separates_fusion():
-    family = FluxKontextFamily(build_tiny("tiny:flux-kontext").pipeline, cfg_until=0.5)
+    family = FluxKontextFamily(build_tiny("tiny:flux-kontext").pipeline, levers=Levers(cfg_until=0.5))
     (half,) = plan(family, [IMAGE], Size(64, 64), [3], num_inference_steps=4).calls
     assert half.cfg_until == 0.5
     whole = dataclasses.replace(half, cfg_until=1.0)
     assert None is not fusion_key(half) != fusion_key(whole) is not None
     assert fuse([half, half]).cfg_until == 0.5
+    cached = dataclasses.replace(half, cache=StepCache(kind="taylorseer"))
+    assert None is not fusion_key(half) != fusion_key(cached) is not None  # a speed tier's cache fuses apart too
 
 
 @pytest.mark.parametrize(
@@ -146,5 +149,5 @@ def test_the_fraction_travels_with_the_calls_and_separates_fusion():
 def test_a_family_that_cannot_stop_guidance_part_way_refuses_a_fraction(family_class, model, says):
     pipeline = build_tiny(model).pipeline
     with pytest.raises(GuidanceError, match=says):
-        family_class(pipeline, cfg_until=0.5)
+        family_class(pipeline, levers=Levers(cfg_until=0.5))
     assert family_class(pipeline).cfg_until == 1.0

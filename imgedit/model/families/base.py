@@ -29,7 +29,7 @@ from imgedit.model.branches import GuidanceKind
 from imgedit.model.call import EditPlan, PipelineCall, Tokens, call_parameters
 from imgedit.model.encodings import EncodingCache
 from imgedit.model.pipeline import Pipeline
-from imgedit.model.spec import Defaults, EditSpec, resolve
+from imgedit.model.spec import Defaults, EditSpec, Levers, resolve
 
 log = get_logger(__name__)
 
@@ -78,11 +78,11 @@ class Family(ABC, Generic[P]):
         overrides: the operator's overrides of the family's defaults (``IMGEDIT_DEFAULT_*``).
         max_images: overrides ``default_max_images``, up to ``max_images_supported``.
         native_pixels: overrides the output area ``size=auto`` aims at (tiny models are built for less).
-        cfg_until: the fraction of each call's steps that run guidance (``IMGEDIT_CFG_UNTIL``, 1 by default).
+        levers: the server's speed settings for edits that name none (``IMGEDIT_CFG_UNTIL``, ``IMGEDIT_CACHE``).
 
     Raises:
         ValueError: ``max_images`` is more than the pipeline takes.
-        GuidanceError: ``cfg_until`` is below 1 and the family's guidance is not ``sequential``.
+        GuidanceError: ``levers.cfg_until`` is below 1 and the family's guidance is not ``sequential``.
     """
 
     #: Family name: chosen with ``IMGEDIT_FAMILY``, shown in logs.
@@ -125,20 +125,15 @@ class Family(ABC, Generic[P]):
         overrides: Defaults | None = None,
         max_images: int | None = None,
         native_pixels: int | None = None,
-        cfg_until: float = 1.0,
+        levers: Levers | None = None,
     ) -> None:
-        guidance = self.guidance_of(pipeline)
-        if cfg_until < 1 and guidance != "sequential":
-            how = {"none": "has no classifier-free guidance", "batched": "runs its guidance in one batched call"}
-            raise GuidanceError(
-                f"{self.name} {how[guidance]}, so it cannot stop guidance part-way; "
-                "only families that call the denoiser once per branch can"
-            )
-        self.cfg_until = cfg_until
+        self.loaded = pipeline
+        #: The server's speed settings, for edits that name none.
+        self.levers = levers or Levers()
+        self.check_levers(self.levers)
         self.max_images = max_images or self.default_max_images
         if self.max_images > self.max_images_supported:
             raise ValueError(f"{self.name} takes at most {self.max_images_supported} input images")
-        self.loaded = pipeline
         #: Runs requests without a mask.
         self.pipeline: P
         #: Runs requests with a mask, when the family inpaints natively.
@@ -148,6 +143,25 @@ class Family(ABC, Generic[P]):
         self.resolved_defaults = self.family_defaults().overridden_by(overrides or Defaults())
         #: The output area ``size=auto`` aims at, at the first image's aspect ratio.
         self.native_pixels = native_pixels or self.family_native_pixels()
+
+    def check_levers(self, levers: Levers) -> None:
+        """Refuse speed settings this family cannot run.
+
+        Raises:
+            GuidanceError: ``cfg_until`` is below 1 and the pipeline's guidance is not ``sequential``.
+        """
+        guidance = self.guidance_of(self.loaded)
+        if levers.cfg_until < 1 and guidance != "sequential":
+            how = {"none": "has no classifier-free guidance", "batched": "runs its guidance in one batched call"}
+            raise GuidanceError(
+                f"{self.name} {how[guidance]}, so it cannot stop guidance part-way; "
+                "only families that call the denoiser once per branch can"
+            )
+
+    @property
+    def cfg_until(self) -> float:
+        """The fraction of the steps that run guidance in edits that name none (``IMGEDIT_CFG_UNTIL``)."""
+        return self.levers.cfg_until
 
     @classmethod
     def guidance_of(cls, pipeline: Pipeline) -> GuidanceKind:
@@ -239,18 +253,26 @@ class Family(ABC, Generic[P]):
     # -- shared machinery -------------------------------------------------------------------
 
     def resolve(
-        self, options: EditOptions, images: Sequence[InputImage], size: Size, mask_region: Image.Image | None = None
+        self,
+        options: EditOptions,
+        images: Sequence[InputImage],
+        size: Size,
+        mask_region: Image.Image | None = None,
+        levers: Levers | None = None,
     ) -> EditSpec:
         """``options`` with every default resolved for this family.
 
         Args:
             mask_region: the request's mask at the first image's size, white
                 where to edit; None without one.
+            levers: a speed tier's settings (None: the server's, :attr:`levers`).
         """
         defaults = self.resolved_defaults
         if options.input_fidelity is not None:  # the request's choice wins over the operator's defaults
             defaults = defaults.overridden_by(self.fidelity.get(options.input_fidelity, Defaults()))
-        return resolve(options, defaults, images, size, mask_region, native_mask=self.native_mask)
+        return resolve(
+            options, defaults, images, size, mask_region, native_mask=self.native_mask, levers=levers or self.levers
+        )
 
     def plan(self, spec: EditSpec) -> EditPlan:
         """How to serve ``spec``: its pipeline calls, one per image unless the family batches them.
@@ -274,7 +296,8 @@ class Family(ABC, Generic[P]):
                     kwargs=_accepted_only(pipeline, arguments),
                     num_images=len(seeds),
                     generated_size=generated,
-                    cfg_until=self.cfg_until,
+                    cfg_until=spec.levers.cfg_until,
+                    cache=spec.levers.cache,
                 )
             )
         return EditPlan(calls, spec.size, spec.steps, spec.mask_mode)

@@ -189,6 +189,7 @@ class NegativePromptCall(PipelineCall):
             num_images=self.num_images,
             generated_size=self.generated_size,
             cfg_until=self.cfg_until,
+            cache=self.cache,
         )
         return plain.invoke(on_step)
 
@@ -261,6 +262,7 @@ class Flux2KleinFamily(_Flux2):
                 num_images=call.num_images,
                 generated_size=call.generated_size,
                 cfg_until=call.cfg_until,
+                cache=call.cache,
                 negative_prompt=negative_prompt,
             )
             for call in plan.calls
