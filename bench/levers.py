@@ -35,8 +35,9 @@ from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
 from imgedit.model.acceleration import AccelerationOptions, apply_options
 from imgedit.model.encodings import EncodingCache
+from imgedit.model.events import denoiser_call
 from imgedit.model.families.qwen_image_edit import QwenImageEditPlusFamily
-from imgedit.model.guidance import guided_steps, observe_denoiser_calls
+from imgedit.model.guidance import guided_steps
 from imgedit.model.pipeline import denoiser
 from imgedit.model.spec import Defaults, Levers
 from imgedit.model.tiny import build_tiny
@@ -116,7 +117,7 @@ def measure(steps: int, size: int, runs: int) -> list[tuple[object, ...]]:
     pictures: dict[Recipe, np.ndarray] = {}
     calls: dict[Recipe, tuple[int, int, int]] = {}
     current = [0]
-    observe_denoiser_calls(lambda: edits[RECIPES[current[0]]][1]._add("denoiser"))
+    denoiser_call.observe(lambda: edits[RECIPES[current[0]]][1]._add("denoiser"))
     try:
         for round_ in range(runs + 1):  # round 0 warms up (and fills the encoding caches: later edits repeat it)
             shift = round_ % len(RECIPES)
@@ -131,7 +132,7 @@ def measure(steps: int, size: int, runs: int) -> list[tuple[object, ...]]:
                     timings[recipe].append(time.process_time() - started)
                 calls[recipe] = (counted.denoiser, counted.text, counted.vae)
     finally:
-        observe_denoiser_calls(None)
+        denoiser_call.observe(None)
     base = RECIPES[0]
     rows: list[tuple[object, ...]] = []
     for recipe in RECIPES:

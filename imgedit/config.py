@@ -111,7 +111,8 @@ class Settings(BaseSettings):
     """TaylorSeer: steps predicted between full computations."""
     encoding_cache_mb: int | None = Field(None, ge=0, le=1_000_000)
     """Megabytes of prompt encodings and reference-image latents kept for the next edits that need them (least
-    recently used out first; pictures are the same bytes). 0 turns it off. Qwen-Image-Edit families."""
+    recently used out first; pictures are the same bytes). 0 turns it off. Qwen-Image-Edit, FLUX.1 Kontext
+    (T5) and FLUX.2 families."""
     presets: str | None = Field(None, min_length=1)
     """A YAML or JSON file mapping `quality` levels (`low`, `medium`, `high`, `xhigh`, `max`) to recipes: request
     fields used where a request leaves them unset, and `cfg_until`, `cache`, `cache_threshold`, `cache_interval` for

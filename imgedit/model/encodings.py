@@ -13,7 +13,7 @@ The key is a hash of exactly what the method receives: prompt texts, the
 decoded and resized image pixels or tensors (their bytes, shape, dtype and
 device), sizes and options, and the method's name. The weights are no part of
 it: a family names only encoders that no LoRA it loads changes (the LoRAs of
-Qwen-Image-Edit touch its transformer alone). The pictures are the same bytes
+Qwen-Image-Edit and FLUX.2 touch their transformer alone; FLUX.1's reach CLIP, not T5). The pictures are the same bytes
 with or without the cache: a hit returns the tensors the same call computed
 before, and the pipelines only read them.
 """
@@ -29,20 +29,11 @@ from typing import Any
 import torch
 from PIL import Image
 
+from imgedit.model.events import encoding_lookup
 from imgedit.model.pipeline import Pipeline
 
 #: Megabytes kept by default: on a GPU the encodings of a few hundred edits at 1 MP; on the CPU less.
 DEFAULT_MEGABYTES = {"cuda": 1024, "cpu": 256}
-
-
-#: Told of every lookup, True for a hit (set in the worker, not in the extra ranks, which look up the same keys).
-_observer: Callable[[bool], None] | None = None
-
-
-def observe_lookups(observer: Callable[[bool], None] | None) -> None:
-    """Have ``observer`` called with every lookup's outcome in this process (True: found); None stops it."""
-    global _observer
-    _observer = observer
 
 
 class EncodingCache:
@@ -68,8 +59,7 @@ class EncodingCache:
     def lookup(self, key: str, compute: Callable[[], Any]) -> Any:
         """The encoding kept under ``key``, or ``compute()``'s, kept if it fits."""
         found = self._entries.get(key)
-        if _observer is not None:
-            _observer(found is not None)
+        encoding_lookup(found is not None)
         if found is not None:
             self._entries.move_to_end(key)
             return found[0]
@@ -106,6 +96,11 @@ class EncodingCache:
 
 def fingerprint(value: Any, digest: Any) -> None:
     """Feed ``digest`` with everything that decides an encoder's result in ``value``.
+
+    A tensor on a GPU is copied to the host to be hashed: a 1024x1024 reference
+    in bfloat16 is 6 MiB, about half a millisecond over PCIe 4, against the
+    encoder run a hit saves (the VAE's tens of milliseconds; 0.6 to 1.7 s of
+    text encoding in SGLang's published baselines).
 
     Raises:
         TypeError: a value of a kind that cannot be fingerprinted (the method must not be cached).

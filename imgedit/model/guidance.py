@@ -41,20 +41,8 @@ from imgedit.model.branches import (
     unconditional_cache_context,
     with_prediction,
 )
+from imgedit.model.events import denoiser_call
 from imgedit.model.pipeline import Pipeline, denoiser
-
-#: Called once for every forward call the denoiser really runs (set in the worker, not in the extra ranks).
-_observer: Callable[[], None] | None = None
-
-
-def observe_denoiser_calls(observer: Callable[[], None] | None) -> None:
-    """Have ``observer`` called for every denoiser forward call this process runs (None: stop).
-
-    The worker counts them for ``imgedit_denoiser_calls_total``; the extra ranks
-    of an edit run the same calls and do not, so each logical call counts once.
-    """
-    global _observer
-    _observer = observer
 
 
 def guided_steps(cfg_until: float, steps: int) -> int:
@@ -133,8 +121,7 @@ class _Seam:
     def _unconditional_call(self, ranks: BranchRanks, kwargs: dict[str, Any]) -> Any:
         if ranks.branch == 0:
             own = prediction_of(self.conditional)
-            if _observer is not None:
-                _observer()  # the other group ran this logical call
+            denoiser_call()  # the other group ran this logical call
         elif self.branch is None:  # the first guided step: group 1 runs the unconditional call as it comes
             assert self.first_arguments is not None, "a conditional call came first"
             self.unconditional = UnconditionalArguments.learn(self.first_arguments, kwargs)
@@ -149,8 +136,7 @@ class _Seam:
 
     def _run(self, forward: Callable[[], Any]) -> Any:
         output = forward()
-        if _observer is not None:
-            _observer()
+        denoiser_call()
         return output
 
     def step_ended(self, step: int) -> None:

@@ -211,13 +211,13 @@ _FIELDS: dict[str, Any] = {
 _RECIPE = pydantic.create_model("PresetRecipe", __config__=pydantic.ConfigDict(extra="forbid", strict=True), **_FIELDS)
 
 
-def check_presets(presets: Presets, family: Family[Any], *, ranks: int, context: bool, adapters: Sequence[str]) -> None:
+def check_presets(presets: Presets, family: Family[Any], *, ranks: int, context: bool, named_loras: Sequence[str]) -> None:
     """What each recipe asks of the loaded model, tried before the server takes edits.
 
     Args:
         ranks: the ranks of each edit (per-request LoRAs need one).
         context: whether they split the sequence (FirstBlockCache cannot).
-        adapters: the names of ``IMGEDIT_LORA_ADAPTERS``, the LoRAs a recipe may name.
+        named_loras: the names of ``IMGEDIT_LORA_ADAPTERS``, the LoRAs a recipe may name.
 
     Raises:
         PresetError: naming the level and key at fault.
@@ -240,5 +240,5 @@ def check_presets(presets: Presets, family: Family[Any], *, ranks: int, context:
         for choice in recipe.loras:
             if ranks > 1:
                 raise PresetError(f"{level}.lora: per-request adapters need one rank per edit")
-            if choice.name not in adapters:
+            if choice.name not in named_loras:
                 raise PresetError(f"{level}.lora: {choice.name!r} is not one of IMGEDIT_LORA_ADAPTERS")

@@ -24,11 +24,10 @@ from imgedit.lora.registry import LoraRegistry
 from imgedit.lora.sources import LoraError, parse_loras, parse_named_loras
 from imgedit.lora.sync import LoraSync, prepare_directory
 from imgedit.media.fetch import Fetcher
+from imgedit.model import events
 from imgedit.model.acceleration import OptionError, check_options
 from imgedit.model.devices import DeviceError, pick_device, visible_gpus
-from imgedit.model.encodings import observe_lookups
 from imgedit.model.families import Family, family_names
-from imgedit.model.guidance import observe_denoiser_calls
 from imgedit.ranks.group import RankGroup, RankSetup, RankStartupError, claim_gpus
 from imgedit.ranks.plans import ParallelError, RankLayout, check_layout
 from imgedit.scheduling.capacity import replica_concurrency
@@ -222,8 +221,10 @@ def _serve(
             f"IMGEDIT_FAMILY: {settings.family!r} cannot run {type(loaded.pipeline).__name__}: {one_line(error)}"
         ) from None
     # From here on, what the edits do (not the warm-up).
-    observe_denoiser_calls(metrics.denoiser_calls.inc)
-    observe_lookups(lambda found: (metrics.encoding_cache_hits if found else metrics.encoding_cache_misses).inc())
+    events.denoiser_call.observe(metrics.denoiser_calls.inc)
+    events.encoding_lookup.observe(
+        lambda found: (metrics.encoding_cache_hits if found else metrics.encoding_cache_misses).inc()
+    )
     log.info(
         "serving %s as %r (%s, family %s, %s on %s%s) after %.1f s",
         loaded.model_id,
@@ -272,10 +273,10 @@ def _presets(settings: Settings, family: Family[Any], layout: RankLayout) -> Pre
     """
     if settings.presets is None:
         return None
-    adapters = [name for name, _ in parse_named_loras(settings.lora_adapters or "")]
+    named_loras = [name for name, _ in parse_named_loras(settings.lora_adapters or "")]
     try:
         presets = load_presets(settings.presets)
-        check_presets(presets, family, ranks=layout.ranks, context=layout.context, adapters=adapters)
+        check_presets(presets, family, ranks=layout.ranks, context=layout.context, named_loras=named_loras)
     except PresetError as error:
         raise StartupError(f"IMGEDIT_PRESETS: {error}") from None
     return presets

@@ -9,9 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
+from imgedit.edit import EditOptions
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
-from imgedit.model.encodings import EncodingCache, fingerprint, observe_lookups
+from imgedit.model.encodings import EncodingCache, fingerprint
+from imgedit.model.events import encoding_lookup
+from imgedit.model.families.flux2 import Flux2Family, Flux2KleinFamily
+from imgedit.model.families.flux_kontext import FluxKontextFamily
 from imgedit.model.families.qwen_image_edit import QwenImageEditFamily, QwenImageEditPlusFamily
 from imgedit.model.tiny import build_tiny
 from tests.model.families.conftest import plan
@@ -23,9 +27,9 @@ OTHER = InputImage(rgb=Image.new("RGB", (64, 64), (10, 200, 60)), alpha=None)
 @pytest.fixture
 def lookups():
     seen: list[bool] = []
-    observe_lookups(seen.append)
+    encoding_lookup.observe(seen.append)
     yield seen
-    observe_lookups(None)
+    encoding_lookup.observe(None)
 
 
 def family_with_cache(megabytes: int = 64) -> tuple[QwenImageEditPlusFamily, EncodingCache]:
@@ -127,3 +131,36 @@ def test_the_key_tells_apart_what_changes_an_encoding():
     assert digest_of(["ab", "c"]) != digest_of(["a", "bc"])
     with pytest.raises(TypeError):
         digest_of(object())
+
+
+@pytest.mark.parametrize(
+    ("family_class", "model", "masked", "lookups_per_edit"),
+    [
+        # T5 for the prompt (CLIP is not kept: LoRAs may reach it), the reference through the VAE.
+        (FluxKontextFamily, "tiny:flux-kontext", False, 2),
+        (FluxKontextFamily, "tiny:flux-kontext", True, 2),
+        # The prompt and the empty negative prompt of true CFG, each reference through the VAE.
+        (Flux2KleinFamily, "tiny:flux2-klein", False, 3),
+        (Flux2KleinFamily, "tiny:flux2-klein", True, 3),
+        (Flux2Family, "tiny:flux2", False, 2),
+    ],
+)
+def test_the_flux_families_keep_their_encodings_and_give_the_same_bytes(
+    lookups, family_class, model, masked, lookups_per_edit
+):
+    def pictures(family) -> list[np.ndarray]:
+        region = Image.new("L", (64, 64), 0)
+        region.paste(255, (0, 0, 32, 64))
+        options = {"num_inference_steps": 2, "negative_prompt": None}
+        spec = family.resolve(
+            EditOptions(prompt="a hat", seed=3, **options), [IMAGE], Size(64, 64), region if masked else None
+        )
+        return [np.asarray(image.convert("RGB")) for call in family.plan(spec).calls for image in call.invoke()]
+
+    expected = pictures(family_class(build_tiny(model).pipeline))
+    family = family_class(build_tiny(model).pipeline)
+    family.keep_encodings(EncodingCache(64 * 2**20))
+    first, second = pictures(family), pictures(family)
+    assert lookups == [False] * lookups_per_edit + [True] * lookups_per_edit
+    for pictures_made in (first, second):
+        assert all(np.array_equal(a, b) for a, b in zip(expected, pictures_made, strict=True))

@@ -12,12 +12,13 @@ from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
 from imgedit.model.acceleration import AccelerationOptions, StepCache, apply_options
 from imgedit.model.call import PipelineCall
+from imgedit.model.events import denoiser_call
 from imgedit.model.families import GuidanceError
 from imgedit.model.families.flux2 import Flux2Family, Flux2KleinFamily
 from imgedit.model.families.flux_kontext import FluxKontextFamily
 from imgedit.model.families.qwen_image_edit import QwenImageEditPlusFamily
 from imgedit.model.families.stable_diffusion import InstructPix2PixFamily
-from imgedit.model.guidance import guided_steps, observe_denoiser_calls
+from imgedit.model.guidance import guided_steps
 from imgedit.model.pipeline import denoiser
 from imgedit.model.spec import Levers
 from imgedit.model.tiny import build_tiny
@@ -35,9 +36,9 @@ def calls():
     def count() -> None:
         counted[0] += 1
 
-    observe_denoiser_calls(count)
+    denoiser_call.observe(count)
     yield counted
-    observe_denoiser_calls(None)
+    denoiser_call.observe(None)
 
 
 def qwen_call(pipeline, cfg_until: float, steps: int, **options) -> PipelineCall:

@@ -27,8 +27,8 @@ from imgedit.edit import EditOptions
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
 from imgedit.model.call import PipelineCall, RunCancelled
+from imgedit.model.events import denoiser_call
 from imgedit.model.families import Family
-from imgedit.model.guidance import observe_denoiser_calls
 from imgedit.model.pipeline import denoiser
 from imgedit.ranks import group as ranks_module
 from imgedit.ranks.group import RankGroup, RankStartupError, claim_gpus
@@ -222,14 +222,14 @@ def test_guidance_over_two_ranks_makes_the_pictures_of_one_from_fewer_passes(mod
     passes_alone = forward_passes(single)
     alone = [image for call in calls(single) for image in call.invoke()]
     counted: list[int] = []
-    observe_denoiser_calls(lambda: counted.append(1))
+    denoiser_call.observe(lambda: counted.append(1))
     try:
         with two_ranks(model, degree=1, cfg_parallel=True) as ranks:
             split_passes = forward_passes(ranks.family)
             split = Engine(runner=ranks.group).run_now(calls(ranks.family))
             assert largest_difference(split, alone) <= TOLERANCE
     finally:
-        observe_denoiser_calls(None)
+        denoiser_call.observe(None)
     assert (split_passes, passes_alone) == (passes, alone_passes)
     assert len(counted) == len(alone_passes)  # every logical call counted once, whichever rank ran it
     assert ranks.fatal.messages == []

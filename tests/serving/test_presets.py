@@ -16,9 +16,9 @@ from imgedit.lora.registry import LoraRegistry
 from imgedit.lora.sources import spec_in_directory
 from imgedit.media.fetch import Fetcher, FetchPolicy
 from imgedit.model.acceleration import StepCache
+from imgedit.model.events import denoiser_call
 from imgedit.model.families.qwen_image_edit import QwenImageEditPlusFamily
 from imgedit.model.families.stable_diffusion import InstructPix2PixFamily
-from imgedit.model.guidance import observe_denoiser_calls
 from imgedit.model.spec import Defaults, Levers
 from imgedit.model.tiny import build_tiny
 from imgedit.scheduling.engine import Engine
@@ -128,19 +128,19 @@ def test_what_a_recipe_asks_of_the_model_is_tried_at_start_up(text, ranks, conte
     family = InstructPix2PixFamily(build_tiny("tiny:instruct-pix2pix").pipeline)
     presets = parse_presets(text.encode())
     if message is None:
-        check_presets(presets, family, ranks=ranks, context=context, adapters=["light"])
+        check_presets(presets, family, ranks=ranks, context=context, named_loras=["light"])
         return
     with pytest.raises(PresetError) as refused:
-        check_presets(presets, family, ranks=ranks, context=context, adapters=["light"])
+        check_presets(presets, family, ranks=ranks, context=context, named_loras=["light"])
     assert str(refused.value).startswith(message)
 
 
 def test_first_block_cannot_split_with_the_sequence(tiny_model):
     family = QwenImageEditPlusFamily(tiny_model.pipeline)
     presets = parse_presets(b"low: {cache: first_block}")
-    check_presets(presets, family, ranks=1, context=False, adapters=[])  # tried on the model, then put back
+    check_presets(presets, family, ranks=1, context=False, named_loras=[])  # tried on the model, then put back
     with pytest.raises(PresetError, match=r"^low\.cache: 'first_block' decides on each rank's slice"):
-        check_presets(presets, family, ranks=2, context=True, adapters=[])
+        check_presets(presets, family, ranks=2, context=True, named_loras=[])
 
 
 # -- requests that run them ---------------------------------------------------------------------
@@ -157,7 +157,7 @@ def tiered(tiny_model, tmp_path_factory):
     engine = Engine(prepare=registry.activate, previewer=family.preview)
     engine.between_runs(lambda: registry.load("lightning", spec_in_directory(str(directory), "lightning"))).result()
     presets = load_presets(str(EXAMPLE))
-    check_presets(presets, family, ranks=1, context=False, adapters=["lightning"])
+    check_presets(presets, family, ranks=1, context=False, named_loras=["lightning"])
     yield (
         EditHandler(settings, family, engine, Fetcher(FetchPolicy()), LoraAdmin(registry, engine, None), presets),
         EditHandler(settings, family, engine, Fetcher(FetchPolicy()), LoraAdmin(registry, engine, None)),
@@ -197,14 +197,14 @@ async def test_a_tier_runs_its_recipe_and_the_response_reports_it(tiered):
 async def test_a_tiers_levers_apply_to_its_edits_alone(tiered):
     with_presets, _ = tiered
     counted: list[int] = []
-    observe_denoiser_calls(lambda: counted.append(1))
+    denoiser_call.observe(lambda: counted.append(1))
     try:
         await edit(with_presets, quality="medium")  # 20 steps, guidance on the first 10: 30 calls
         medium, counted[:] = len(counted), []
         await edit(with_presets, quality="high", num_inference_steps="20")  # the server's levers: 40 calls
         high = len(counted)
     finally:
-        observe_denoiser_calls(None)
+        denoiser_call.observe(None)
     assert (medium, high) == (30, 40)
 
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from PIL import Image
@@ -156,6 +156,8 @@ class Flux2Family(_Flux2):
 
     name = "flux2"
     pipeline_pairs = (("Flux2Pipeline", None),)
+    #: The text encoder and the VAE (by its mode): FLUX.2's LoRAs change the transformer alone.
+    encoders: ClassVar[dict[str, tuple[str, ...]]] = {"Flux2Pipeline": ("encode_prompt", "_encode_vae_image")}
     default_max_images = 6
     defaults = Defaults(steps=50, guidance_scale=4.0)
 
@@ -198,6 +200,11 @@ class Flux2KleinFamily(_Flux2):
     """FLUX.2-klein, base or step-distilled: several references; masks are inpainted natively."""
 
     guidance = "sequential"
+    #: As FLUX.2-dev's.
+    encoders: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Flux2KleinPipeline": ("encode_prompt", "_encode_vae_image"),
+        "Flux2KleinInpaintPipeline": ("encode_prompt", "_encode_vae_image"),
+    }
 
     name = "flux2-klein"
     pipeline_pairs = (("Flux2KleinPipeline", "Flux2KleinInpaintPipeline"),)

@@ -44,7 +44,7 @@ Family quirks handled here:
 from __future__ import annotations
 
 import sys
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from PIL import Image
@@ -76,6 +76,11 @@ class FluxKontextFamily(Family[KontextPipelineLike]):
     """FLUX.1 Kontext (dev and its fine-tunes): one input image; masks are inpainted natively."""
 
     guidance = "sequential"
+    #: T5 and the VAE (by its mode): the LoRAs diffusers loads for FLUX.1 reach only CLIP among the encoders.
+    encoders: ClassVar[dict[str, tuple[str, ...]]] = {
+        "FluxKontextPipeline": ("_get_t5_prompt_embeds", "_encode_vae_image"),
+        "FluxKontextInpaintPipeline": ("_get_t5_prompt_embeds", "_encode_vae_image"),
+    }
 
     name = "flux-kontext"
     pipeline_pairs = (("FluxKontextPipeline", "FluxKontextInpaintPipeline"),)
