@@ -56,35 +56,32 @@ def plan(family: Family, size: int, steps: int) -> list[PipelineCall]:
     return family.plan(family.resolve(options, images, Size(size, size))).calls
 
 
-#: The layouts of two ranks measured, by column: Ulysses, and guidance's branches (``IMGEDIT_CFG_PARALLEL``).
+#: The layouts of two ranks measured, one table each: Ulysses, and guidance's branches (``IMGEDIT_CFG_PARALLEL``).
 TWO_RANKS = {"Ulysses 2": {"ulysses_degree": 2}, "CFG 2": {"cfg_parallel": True}}
 
 
-def measured(sizes: list[int], rounds: int, warmup: int, steps: int) -> str:
+def measured(layout: str, sizes: list[int], rounds: int, warmup: int, steps: int) -> str:
+    """One table: ``layout`` (a key of :data:`TWO_RANKS`) against one rank, in alternating rounds.
+
+    One process holds one process group at a time, so each layout gets a table (and baselines) of its own.
+    """
     load_before = os.getloadavg()[0]
     cores = torch.get_num_threads()
+    settings = Settings(model=MODEL, device="cpu", **TWO_RANKS[layout])
+    recipe = ModelRecipe.from_settings(settings)
     single = prepare_model(ModelRecipe.from_settings(Settings(model=MODEL, device="cpu")), 0).family
-    groups: dict[str, tuple[RankGroup, Family]] = {}
+    group = RankGroup(rank_setup(settings, recipe, rank_layout(settings)), 0, torch.device("cpu"), on_fatal=_raise)
+    group.start()
     try:
-        for name, values in TWO_RANKS.items():
-            settings = Settings(model=MODEL, device="cpu", **values)
-            recipe = ModelRecipe.from_settings(settings)
-            group = RankGroup(
-                rank_setup(settings, recipe, rank_layout(settings)), 0, torch.device("cpu"), on_fatal=_raise
-            )
-            groups[name] = (group, single)
-            group.start()
-            split = prepare_model(recipe, 0, group.loaded).family
-            group.attach(split)
-            groups[name] = (group, split)
+        split = prepare_model(recipe, 0, group.loaded).family
+        group.attach(split)
         rows = []
         for size in sizes:
             ways: dict[str, tuple[int, Callable[[], list[Any]]]] = {
                 "1 rank": (cores, _runner(plan(single, size, steps), lambda call: call.invoke())),
                 "1 rank, 1 thread": (1, _runner(plan(single, size, steps), lambda call: call.invoke())),
+                layout: (1, _runner(plan(split, size, steps), group.invoke)),
             }
-            for name, (group, split) in groups.items():
-                ways[name] = (1, _runner(plan(split, size, steps), group.invoke))
             timings: dict[str, list[float]] = {name: [] for name in ways}
             outputs: dict[str, list[Any]] = {}
             for index in range(warmup + rounds):
@@ -94,24 +91,21 @@ def measured(sizes: list[int], rounds: int, warmup: int, steps: int) -> str:
                     elapsed = seconds(_keeping(outputs, name, run))
                     if index >= warmup:
                         timings[name].append(elapsed)
-            one, one_thread = median(timings["1 rank"]), median(timings["1 rank, 1 thread"])
-            row: list[Any] = [f"{size}x{size}", f"{one * 1000:.0f}", f"{one_thread * 1000:.0f}"]
-            row += [f"{median(timings[name]) * 1000:.0f}" for name in TWO_RANKS]
-            row += [f"{median(timings[name]) / one_thread:.2f}" for name in TWO_RANKS]
-            row += [_largest_difference(outputs[name], outputs["1 rank"]) for name in TWO_RANKS]
-            rows.append(row)
+            one, one_thread, two = (median(timings[name]) for name in ways)
+            difference = _largest_difference(outputs[layout], outputs["1 rank"])
+            rows.append(
+                [f"{size}x{size}", f"{one * 1000:.0f}", f"{one_thread * 1000:.0f}", f"{two * 1000:.0f}",
+                 f"{two / one:.2f}", f"{two / one_thread:.2f}", difference]
+            )  # fmt: skip
     finally:
-        for group, _ in groups.values():
-            group.close()
+        group.close()
         torch.set_num_threads(cores)
-    header = ["size", "1 rank ms", "1 rank, 1 thread ms", *(f"{name} ms" for name in TWO_RANKS)]
-    header += [f"{name} / 1 thread" for name in TWO_RANKS] + [f"{name} max diff" for name in TWO_RANKS]
+    header = ["size", "1 rank ms", "1 rank, 1 thread ms", f"{layout} ms", f"{layout} / 1 rank"]
+    header += [f"{layout} / 1 thread", "max diff"]
     intro = (
         f"`{MODEL}`, two {'/'.join(str(size) for size in sizes)} px input images, true CFG, {steps} step(s), "
         f"medians of {rounds} rounds after {warmup} warm-up rounds; 1 rank uses {cores} threads, each of the 2 "
-        "ranks 1. Ulysses 2 splits every pass's sequence over the ranks; CFG 2 runs the conditional branch on "
-        "one rank and the unconditional one on the other (each rank runs steps + 1 passes, one rank 2 x steps). "
-        "Max diff: the largest difference of any pixel channel from the 1-rank images "
+        "ranks 1. Max diff: the largest difference of any pixel channel between the 2-rank and 1-rank images "
         f"(0-255). The 1-minute load average was {load_before:.1f} before and {os.getloadavg()[0]:.1f} after: a "
         "thread pool as wide as the cores loses most when other processes want a core too."
     )
@@ -192,8 +186,12 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--write", type=Path, help="write the results into this Markdown file")
     args = parser.parse_args(argv)
     body = (
-        "### Two ranks against one (measured, CPU)\n\n"
-        + measured(args.sizes, args.rounds, args.warmup, args.steps)
+        "### Two Ulysses ranks against one (measured, CPU)\n\n"
+        + measured("Ulysses 2", args.sizes, args.rounds, args.warmup, args.steps)
+        + "\n\n### Guidance's two branches on two ranks against one (measured, CPU)\n\n"
+        + "Each rank runs steps + 1 denoiser passes where one rank runs 2 x steps (the first step runs both "
+        + "branches in turn); both ranks still run the text encoder and the VAE in full.\n\n"
+        + measured("CFG 2", args.sizes, args.rounds, args.warmup, args.steps)
         + "\n\n### GPU memory per rank with tensor parallelism (computed)\n\n"
         + computed(args.tp_degrees)
     )

@@ -173,7 +173,7 @@ def _recipe(level: str, document: Any) -> Recipe:
         first = error.errors()[0]
         key = ".".join(str(part) for part in first["loc"])
         raise PresetError(f"{level}.{key}: {first['msg']}") from None
-    given = checked.model_dump(exclude_unset=True)
+    given = checked.model_dump(exclude_unset=True, exclude_none=True)  # null leaves a key unset, as no key does
     return Recipe(
         level=level,
         options={key: value for key, value in given.items() if key in REQUEST_KEYS},

@@ -29,7 +29,7 @@ HEADERS = {
     "fusion": "| size | max batch |",
     "png_encoding": "| size | encoder | ms |",
     "quantization": "| tiny:flux-kontext | int8 + text encoders |",
-    "parallel": "| size | 1 rank ms | 1 rank, 1 thread ms | Ulysses 2 ms | CFG 2 ms |",
+    "parallel": "| size | 1 rank ms | 1 rank, 1 thread ms | CFG 2 ms |",
     "lora": "| 64x64 | per request, switching |",
     "levers": "| recipe | denoiser calls | text encoder calls | VAE encoder calls |",
 }

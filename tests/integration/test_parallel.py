@@ -59,9 +59,18 @@ def two_ranks(tmp_path_factory):
     stop(server.process)
 
 
+#: Speed tiers for the guidance-parallel server: guidance off, and guidance cut short with a step cache.
+PRESETS = """
+low: {num_inference_steps: 2, true_cfg_scale: 1.0}
+medium: {num_inference_steps: 4, cfg_until: 0.5, cache: taylorseer, cache_interval: 2}
+"""
+
+
 @pytest.fixture(scope="module")
 def cfg_ranks(tmp_path_factory):
-    server = ranked_server(tmp_path_factory.mktemp("cfg-ranks"), IMGEDIT_CFG_PARALLEL="true")
+    directory = tmp_path_factory.mktemp("cfg-ranks")
+    (directory / "presets.yaml").write_text(PRESETS)
+    server = ranked_server(directory, IMGEDIT_CFG_PARALLEL="true", IMGEDIT_PRESETS=str(directory / "presets.yaml"))
     yield server
     stop(server.process)
 
@@ -177,6 +186,35 @@ def test_each_denoiser_call_counts_once_whichever_rank_runs_it(cfg_ranks, server
 
     # Two images of 4 steps, each step a conditional and an unconditional call.
     assert calls_made(cfg_ranks.url) == calls_made(server.url) == 16
+
+
+def test_speed_tiers_switch_per_request_on_both_groups_of_ranks(cfg_ranks, server):
+    client = openai.OpenAI(api_key="x", base_url=f"{cfg_ranks.url}/v1", max_retries=0)
+
+    def calls_made(quality: str) -> tuple[float, openai.types.ImagesResponse]:
+        before = float(metric(cfg_ranks.url, "imgedit_denoiser_calls_total").split()[-1])
+        answer = client.images.edit(
+            image=gradient_png(64, 64),
+            prompt="a hat",
+            size="64x64",
+            quality=quality,
+            extra_body={"seed": 5},
+        )
+        return float(metric(cfg_ranks.url, "imgedit_denoiser_calls_total").split()[-1]) - before, answer
+
+    # low: 2 steps without guidance; medium: guidance on 2 of 4 steps; high: the server's own 4 guided steps.
+    (low_calls, low), (medium_calls, medium), (high_calls, high) = map(calls_made, ("low", "medium", "high"))
+    assert (low_calls, medium_calls, high_calls) == (2, 6, 8)
+    assert (low.quality, medium.quality, high.quality) == ("low", "medium", "high")
+    alone = edit_one(server.url, num_inference_steps="2", true_cfg_scale="1")
+    assert np.abs(decoded(low.data[0].b64_json) - alone).max() <= TOLERANCE
+
+
+def edit_one(url: str, **fields: str) -> np.ndarray:
+    fields = {"prompt": "a hat", "size": "64x64", "seed": "5", **fields}
+    response = httpx.post(f"{url}/v1/images/edits", files=[("image", gradient_png(64, 64))], data=fields, timeout=120)
+    (picture,) = pictures(response)
+    return picture
 
 
 def test_a_rank_killed_mid_run_stops_the_server_with_one_line(two_ranks):

@@ -9,7 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from devtools.lora_files import write_lora
 from imgedit.edit import EditOptions
+from imgedit.lora.registry import LoraRegistry
+from imgedit.lora.sources import spec_in_directory
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
 from imgedit.model.encodings import EncodingCache, fingerprint
@@ -18,6 +21,7 @@ from imgedit.model.families.flux2 import Flux2Family, Flux2KleinFamily
 from imgedit.model.families.flux_kontext import FluxKontextFamily
 from imgedit.model.families.qwen_image_edit import QwenImageEditFamily, QwenImageEditPlusFamily
 from imgedit.model.tiny import build_tiny
+from imgedit.scheduling.fusion import fuse, fusion_key
 from tests.model.families.conftest import plan
 
 IMAGE = InputImage(rgb=Image.new("RGB", (64, 64), (90, 30, 160)), alpha=None)
@@ -78,6 +82,42 @@ def test_several_images_each_from_its_seed_are_the_same_bytes_as_without_the_cac
     expected = edit(plain, seeds=(1, 2))
     edit(family, seeds=(1, 2))
     assert all(np.array_equal(a, b) for a, b in zip(expected, edit(family, seeds=(1, 2)), strict=True))
+
+
+def test_fused_requests_key_their_prompts_together_and_give_the_same_bytes(lookups):
+    def fused(family) -> list[np.ndarray]:
+        calls = [
+            plan(family, [IMAGE], Size(64, 64), [seed], prompt=prompt, num_inference_steps=2).calls[0]
+            for seed, prompt in ((1, "a hat"), (2, "a scarf"))
+        ]
+        assert fusion_key(calls[0]) == fusion_key(calls[1]) is not None
+        return [np.asarray(image.convert("RGB")) for image in fuse(calls).invoke()]
+
+    expected = fused(QwenImageEditFamily(build_tiny("tiny:qwen-image-edit").pipeline))
+    family = QwenImageEditFamily(build_tiny("tiny:qwen-image-edit").pipeline)
+    family.keep_encodings(EncodingCache(64 * 2**20))
+    lookups.clear()
+    first = fused(family)
+    looked_up = len(lookups)
+    second = fused(family)
+    assert looked_up > 0 and lookups == [False] * looked_up + [True] * looked_up
+    for made in (first, second):
+        assert all(np.array_equal(a, b) for a, b in zip(expected, made, strict=True))
+
+
+def test_with_a_lora_on_the_transformer_the_kept_encodings_give_the_same_bytes(tmp_path, lookups):
+    plain = QwenImageEditPlusFamily(build_tiny("tiny:qwen-image-edit-plus").pipeline)
+    family, _ = family_with_cache()
+    write_lora(plain.pipeline, tmp_path / "ink", seed=1)
+    for each in (plain, family):
+        registry = LoraRegistry(each.loaded, max_loras=1)
+        registry.load("ink", spec_in_directory(str(tmp_path), "ink", 0.8))
+        registry.activate((("ink", 0.8),))
+    expected = edit(plain)
+    first, second = edit(family), edit(family)
+    assert lookups[-3:] == [True, True, True]
+    for made in (first, second):
+        assert all(np.array_equal(a, b) for a, b in zip(expected, made, strict=True))
 
 
 def test_the_inpainting_pipeline_keeps_its_prompt_encodings_only():

@@ -27,7 +27,7 @@ from imgedit.edit import EditOptions
 from imgedit.media.images import InputImage
 from imgedit.media.sizing import Size
 from imgedit.model.call import PipelineCall, RunCancelled
-from imgedit.model.events import denoiser_call
+from imgedit.model.events import denoiser_call, encoding_lookup
 from imgedit.model.families import Family
 from imgedit.model.pipeline import denoiser
 from imgedit.ranks import group as ranks_module
@@ -306,6 +306,20 @@ class TestOneGroup:
         alone = dataclasses.replace(calls(one_rank("tiny:qwen-image-edit-plus"))[0], cfg_until=0.5)
         assert largest_difference(group.invoke(truncated), alone.invoke()) <= TOLERANCE
         assert fatal == []
+
+    def test_kept_encodings_are_looked_up_on_every_rank_and_change_nothing(self, qwen):
+        # Every rank keeps its own encodings; rank 0 counts its lookups. A rank that computed where another looked
+        # up would still give the same tensors, so the pictures must be the same bytes either way.
+        group, family = qwen.group, qwen.family
+        found: list[bool] = []
+        encoding_lookup.observe(found.append)
+        try:
+            first = group.invoke(calls(family, prompt="kept encodings")[0])
+            second = group.invoke(calls(family, prompt="kept encodings")[0])
+        finally:
+            encoding_lookup.observe(None)
+        assert found == [False] * 4 + [True] * 4  # the prompt, the negative prompt, two pictures
+        assert [image.tobytes() for image in first] == [image.tobytes() for image in second]
 
     def test_a_failure_on_every_rank_is_rank_0s_own_error(self, qwen, reference):
         group, family, fatal = qwen.group, qwen.family, qwen.fatal.messages

@@ -97,6 +97,13 @@ def test_start_up_names_the_variable(tmp_path):
         check_settings(Settings(model="tiny:qwen-image-edit-plus", device="cpu", presets=str(path)))
 
 
+def test_a_null_value_leaves_its_key_unset():
+    # Found by the fuzzer: a null came through as a value, and `cfg_until: null` would have failed every edit.
+    recipe = parse_presets(b"low: {num_inference_steps: null, cfg_until: ~, cache: null}").recipes["low"]
+    assert (dict(recipe.options), dict(recipe.levers)) == ({}, {})
+    assert recipe.levers_over(Levers(cfg_until=0.5)) == Levers(cfg_until=0.5)
+
+
 def test_a_requests_own_fields_win_over_its_tiers():
     recipe = parse_presets(b"low: {num_inference_steps: 4, true_cfg_scale: 1.0, negative_prompt: blur}").recipes["low"]
     filled = recipe.fill(EditOptions(prompt="p", quality="low", num_inference_steps=8))
