@@ -211,7 +211,9 @@ _FIELDS: dict[str, Any] = {
 _RECIPE = pydantic.create_model("PresetRecipe", __config__=pydantic.ConfigDict(extra="forbid", strict=True), **_FIELDS)
 
 
-def check_presets(presets: Presets, family: Family[Any], *, ranks: int, context: bool, named_loras: Sequence[str]) -> None:
+def check_presets(
+    presets: Presets, family: Family[Any], *, ranks: int, context: bool, named_loras: Sequence[str]
+) -> None:
     """What each recipe asks of the loaded model, tried before the server takes edits.
 
     Args:
