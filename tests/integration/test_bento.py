@@ -76,7 +76,10 @@ def test_the_bento_carries_the_model_its_arguments_and_only_the_sources(bento):
     assert [model["tag"].split(":")[0] for model in service["models"]] == ["tiny-ip2p"]
     assert info["args"] == {"model": "bentoml:tiny-ip2p"}
     sources = {path.relative_to(root / "src").parts[0] for path in (root / "src").rglob("*")}
-    assert sources == {"service.py", "imgedit", "README.md", "bentofile.yaml"}
+    assert sources == {"service.py", "imgedit", "README.md", "bentofile.yaml", "deploy"}
+    # Of the deployment files, only the speed-tier examples, which IMGEDIT_PRESETS may name inside the Bento.
+    shipped = {path.relative_to(root / "src") for path in (root / "src" / "deploy").rglob("*") if path.is_file()}
+    assert shipped == {Path("deploy/presets/qwen-image-edit-2511.yaml")}
     playground = root / "src" / "imgedit" / "playground"
     assert {path.name for path in playground.iterdir() if path.is_file()} == {
         "__init__.py",
