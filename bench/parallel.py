@@ -183,18 +183,20 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--tp-degrees", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--layouts", nargs="+", choices=list(TWO_RANKS), default=list(TWO_RANKS))
     parser.add_argument("--write", type=Path, help="write the results into this Markdown file")
     args = parser.parse_args(argv)
-    body = (
-        "### Two Ulysses ranks against one (measured, CPU)\n\n"
-        + measured("Ulysses 2", args.sizes, args.rounds, args.warmup, args.steps)
-        + "\n\n### Guidance's two branches on two ranks against one (measured, CPU)\n\n"
-        + "Each rank runs steps + 1 denoiser passes where one rank runs 2 x steps (the first step runs both "
-        + "branches in turn); both ranks still run the text encoder and the VAE in full.\n\n"
-        + measured("CFG 2", args.sizes, args.rounds, args.warmup, args.steps)
-        + "\n\n### GPU memory per rank with tensor parallelism (computed)\n\n"
-        + computed(args.tp_degrees)
+    titles = {
+        "Ulysses 2": "### Two Ulysses ranks against one (measured, CPU)\n\n",
+        "CFG 2": "### Guidance's two branches on two ranks against one (measured, CPU)\n\n"
+        "Each rank runs steps + 1 denoiser passes where one rank runs 2 x steps (the first step runs both "
+        "branches in turn); both ranks still run the text encoder and the VAE in full.\n\n",
+    }
+    body = "".join(
+        titles[layout] + measured(layout, args.sizes, args.rounds, args.warmup, args.steps) + "\n\n"
+        for layout in args.layouts
     )
+    body += "### GPU memory per rank with tensor parallelism (computed)\n\n" + computed(args.tp_degrees)
     report("parallel", "One edit on several ranks", body, args.write)
     return body
 

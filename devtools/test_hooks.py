@@ -31,6 +31,8 @@ VARIABLES: dict[str, str] = {
     "TEST_CONCURRENCY_FILE": "PATH: the most pipeline calls ever running at once is kept in PATH.",
     "TEST_RANK_OOM_PROMPT": "TEXT: in the extra ranks, a call with this prompt runs out of memory after a step.",
     "TEST_RANK_EARLY_OOM_PROMPT": "TEXT: in the extra ranks, such a call runs out of memory before its first step.",
+    "TEST_RANK_PASS_OOM_PROMPT": "TEXT: in the extra ranks, such a call runs out of memory as its second denoiser "
+    "pass starts (after the checkpoint before it).",
     "TEST_RANK_HANG_PROMPT": "TEXT: in the extra ranks, such a call stops answering at its first step.",
     "TEST_RANK_START_FAILURE": "MESSAGE: in the extra ranks, loading the model fails with RuntimeError(MESSAGE).",
 }
@@ -111,13 +113,15 @@ def _rank_hooks() -> None:
 
     import imgedit.weights.loader
     from imgedit.model.call import PipelineCall
+    from imgedit.model.pipeline import denoiser
 
     oom = os.environ.get("TEST_RANK_OOM_PROMPT")
     early = os.environ.get("TEST_RANK_EARLY_OOM_PROMPT")
     hang = os.environ.get("TEST_RANK_HANG_PROMPT")
+    in_pass = os.environ.get("TEST_RANK_PASS_OOM_PROMPT")
     start_failure = os.environ.get("TEST_RANK_START_FAILURE")
 
-    if oom or early or hang:
+    if oom or early or hang or in_pass:
         invoke = PipelineCall.invoke
 
         def faulty_invoke(self: PipelineCall, on_step: Callable[..., None] | None = None) -> Any:
@@ -133,7 +137,20 @@ def _rank_hooks() -> None:
                 assert on_step is not None
                 on_step(index, total, latents)
 
-            return invoke(self, step if on_step is not None else None)
+            if prompt != in_pass:
+                return invoke(self, step if on_step is not None else None)
+            passes = []
+
+            def second_pass_fails(module: Any, args: Any) -> None:
+                passes.append(1)
+                if len(passes) == 2:
+                    raise torch.OutOfMemoryError("test: out of memory in the second pass")
+
+            hook = denoiser(self.pipeline).register_forward_pre_hook(second_pass_fails)
+            try:
+                return invoke(self, step if on_step is not None else None)
+            finally:
+                hook.remove()
 
         PipelineCall.invoke = faulty_invoke
 

@@ -19,7 +19,9 @@ from fuzz.outcome import expect
 from imgedit.api.fields import FIELDS_BY_NAME
 from imgedit.serving.presets import LEVELS, LEVER_KEYS, REQUEST_KEYS, PresetError, parse_presets
 
-INSTRUMENT = ("imgedit", "yaml", "fuzz")
+#: YAML's own parser is left uninstrumented: with it, 3,000 inputs took 24 s instead of 3.5 s. The
+#: dictionary carries YAML's tags, anchors and scalars instead.
+INSTRUMENT = ("imgedit", "fuzz")
 DRIVES = ("imgedit.serving.presets.parse_presets",)
 
 

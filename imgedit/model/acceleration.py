@@ -147,7 +147,9 @@ _caches: weakref.WeakKeyDictionary[torch.nn.Module, StepCache] = weakref.WeakKey
 
 
 def use_step_cache(pipeline: Pipeline, cache: StepCache) -> None:
-    """Have the pipeline's denoiser run with ``cache`` (kind ``none``: without one), changing it only if it differs.
+    """Have the pipeline's denoiser run with ``cache`` (kind ``none``: without one), from a clean state.
+
+    The hooks change only if ``cache`` differs from the denoiser's; otherwise their state is cleared.
 
     A server with speed tiers (``IMGEDIT_PRESETS``) may switch it between two calls;
     diffusers' hooks are removed and registered again, which costs little.
@@ -164,6 +166,10 @@ def use_step_cache(pipeline: Pipeline, cache: StepCache) -> None:
             return
         raise
     if _caches.get(model, StepCache()) == cache:
+        if cache.kind != "none":
+            # diffusers clears the cache's state only when a call ends well: one that was stopped (a client gone,
+            # out of memory) would leave the next one to start from its steps.
+            model._reset_stateful_cache()
         return
     if not hasattr(model, "enable_cache"):
         raise ValueError(f"{type(model).__name__} does not support diffusers' caching")

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -77,6 +77,24 @@ def branch_ranks(model: torch.nn.Module) -> BranchRanks | None:
     return _split.get(model)
 
 
+_checkpoints: weakref.WeakKeyDictionary[torch.nn.Module, Callable[[], None]] = weakref.WeakKeyDictionary()
+
+
+def checkpoint_swaps(model: torch.nn.Module, checkpoint: Callable[[], None]) -> None:
+    """Have ``checkpoint`` run before every swap of ``model``'s branches (the ranks agree there, see
+    :mod:`imgedit.ranks.lockstep`): a rank whose pass failed must not leave its twin waiting in the swap."""
+    _checkpoints[model] = checkpoint
+
+
+def swap_checkpoint(model: torch.nn.Module) -> Callable[[], None]:
+    """What runs before each swap of ``model``'s branches (nothing, outside a group of ranks)."""
+    return _checkpoints.get(model, _nothing)
+
+
+def _nothing() -> None:
+    return None
+
+
 def swap(prediction: torch.Tensor, group: Any) -> list[torch.Tensor]:
     """Both branches' predictions, branch 0 first: this rank's ``prediction`` gathered with its twin's."""
     gathered = [torch.empty_like(prediction) for _ in range(2)]
@@ -105,11 +123,13 @@ def with_prediction(output: Any, prediction: torch.Tensor) -> Any:
 # -- batched guidance -------------------------------------------------------------------------------
 
 
-def run_half_batch(forward: Any, ranks: BranchRanks, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def run_half_batch(
+    forward: Any, ranks: BranchRanks, args: tuple[Any, ...], kwargs: dict[str, Any], checkpoint: Callable[[], None]
+) -> Any:
     """Run this rank's half of a batched call of ``forward`` and return the whole batch's output.
 
     The batch is that of the first tensor argument (the latents); a batch of
-    one is run whole on every rank.
+    one is run whole on every rank. ``checkpoint`` runs between the half and the swap.
     """
     batch = _batch_size(args, kwargs)
     if batch < 2:
@@ -122,6 +142,7 @@ def run_half_batch(forward: Any, ranks: BranchRanks, args: tuple[Any, ...], kwar
     # The halves may differ by one (three branches on two ranks): gathered at the larger size, then trimmed.
     padded = half.new_zeros((max(sizes), *half.shape[1:]))
     padded[: half.shape[0]] = half
+    checkpoint()
     gathered = swap(padded, ranks.group)
     whole = torch.cat([part[:size] for part, size in zip(gathered, sizes, strict=True)])
     return with_prediction(output, whole)

@@ -38,6 +38,7 @@ from imgedit.model.branches import (
     prediction_of,
     run_half_batch,
     swap,
+    swap_checkpoint,
     unconditional_cache_context,
     with_prediction,
 )
@@ -75,6 +76,8 @@ class _Seam:
         self.cfg_until = cfg_until
         self.total_steps = total_steps
         self.ranks = ranks
+        #: The ranks' agreement before each swap (see :mod:`imgedit.ranks.lockstep`).
+        self.checkpoint = swap_checkpoint(model)
         self.step = 0
         self.calls_in_step = 0
         #: What the pipeline got from this step's conditional call.
@@ -90,7 +93,7 @@ class _Seam:
         self.calls_in_step += 1
         ranks = self.ranks
         if ranks is not None and ranks.kind == "batched":
-            return self._run(lambda: run_half_batch(self.forward, ranks, args, kwargs))
+            return self._run(lambda: run_half_batch(self.forward, ranks, args, kwargs, self.checkpoint))
         guided = self.cfg_until >= 1 or self.step < guided_steps(self.cfg_until, self.total_steps())
         if index == 1 and not guided:
             return self.conditional  # the unconditional call of an unguided step: see the module's docstring
@@ -129,6 +132,7 @@ class _Seam:
             own = prediction_of(self.forward(**kwargs))
         else:
             own = self.branch
+        self.checkpoint()  # group 1 may have just run a pass: if it failed, both groups leave here
         conditional, unconditional = swap(own, ranks.group)
         if ranks.branch == 1:
             prediction_of(self.conditional).copy_(conditional)

@@ -7,8 +7,9 @@ rank 0 stops a run (its client left, its deadline passed, the server drains) or
 any rank fails, all of them must leave the call at the same point, or the
 others would wait in a collective forever.
 
-They agree at checkpoints: before every forward pass of the denoiser, after
-every denoising step, and when the call ends. A checkpoint is one all-reduce
+They agree at checkpoints: before every forward pass of the denoiser, before
+every swap of guidance's branches (``IMGEDIT_CFG_PARALLEL``), after every
+denoising step, and when the call ends. A checkpoint is one all-reduce
 (the maximum) of each rank's status on a gloo group of its own, apart from the
 model's collectives: a rank that failed goes straight to its next checkpoint,
 which meets the others' next one, and a non-zero result makes every rank leave
@@ -34,6 +35,7 @@ from PIL import Image
 
 from imgedit.errors import one_line
 from imgedit.logs import RequestContext, current_request, get_logger
+from imgedit.model.branches import checkpoint_swaps
 from imgedit.model.call import PipelineCall, RunCancelled, StepHook
 from imgedit.model.families import Family
 from imgedit.model.pipeline import Pipeline
@@ -150,6 +152,7 @@ class Lockstep:
         #: The last step finished and the steps of the call, for logs.
         self.progress = (0, 0)
         model.register_forward_pre_hook(self._before_forward)
+        checkpoint_swaps(model, self._checkpoint)
 
     def agree(self, status: int) -> int:
         """The highest status of every rank at this checkpoint.
@@ -245,6 +248,10 @@ class Lockstep:
 
     def _before_forward(self, module: Any, args: Any) -> None:
         """A checkpoint before each forward pass: a rank that failed before it must not leave the others inside it."""
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Agree that every rank is well, or leave the call (before each forward pass, and each swap of branches)."""
         if self._running:
             agreed = self.agree(OK)
             if agreed != OK:

@@ -27,12 +27,13 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, cast
 
 import pydantic
 import yaml
 
 from imgedit.api.fields import FIELDS_BY_NAME
+from imgedit.api.json_text import check_value
 from imgedit.api.lora import parse_lora
 from imgedit.config import Settings
 from imgedit.edit import EditOptions, LoraChoice, Quality
@@ -77,7 +78,7 @@ class Recipe:
         levers: values of the ``IMGEDIT_`` speed settings in :data:`LEVER_KEYS`, by key.
     """
 
-    level: str
+    level: Quality
     options: Mapping[str, Any]
     loras: tuple[LoraChoice, ...] = ()
     levers: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -135,7 +136,7 @@ def parse_presets(data: bytes) -> Presets:
         PresetError: not UTF-8, not YAML, not a mapping of levels to recipes, or a key or value out of bounds.
     """
     try:
-        document = yaml.safe_load(data.decode("utf-8"))
+        document = yaml.load(data.decode("utf-8"), Loader=_UniqueKeys)  # a SafeLoader, see below
     except UnicodeDecodeError:
         raise PresetError("the file is not UTF-8 text") from None
     except Exception as error:  # YAMLError, and what its constructors raise on values they cannot build
@@ -146,11 +147,26 @@ def parse_presets(data: bytes) -> Presets:
     for level, recipe in document.items():
         if level not in LEVELS:
             raise PresetError(f"{_shown(level)}: not a quality level; use {', '.join(LEVELS)}")
-        recipes[level] = _recipe(level, recipe)
+        recipes[level] = _recipe(cast(Quality, level), recipe)
     return Presets(recipes)
 
 
-def _recipe(level: str, document: Any) -> Recipe:
+class _UniqueKeys(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no types
+    """YAML's safe loader, refusing a key given twice in one mapping (which would silently keep the last)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        keys = [self.construct_object(key, deep=True) for key, _ in node.value]
+        for index, key in enumerate(keys):
+            try:
+                repeated = key in keys[:index]
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if repeated:
+                raise yaml.constructor.ConstructorError(None, None, f"{_shown(key)} is given twice", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _recipe(level: Quality, document: Any) -> Recipe:
     if document is None:
         document = {}
     if not isinstance(document, dict):
@@ -159,6 +175,11 @@ def _recipe(level: str, document: Any) -> Recipe:
         if key not in REQUEST_KEYS + LEVER_KEYS:
             raise PresetError(f"{level}.{_shown(key)}: unknown key; use {', '.join(REQUEST_KEYS + LEVER_KEYS)}")
     values = dict(document)
+    for key, value in values.items():
+        try:
+            check_value(value, key)  # what no tokenizer or log line takes: a lone surrogate
+        except RequestError as error:
+            raise PresetError(f"{level}.{key}: {error.message}") from None
     loras: tuple[LoraChoice, ...] = ()
     if "lora" in values:
         try:
@@ -212,20 +233,31 @@ _RECIPE = pydantic.create_model("PresetRecipe", __config__=pydantic.ConfigDict(e
 
 
 def check_presets(
-    presets: Presets, family: Family[Any], *, ranks: int, context: bool, named_loras: Sequence[str]
+    presets: Presets,
+    family: Family[Any],
+    *,
+    ranks: int,
+    context: bool,
+    named_loras: Sequence[str],
+    max_prompt_chars: int,
 ) -> None:
-    """What each recipe asks of the loaded model, tried before the server takes edits.
+    """What each recipe asks of the loaded model, tried before the server takes edits (not run: see
+    :func:`tier_levers`).
 
     Args:
         ranks: the ranks of each edit (per-request LoRAs need one).
         context: whether they split the sequence (FirstBlockCache cannot).
         named_loras: the names of ``IMGEDIT_LORA_ADAPTERS``, the LoRAs a recipe may name.
+        max_prompt_chars: ``IMGEDIT_MAX_PROMPT_CHARS``, which a recipe's negative prompt keeps to.
 
     Raises:
         PresetError: naming the level and key at fault.
     """
     for recipe in presets.recipes.values():
         level, levers = recipe.level, recipe.levers_over(family.levers)
+        negative_prompt = recipe.options.get("negative_prompt")
+        if negative_prompt is not None and len(negative_prompt) > max_prompt_chars:
+            raise PresetError(f"{level}.negative_prompt: longer than IMGEDIT_MAX_PROMPT_CHARS ({max_prompt_chars})")
         try:
             family.check_levers(levers)
         except GuidanceError as error:
@@ -239,8 +271,18 @@ def check_presets(
             raise PresetError(f"{level}.cache: {error}") from None
         finally:
             use_step_cache(family.pipeline, family.levers.cache or StepCache())
+        try:  # planned as a request of this tier would be: the family's own limits (steps left, tokens)
+            family.warmup_plans(recipe.fill(EditOptions(prompt="warm-up", quality=recipe.level, seed=0)), levers)
+        except RequestError as error:
+            raise PresetError(f"{level}: {error.message}") from None
         for choice in recipe.loras:
             if ranks > 1:
                 raise PresetError(f"{level}.lora: per-request adapters need one rank per edit")
             if choice.name not in named_loras:
                 raise PresetError(f"{level}.lora: {choice.name!r} is not one of IMGEDIT_LORA_ADAPTERS")
+
+
+def tier_levers(presets: Presets, family: Family[Any]) -> dict[str, Levers]:
+    """The speed settings of each level whose settings differ from the server's: the warm-up runs each once."""
+    levers = {level: recipe.levers_over(family.levers) for level, recipe in presets.recipes.items()}
+    return {level: chosen for level, chosen in levers.items() if chosen != family.levers}

@@ -35,7 +35,7 @@ from imgedit.scheduling.engine import Engine
 from imgedit.serving.bentoml_seam import arrange_exit_status, stop_server
 from imgedit.serving.handler import EditHandler
 from imgedit.serving.options import acceleration_options, fetch_policy, load_options, rank_layout
-from imgedit.serving.presets import PresetError, Presets, check_presets, load_presets
+from imgedit.serving.presets import PresetError, Presets, check_presets, load_presets, tier_levers
 from imgedit.serving.recipe import ModelRecipe, PreparedModel, prepare_family, prepare_model
 from imgedit.serving.worker import Worker
 from imgedit.weights.loader import check_placement, check_source
@@ -208,8 +208,8 @@ def _serve(
         prepare=loras.activate,
         runner=ranks,
     )
+    presets = _presets(settings, family, layout)  # before the LoRA commands: it switches the step cache here
     lora_admin = _lora_admin(settings, loras, engine, index)
-    presets = _presets(settings, family, layout)
     try:
         for plan in family.warmup_plans():
             engine.run_now(plan.calls)
@@ -220,6 +220,12 @@ def _serve(
         raise StartupError(
             f"IMGEDIT_FAMILY: {settings.family!r} cannot run {type(loaded.pipeline).__name__}: {one_line(error)}"
         ) from None
+    for level, levers in tier_levers(presets, family).items() if presets is not None else ():
+        try:  # a step cache this pipeline cannot run, say, fails here rather than on every edit of the tier
+            for plan in family.warmup_plans(levers=levers):
+                engine.run_now(plan.calls)
+        except Exception as error:
+            raise StartupError(f"IMGEDIT_PRESETS: {level}: this model cannot run the tier: {one_line(error)}") from None
     # From here on, what the edits do (not the warm-up).
     events.denoiser_call.observe(metrics.denoiser_calls.inc)
     events.encoding_lookup.observe(
@@ -276,7 +282,14 @@ def _presets(settings: Settings, family: Family[Any], layout: RankLayout) -> Pre
     named_loras = [name for name, _ in parse_named_loras(settings.lora_adapters or "")]
     try:
         presets = load_presets(settings.presets)
-        check_presets(presets, family, ranks=layout.ranks, context=layout.context, named_loras=named_loras)
+        check_presets(
+            presets,
+            family,
+            ranks=layout.ranks,
+            context=layout.context,
+            named_loras=named_loras,
+            max_prompt_chars=settings.max_prompt_chars,
+        )
     except PresetError as error:
         raise StartupError(f"IMGEDIT_PRESETS: {error}") from None
     return presets

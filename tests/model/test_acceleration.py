@@ -22,7 +22,7 @@ def fresh():
     return build_tiny("tiny:qwen-image-edit-plus").pipeline
 
 
-def edit(pipeline, steps: int = 6) -> np.ndarray:
+def edit(pipeline, steps: int = 6, **options) -> np.ndarray:
     with torch.inference_mode():
         output = pipeline(
             image=[Image.new("RGB", (64, 64), (90, 30, 200))],
@@ -33,6 +33,7 @@ def edit(pipeline, steps: int = 6) -> np.ndarray:
             width=64,
             num_inference_steps=steps,
             generator=torch.Generator().manual_seed(0),
+            **options,
         )
     return np.asarray(output.images[0])
 
@@ -89,6 +90,23 @@ def test_each_call_runs_with_its_own_step_cache_and_switches_only_when_it_differ
     assert np.array_equal(edit(pipeline, steps=8), plain) and not np.array_equal(cached, plain)
     use_step_cache(pipeline, StepCache(kind="first_block", threshold=0.5))
     assert np.array_equal(edit(pipeline, steps=8), edit_with_first_block(steps=8))
+
+
+def test_a_call_stopped_midway_leaves_the_next_one_a_clean_cache():
+    pipeline = fresh()
+    cache = StepCache(kind="taylorseer", interval=3)
+    use_step_cache(pipeline, cache)
+    clean = edit(pipeline, steps=8)
+
+    def stop_at_step_3(pipe, step, timestep, tensors):
+        if step == 3:
+            raise RuntimeError("stopped")
+        return tensors
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        edit(pipeline, steps=8, callback_on_step_end=stop_at_step_3)
+    use_step_cache(pipeline, cache)  # what every call does first: the stopped call's state is gone
+    assert np.array_equal(edit(pipeline, steps=8), clean)
 
 
 def edit_with_first_block(steps: int) -> np.ndarray:

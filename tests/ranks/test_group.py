@@ -42,6 +42,7 @@ HOOKS = hooks_path()
 #: The most a pixel of a 2-rank edit may differ from the 1-rank edit, per channel (see docs/parallel.md, "Pictures").
 TOLERANCE = 2
 OOM, EARLY_OOM, HANG = "rank 1 runs out of memory", "rank 1 runs out of memory early", "rank 1 hangs"
+PASS_OOM = "rank 1 runs out of memory in a pass"
 
 
 def gradient(side: int = 64, flip: bool = False) -> InputImage:
@@ -93,6 +94,7 @@ def two_ranks(model: str, degree: int = 2, **settings: object) -> Iterator[Ranks
         "TEST_RANK_OOM_PROMPT": OOM,
         "TEST_RANK_EARLY_OOM_PROMPT": EARLY_OOM,
         "TEST_RANK_HANG_PROMPT": HANG,
+        "TEST_RANK_PASS_OOM_PROMPT": PASS_OOM,
     }
     setup = rank_setup(configured, recipe, rank_layout(configured))
     group = RankGroup(setup, 0, torch.device("cpu"), on_fatal=fatal, environment=environment)
@@ -235,7 +237,7 @@ def test_guidance_over_two_ranks_makes_the_pictures_of_one_from_fewer_passes(mod
     assert ranks.fatal.messages == []
 
 
-def test_guidance_over_two_groups_of_two_ulysses_ranks_runs_stops_and_truncates_in_step():
+def test_guidance_over_two_groups_of_two_ulysses_ranks_runs_stops_fails_and_truncates_in_step():
     model = "tiny:qwen-image-edit-plus"
     single = one_rank(model)
     alone = [image for call in calls(single) for image in call.invoke()]
@@ -253,6 +255,12 @@ def test_guidance_over_two_groups_of_two_ulysses_ranks_runs_stops_and_truncates_
         # Every rank left at the same checkpoint: the next calls run in step, guidance cut short too.
         truncated = group.invoke(dataclasses.replace(calls(family)[0], cfg_until=0.5))
         assert largest_difference(truncated, truncated_alone) <= TOLERANCE
+        # The extra ranks fail as their second pass starts, after its checkpoint: rank 1 beside rank 0, ranks 2 and 3
+        # about to learn the unconditional arguments. Rank 0 goes on towards the swap; without the checkpoint before
+        # it, rank 0 would wait in the swap and the others at their next checkpoint until the rank timeout.
+        with pytest.raises(torch.OutOfMemoryError, match="rank 1: OutOfMemoryError: test: out of memory in the second"):
+            group.invoke(calls(family, PASS_OOM)[0])
+        assert largest_difference(group.invoke(calls(family)[0]), alone) <= TOLERANCE
     assert ranks.fatal.messages == []
 
 

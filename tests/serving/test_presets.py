@@ -17,6 +17,7 @@ from imgedit.lora.sources import spec_in_directory
 from imgedit.media.fetch import Fetcher, FetchPolicy
 from imgedit.model.acceleration import StepCache
 from imgedit.model.events import denoiser_call
+from imgedit.model.families.flux2 import Flux2KleinFamily
 from imgedit.model.families.qwen_image_edit import QwenImageEditPlusFamily
 from imgedit.model.families.stable_diffusion import InstructPix2PixFamily
 from imgedit.model.spec import Defaults, Levers
@@ -24,7 +25,7 @@ from imgedit.model.tiny import build_tiny
 from imgedit.scheduling.engine import Engine
 from imgedit.serving.handler import EditHandler
 from imgedit.serving.presets import LEVELS, PresetError, Presets, check_presets, load_presets, parse_presets
-from imgedit.serving.startup import check_settings
+from imgedit.serving.startup import check_settings, start_worker
 from tests.helpers import form_request, gradient_png
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "presets" / "qwen-image-edit-2511.yaml"
@@ -67,6 +68,9 @@ def test_json_is_read_too(tmp_path):
         ("- low", "the file must map quality levels (low, medium, high, xhigh, max) to recipes"),
         ("", "the file must map quality levels"),
         ("low: {num_inference_steps: 4", "not valid YAML or JSON: "),
+        ("low: {}\nlow: {num_inference_steps: 4}", "not valid YAML or JSON: low is given twice"),
+        ("low: {cache: none, cache: taylorseer}", "not valid YAML or JSON: cache is given twice"),
+        ('low: {negative_prompt: "\\ud800"}', "low.negative_prompt: Field 'negative_prompt' holds a lone UTF-16"),
         # Found by the fuzzer: YAML's own constructors raise more than YAMLError.
         ("low: {guidance_scale: !!float 1e!3}", "not valid YAML or JSON: could not convert string to float"),
         ("low: {strength: !!int 0x}", "not valid YAML or JSON: "),
@@ -121,6 +125,12 @@ def test_a_tiers_levers_replace_the_servers_where_it_names_them():
     assert parse_presets(b"max: {num_inference_steps: 60}").recipes["max"].levers_over(server) is server
 
 
+def check(presets: Presets, family, **options) -> None:
+    """:func:`check_presets` with a one-rank server's values for what ``options`` leaves out."""
+    values = {"ranks": 1, "context": False, "named_loras": [], "max_prompt_chars": 32_000, **options}
+    check_presets(presets, family, **values)
+
+
 @pytest.mark.parametrize(
     ("text", "ranks", "context", "message"),
     [
@@ -135,19 +145,38 @@ def test_what_a_recipe_asks_of_the_model_is_tried_at_start_up(text, ranks, conte
     family = InstructPix2PixFamily(build_tiny("tiny:instruct-pix2pix").pipeline)
     presets = parse_presets(text.encode())
     if message is None:
-        check_presets(presets, family, ranks=ranks, context=context, named_loras=["light"])
+        check(presets, family, ranks=ranks, context=context, named_loras=["light"])
         return
     with pytest.raises(PresetError) as refused:
-        check_presets(presets, family, ranks=ranks, context=context, named_loras=["light"])
+        check(presets, family, ranks=ranks, context=context, named_loras=["light"])
     assert str(refused.value).startswith(message)
+
+
+def test_a_tier_is_planned_as_its_requests_would_be():
+    family = Flux2KleinFamily(build_tiny("tiny:flux2-klein").pipeline)
+    check(parse_presets(b"low: {num_inference_steps: 4, strength: 0.5}"), family)
+    # Masked edits inpaint natively, and strength 0 leaves no step to run: every masked request would fail.
+    with pytest.raises(PresetError, match=r"^low: strength=0 with 4 steps leaves no denoising step"):
+        check(parse_presets(b"low: {num_inference_steps: 4, strength: 0}"), family)
+    with pytest.raises(PresetError, match=r"^max\.negative_prompt: longer than IMGEDIT_MAX_PROMPT_CHARS \(8\)$"):
+        check(parse_presets(b"max: {negative_prompt: 'blurry and dark'}"), family, max_prompt_chars=8)
+
+
+def test_a_tier_the_model_cannot_run_stops_start_up_at_its_warm_up(tmp_path):
+    # FLUX.1 Kontext's pipeline opens no cache context, which diffusers' step caches need on the first pass:
+    # enabling one works, running it does not, so only the tier's own warm-up finds out.
+    path = tmp_path / "presets.yaml"
+    path.write_text("low: {cache: first_block}\n")
+    with pytest.raises(StartupError, match=r"^IMGEDIT_PRESETS: low: this model cannot run the tier: No cache context"):
+        start_worker(Settings(model="tiny:flux-kontext", device="cpu", presets=str(path)))
 
 
 def test_first_block_cannot_split_with_the_sequence(tiny_model):
     family = QwenImageEditPlusFamily(tiny_model.pipeline)
     presets = parse_presets(b"low: {cache: first_block}")
-    check_presets(presets, family, ranks=1, context=False, named_loras=[])  # tried on the model, then put back
+    check(presets, family)  # tried on the model, then put back
     with pytest.raises(PresetError, match=r"^low\.cache: 'first_block' decides on each rank's slice"):
-        check_presets(presets, family, ranks=2, context=True, named_loras=[])
+        check(presets, family, ranks=2, context=True)
 
 
 # -- requests that run them ---------------------------------------------------------------------
@@ -164,7 +193,7 @@ def tiered(tiny_model, tmp_path_factory):
     engine = Engine(prepare=registry.activate, previewer=family.preview)
     engine.between_runs(lambda: registry.load("lightning", spec_in_directory(str(directory), "lightning"))).result()
     presets = load_presets(str(EXAMPLE))
-    check_presets(presets, family, ranks=1, context=False, named_loras=["lightning"])
+    check(presets, family, named_loras=["lightning"])
     yield (
         EditHandler(settings, family, engine, Fetcher(FetchPolicy()), LoraAdmin(registry, engine, None), presets),
         EditHandler(settings, family, engine, Fetcher(FetchPolicy()), LoraAdmin(registry, engine, None)),

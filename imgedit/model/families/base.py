@@ -322,16 +322,24 @@ class Family(ABC, Generic[P]):
         """Latent patches of an image of ``size``: one per ``size_multiple`` square."""
         return (size.width // self.size_multiple) * (size.height // self.size_multiple)
 
-    def warmup_plans(self) -> list[EditPlan]:
-        """One-step plans on a small blank image, run before serving: the edit, and the inpainting variant."""
+    def warmup_plans(self, options: EditOptions | None = None, levers: Levers | None = None) -> list[EditPlan]:
+        """Plans on a small blank image, run before serving: the edit, and the inpainting variant.
+
+        Args:
+            options: the edit (by default one step); a speed tier's are planned at start-up to refuse a bad tier.
+            levers: the speed settings (by default the server's).
+
+        Raises:
+            RequestError: the family cannot run ``options`` (see :meth:`check`).
+        """
         images = [InputImage(rgb=Image.new("RGB", (WARMUP_SIDE, WARMUP_SIDE), (127, 127, 127)), alpha=None)]
-        options = EditOptions(prompt="warm-up", num_inference_steps=1, seed=0)
+        options = options or EditOptions(prompt="warm-up", num_inference_steps=1, seed=0)
         side = max(WARMUP_SIDE, self.size_multiple)
-        plans = [self.plan(self.resolve(options, images, Size(side, side)))]
+        plans = [self.plan(self.resolve(options, images, Size(side, side), levers=levers))]
         if self.inpaint_pipeline is not None and self.inpaint_pipeline is not self.pipeline:
             region = Image.new("L", (WARMUP_SIDE, WARMUP_SIDE), 0)
             region.paste(255, (0, 0, WARMUP_SIDE // 2, WARMUP_SIDE))
-            plans.append(self.plan(self.resolve(options, images, Size(side, side), region)))
+            plans.append(self.plan(self.resolve(options, images, Size(side, side), region, levers)))
         return plans
 
 
