@@ -212,8 +212,8 @@ def forward_passes(family: Family) -> list[int]:
 @pytest.mark.parametrize(
     ("model", "passes", "alone_passes"),
     [
-        # Sequential guidance, 3 steps: rank 0 runs the 3 conditional passes, rank 1 the unconditional ones.
-        ("tiny:qwen-image-edit-plus", [1, 1, 1], [1] * 6),
+        # Sequential guidance, 3 steps: rank 0 runs the 3 conditional passes, rank 1 the unconditional ones
+        # (Qwen-Image-Edit-Plus: in the four-rank test below).
         ("tiny:flux2-klein", [1, 1, 1], [1] * 6),
         # Batched guidance with three branches (text, image, neither): rank 0 runs two of them, rank 1 one.
         ("tiny:instruct-pix2pix", [2, 2, 2], [3, 3, 3]),
@@ -242,9 +242,18 @@ def test_guidance_over_two_groups_of_two_ulysses_ranks_runs_stops_fails_and_trun
     single = one_rank(model)
     alone = [image for call in calls(single) for image in call.invoke()]
     truncated_alone = dataclasses.replace(calls(single)[0], cfg_until=0.5).invoke()
+    counted: list[int] = []
     with two_ranks(model, degree=2, cfg_parallel=True) as ranks:
         group, family = ranks.group, ranks.family
-        assert largest_difference(group.invoke(calls(family)[0]), alone) <= TOLERANCE
+        passes = forward_passes(family)
+        denoiser_call.observe(lambda: counted.append(1))
+        try:
+            assert largest_difference(group.invoke(calls(family)[0]), alone) <= TOLERANCE
+        finally:
+            denoiser_call.observe(None)
+        # 3 steps, two input images: rank 0 ran the 3 conditional passes (on its half of the sequence), and each
+        # of the 6 logical calls was counted once.
+        assert (len(passes), len(counted)) == (3, 6)
 
         def stop_after_step_2(step: int, total: int, latents: torch.Tensor) -> None:
             if step == 1:
