@@ -176,6 +176,8 @@ def _recipe(level: Quality, document: Any) -> Recipe:
             raise PresetError(f"{level}.{_shown(key)}: unknown key; use {', '.join(REQUEST_KEYS + LEVER_KEYS)}")
     values = dict(document)
     for key, value in values.items():
+        if not isinstance(value, str):  # the others are numbers, or LoRA choices, which parse_lora checks
+            continue
         try:
             check_value(value, key)  # what no tokenizer or log line takes: a lone surrogate
         except RequestError as error:

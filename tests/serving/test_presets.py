@@ -101,6 +101,14 @@ def test_start_up_names_the_variable(tmp_path):
         check_settings(Settings(model="tiny:qwen-image-edit-plus", device="cpu", presets=str(path)))
 
 
+def test_keys_that_are_not_text_are_judged_like_any_other_value():
+    # Found by the fuzzer: YAML keys may be numbers, which the surrogate check took for text (a TypeError).
+    recipe = parse_presets(b"low: {lora: [{name: fast, .0: 1}]}").recipes["low"]
+    assert recipe.loras == (LoraChoice("fast"),)
+    with pytest.raises(PresetError, match=r"^low\.num_inference_steps: Input should be a valid integer$"):
+        parse_presets(b"low: {num_inference_steps: {.0: 1}}")
+
+
 def test_a_null_value_leaves_its_key_unset():
     # Found by the fuzzer: a null came through as a value, and `cfg_until: null` would have failed every edit.
     recipe = parse_presets(b"low: {num_inference_steps: null, cfg_until: ~, cache: null}").recipes["low"]
