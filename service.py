@@ -76,6 +76,7 @@ v1_app = create_v1_app(
     lambda: this_worker().models(),
     # The LoRA endpoints exist only with an admin key to open them.
     this_worker if settings.admin_key is not None else None,
+    lambda: this_worker().jobs(),
 )
 #: The web page at /playground: static files that call /v1 from the browser, so it needs no key of its own.
 playground_app = create_playground_app()

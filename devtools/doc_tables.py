@@ -16,10 +16,56 @@ from pathlib import Path
 from bench.quantization import gpu_table
 from devtools.test_hooks import VARIABLES
 from imgedit.api.fields import markdown_table
-from imgedit.config import settings_table
+from imgedit.config import ENV_PREFIX, Settings
 from imgedit.metrics import metrics_table
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+#: The default as the configuration page shows it, where the value alone would not say what it means.
+SHOWN_DEFAULTS = {
+    "model_revision": "the default branch",
+    "served_model_name": "last segment of the model",
+    "family": "from the pipeline class",
+    "max_images": "the family's default",
+    "encoding_cache_mb": "1024 on a GPU, 256 on the CPU",
+    "default_steps": "the family's default",
+    "default_guidance_scale": "the family's default",
+    "default_true_cfg_scale": "the family's default",
+    "attention_backend": "PyTorch's choice",
+    "quantize_components": "the denoiser",
+    "memory_budget_gib": "what the device has free",
+    "max_output_pixels": "4194304 (2048x2048)",
+    "max_image_bytes": "52428800 (50 MiB)",
+    "max_body_bytes": "104857600 (100 MiB)",
+    "max_field_bytes": "1048576 (1 MiB)",
+    "url_max_bytes": "52428800 (50 MiB)",
+    "workers": "one per visible GPU (1 without); visible GPUs / ranks per edit with several ranks",
+    "url_allowed_hosts": "any host",
+    "data_dir": "`$XDG_DATA_HOME/imgedit` (`~/.local/share/imgedit`)",
+    "image_store": "`images` in the data directory",
+}
+
+
+def settings_table() -> str:
+    """The configuration page's table of every setting, in Markdown: variable, default, meaning."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        meaning = " ".join((field.description or "").split())
+        rows.append(
+            f"| `{ENV_PREFIX}{name.upper()}` | {SHOWN_DEFAULTS.get(name) or _shown(field.default)} | {meaning} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def _shown(default: object) -> str:
+    if default is None:
+        return "none"
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
+    if isinstance(default, str):
+        return f"`{default}`"
+    return f"{default:g}" if isinstance(default, float) else str(default)
 
 
 def hooks_table() -> str:

@@ -84,6 +84,7 @@ def server_environment(tmp: Path, hooks: bool = False, **overrides: str) -> dict
     tmp_dir.mkdir(exist_ok=True)
     env.update(
         IMGEDIT_MODEL="tiny:qwen-image-edit-plus",
+        IMGEDIT_DATA_DIR=str(tmp / "data"),
         HF_HUB_OFFLINE="1",
         HF_HOME=str(tmp / "hf"),
         BENTOML_HOME=str(tmp / "bentoml"),

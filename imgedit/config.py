@@ -31,7 +31,7 @@ class ConfigError(Exception):
 class Settings(BaseSettings):
     """All knobs of the server. The field ``foo_bar`` is read from ``IMGEDIT_FOO_BAR``.
 
-    Each field's docstring is its description on the configuration page (:func:`settings_table`).
+    Each field's docstring is its description on the configuration page (``python -m devtools.doc_tables``).
     """
 
     model_config = SettingsConfigDict(
@@ -235,6 +235,33 @@ class Settings(BaseSettings):
             return ()
         return tuple(host.strip().lower().rstrip(".") for host in self.url_allowed_hosts.split(",") if host.strip())
 
+    # Edits that outlive a connection (see Jobs and links).
+    data_dir: str | None = Field(None, min_length=1)
+    """The server's data directory: background jobs, kept answers, the key that signs links, and stored images
+    unless `IMGEDIT_IMAGE_STORE` says otherwise. Every worker of the server shares it."""
+    image_store: str | None = Field(None, min_length=1)
+    """Where `response_format=url` images are kept: a directory, served by imgedit through signed links, or
+    `s3://bucket/prefix` on any S3-compatible store, behind presigned links."""
+    s3_endpoint_url: str | None = Field(None, min_length=1)
+    """The S3 API's URL for a store other than AWS (MinIO, SeaweedFS, R2...); credentials and region come from the
+    standard `AWS_*` variables."""
+    image_url_ttl: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    """Seconds a link to an image works (at most 7 days, S3's limit); a synchronous answer's images are deleted
+    then."""
+    public_url: str | None = Field(None, min_length=1, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    """The base of the links imgedit serves itself (`https://edits.example.com`), behind a proxy that changes the
+    host; by default the request's own."""
+    job_ttl: int = Field(86400, ge=60, le=30 * 24 * 3600)
+    """Seconds a background job, its result and its images are kept after it ends."""
+    idempotency_ttl: int = Field(86400, ge=60, le=30 * 24 * 3600)
+    """Seconds the answer to an `Idempotency-Key` is kept for retries."""
+    webhook_url: str | None = Field(None, min_length=1, max_length=2048)
+    """Where every background job's event goes when it ends (a job's own `webhook_url` wins); checked like URL
+    inputs (`IMGEDIT_URL_ALLOW_PRIVATE`, `IMGEDIT_URL_ALLOWED_HOSTS`)."""
+    webhook_secret: SecretStr | None = None
+    """The Standard Webhooks secret that signs events, `whsec_` then base64 of 24 to 64 random bytes; webhooks
+    need it."""
+
     # Output and logging.
     png_compress_level: int = Field(1, ge=0, le=9)
     """zlib level of PNG output, 0 to 9: higher is smaller and slower, never lossy. Level 1 uses imgedit's own
@@ -299,50 +326,6 @@ class Settings(BaseSettings):
         return tail or self.model
 
 
-#: The default as the configuration page shows it, where the value alone would not say what it means.
-SHOWN_DEFAULTS = {
-    "model_revision": "the default branch",
-    "served_model_name": "last segment of the model",
-    "family": "from the pipeline class",
-    "max_images": "the family's default",
-    "encoding_cache_mb": "1024 on a GPU, 256 on the CPU",
-    "default_steps": "the family's default",
-    "default_guidance_scale": "the family's default",
-    "default_true_cfg_scale": "the family's default",
-    "attention_backend": "PyTorch's choice",
-    "quantize_components": "the denoiser",
-    "memory_budget_gib": "what the device has free",
-    "max_output_pixels": "4194304 (2048x2048)",
-    "max_image_bytes": "52428800 (50 MiB)",
-    "max_body_bytes": "104857600 (100 MiB)",
-    "max_field_bytes": "1048576 (1 MiB)",
-    "url_max_bytes": "52428800 (50 MiB)",
-    "workers": "one per visible GPU (1 without); visible GPUs / ranks per edit with several ranks",
-    "url_allowed_hosts": "any host",
-}
-
-
-def settings_table() -> str:
-    """The configuration page's table of every setting, in Markdown: variable, default, meaning."""
-    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
-    for name, field in Settings.model_fields.items():
-        meaning = " ".join((field.description or "").split())
-        rows.append(
-            f"| `{ENV_PREFIX}{name.upper()}` | {SHOWN_DEFAULTS.get(name) or _shown(field.default)} | {meaning} |"
-        )
-    return "\n".join(rows) + "\n"
-
-
-def _shown(default: object) -> str:
-    if default is None:
-        return "none"
-    if isinstance(default, bool):
-        return f"`{str(default).lower()}`"
-    if isinstance(default, str):
-        return f"`{default}`"
-    return f"{default:g}" if isinstance(default, float) else str(default)
-
-
 def load_settings() -> Settings:
     """Read and validate the settings from the environment.
 
@@ -392,7 +375,3 @@ def bento_arguments() -> dict[str, object]:
         return dict(vars(bentoml.use_arguments()))
     except Exception:  # no BentoML context: no arguments
         return {}
-
-
-if __name__ == "__main__":
-    print(settings_table(), end="")

@@ -85,7 +85,7 @@ def test_unknown_variables_are_reported(monkeypatch):
 
 
 def test_every_setting_is_described_for_the_configuration_page():
-    from imgedit.config import SHOWN_DEFAULTS, settings_table
+    from devtools.doc_tables import SHOWN_DEFAULTS, settings_table
 
     undescribed = [name for name, field in Settings.model_fields.items() if not (field.description or "").strip()]
     assert undescribed == []

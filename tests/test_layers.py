@@ -26,8 +26,10 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "scheduling": ("model", "media"),
     # The wire format: no model, no device.
     "api": ("media",),
+    # What outlives a connection: stored images, jobs, kept answers, webhooks (no HTTP routes, no model).
+    "durable": ("media",),
     # Serving ties every layer to BentoML; the command line is an entry point like service.py.
-    "serving": ("media", "model", "lora", "ranks", "weights", "scheduling", "api"),
+    "serving": ("media", "model", "lora", "ranks", "weights", "scheduling", "api", "durable"),
     "cli": ("model", "weights"),
     "playground": (),
 }
@@ -41,6 +43,7 @@ FORBIDDEN_LIBRARIES = {
     "weights": ("starlette", "_bentoml", "bentoml._internal"),
     "scheduling": ("starlette", "_bentoml", "bentoml"),
     "api": ("torch", "diffusers", "bentoml", "_bentoml"),
+    "durable": ("starlette", "torch", "diffusers", "bentoml", "_bentoml"),
     "serving": (),
     "cli": (),
     "playground": ("torch", "bentoml"),
@@ -119,7 +122,18 @@ def test_the_architecture_shows_in_the_top_level():
     top = sorted(path.name for path in PACKAGE.glob("*.py"))
     packages = sorted(path.name for path in PACKAGE.iterdir() if (path / "__init__.py").is_file())
     assert len(top) <= MAX_TOP_LEVEL_MODULES, top
-    assert packages == ["api", "lora", "media", "model", "playground", "ranks", "scheduling", "serving", "weights"]
+    assert packages == [
+        "api",
+        "durable",
+        "lora",
+        "media",
+        "model",
+        "playground",
+        "ranks",
+        "scheduling",
+        "serving",
+        "weights",
+    ]
     assert sorted(name for name in MAY_IMPORT if name not in ("", "cli")) == packages
 
 

@@ -3,7 +3,8 @@ the LoRA endpoints (``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``) alwa
 an ``IMGEDIT_ADMIN_KEY`` instead, which no API key replaces.
 
 This is how the ``openai`` SDK sends its ``api_key``. Health probes, metrics
-and the BentoML pages stay open. Keys are compared in constant time, against
+and the BentoML pages stay open, and so do signed image links
+(``/v1/images/files/...``): their signature is the credential. Keys are compared in constant time, against
 every configured key, and never logged.
 """
 
@@ -17,6 +18,8 @@ from imgedit.api.errors import ApiError
 from imgedit.api.responses import error_response
 
 PROTECTED_PREFIX = "/v1/"
+#: Signed image links, which need no key (a browser or another service opens them).
+OPEN_PREFIX = "/v1/images/files/"
 #: Paths that only an admin key opens.
 ADMIN_PATHS = ("/v1/load_lora_adapter", "/v1/unload_lora_adapter")
 
@@ -56,7 +59,7 @@ class ApiKeyMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         keys = self.admin_keys if path.rstrip("/") in ADMIN_PATHS else self.keys
-        if scope["type"] != "http" or not keys or not path.startswith(PROTECTED_PREFIX):
+        if scope["type"] != "http" or not keys or not path.startswith(PROTECTED_PREFIX) or path.startswith(OPEN_PREFIX):
             await self.app(scope, receive, send)
             return
         authorization = next((value for name, value in scope.get("headers", ()) if name == b"authorization"), b"")

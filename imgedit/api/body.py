@@ -12,7 +12,9 @@ every failure, a client that hangs up included, is an
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from python_multipart.multipart import parse_options_header
@@ -35,20 +37,30 @@ async def read_body(request: Request, limits: MultipartLimits) -> Form | dict[st
             is not an object; 413 past ``limits.max_body_bytes``; 408 when the
             body comes too slowly; 400 when the client disconnects meanwhile.
     """
-    content_type = request.headers.get("content-type")
-    content_length = request.headers.get("content-length")
+    return await _parse(
+        request.headers.get("content-type"), request.headers.get("content-length"), request.stream(), limits
+    )
+
+
+async def _parse(
+    content_type: str | None, content_length: str | None, stream: AsyncIterator[bytes], limits: MultipartLimits
+) -> Form | dict[str, Any]:
     mime = parse_options_header(content_type or "")[0].decode("latin-1").lower()
     try:
         if mime == MULTIPART:
-            return await read_multipart(content_type, content_length, request.stream(), limits)
+            return await read_multipart(content_type, content_length, stream, limits)
         if mime == JSON:
-            return await read_json(content_length, request.stream(), limits)
+            return await read_json(content_length, stream, limits)
     except ClientDisconnect:
-        # Nobody will read the answer; this keeps a traceback out of the log.
-        raise ApiError(400, "The client disconnected while sending the request.", code="client_disconnected") from None
+        raise _disconnected() from None
     raise ApiError(
         400, f"The request body must be {MULTIPART} or {JSON}; got {mime or 'none'}.", code="invalid_content_type"
     )
+
+
+def _disconnected() -> ApiError:
+    # Nobody will read the answer; this keeps a traceback out of the log.
+    return ApiError(400, "The client disconnected while sending the request.", code="client_disconnected")
 
 
 async def read_json(content_length: str | None, body: AsyncIterator[bytes], limits: MultipartLimits) -> dict[str, Any]:
@@ -69,3 +81,51 @@ async def read_json(content_length: str | None, body: AsyncIterator[bytes], limi
     if not isinstance(parsed, dict):
         raise invalid(None, "The JSON body must be an object of fields.", code="invalid_json")
     return parsed
+
+
+@dataclass(frozen=True)
+class RawBody:
+    """A body read whole, before parsing: for a request that must be kept (a background job) or recognised
+    again (an idempotency key)."""
+
+    content_type: str
+    data: bytes
+
+    def fingerprint(self, *extra: str) -> str:
+        """SHA-256 of what the body says, with ``extra`` facts about the request.
+
+        A multipart body is taken without its boundary, which a client picks
+        afresh for every attempt; JSON is taken byte for byte.
+        """
+        digest = hashlib.sha256()
+        options = parse_options_header(self.content_type)
+        boundary = options[1].get(b"boundary", b"")
+        digest.update(options[0].lower() + b"\0" + "\0".join(extra).encode() + b"\0")
+        digest.update(self.data.replace(boundary, b"") if boundary else self.data)
+        return digest.hexdigest()
+
+    async def parse(self, limits: MultipartLimits) -> Form | dict[str, Any]:
+        """The form or JSON object, as :func:`read_body` would read it from the connection."""
+        return await _parse(self.content_type, str(len(self.data)), _once(self.data), limits)
+
+
+async def read_raw(request: Request, limits: MultipartLimits) -> RawBody:
+    """The whole body, within the size and pace of ``limits``; parse it with :meth:`RawBody.parse`.
+
+    Raises:
+        ApiError: 413 past the size limit, 408 when too slow, 400 when the client disconnects meanwhile.
+    """
+    refuse_declared_excess(request.headers.get("content-length"), limits.max_body_bytes)
+    data = bytearray()
+    try:
+        async for chunk in paced(request.stream(), limits.idle_seconds, limits.total_seconds):
+            data += chunk
+            if len(data) > limits.max_body_bytes:
+                raise too_large("The request body", limits.max_body_bytes)
+    except ClientDisconnect:
+        raise _disconnected() from None
+    return RawBody(request.headers.get("content-type") or "", bytes(data))
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data

@@ -142,9 +142,12 @@ FIELDS: tuple[Field, ...] = (
     Field(
         name="response_format",
         kind="choice",
-        description="Images come back as base64 only.",
+        description=(
+            "`b64_json`: each image as base64 in the body. `url`: each image as a link that works without an API key "
+            "until `IMGEDIT_IMAGE_URL_TTL` runs out (see Jobs and links). Not with `stream`."
+        ),
         default="b64_json",
-        choices=("b64_json",),
+        choices=("b64_json", "url"),
     ),
     Field(
         name="output_format",
@@ -293,6 +296,16 @@ FIELDS: tuple[Field, ...] = (
         default=0,
         low=0,
         high=3,
+    ),
+    Field(
+        name="webhook_url",
+        kind="text",
+        description=(
+            "For a background job (`Prefer: respond-async`): where its signed event goes when it ends; wins over "
+            "`IMGEDIT_WEBHOOK_URL` (see Jobs and links)."
+        ),
+        shown_default="`IMGEDIT_WEBHOOK_URL`",
+        max_chars=2048,
     ),
 )
 

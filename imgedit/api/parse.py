@@ -20,7 +20,7 @@ import math
 import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from imgedit.api.errors import ApiError
 from imgedit.api.fields import FIELDS, FIELDS_BY_NAME, Field
@@ -64,6 +64,10 @@ class RequestLimits:
     lora_names: Callable[[], Collection[str]] = dataclasses.field(default=lambda: ())
 
 
+#: How the answer carries its images.
+ResponseFormat = Literal["b64_json", "url"]
+
+
 @dataclass(frozen=True, kw_only=True)
 class EditRequest:
     """A validated ``POST /v1/images/edits`` request: what to ask of the model, and how to answer.
@@ -88,6 +92,8 @@ class EditRequest:
     lora: tuple[LoraChoice, ...] = ()
     stream: bool = False
     partial_images: int = 0
+    response_format: ResponseFormat = "b64_json"
+    webhook_url: str | None = None
 
 
 _ANSWER_NAMES = frozenset(answer.name for answer in fields(EditRequest)) - {"options", "sources", "mask"}
@@ -124,7 +130,7 @@ def parse_edit_request(body: Form | dict[str, Any], limits: RequestLimits) -> Ed
         _RULES.get(field.name, _no_rule)(value, values, limits)
         values[field.name] = value
     options = EditOptions(**{name: value for name, value in values.items() if name in _OPTION_NAMES})
-    # A field stored in neither dataclass (response_format, moderation: one meaning here) is checked, then dropped.
+    # A field stored in neither dataclass (moderation: one meaning here) is checked, then dropped.
     answer = {name: value for name, value in values.items() if name in _ANSWER_NAMES}
     return EditRequest(options=options, sources=reader.sources(limits.max_images), mask=mask, **answer)
 
@@ -208,10 +214,19 @@ def _background_fits_format(background: str, values: dict[str, Any], limits: Req
         )
 
 
+def _no_links_in_streams(stream: bool, values: dict[str, Any], limits: RequestLimits) -> None:
+    if stream and values.get("response_format") == "url":
+        raise invalid(
+            "response_format",
+            "Streamed images come as base64; leave 'response_format' out or set it to 'b64_json' with 'stream'.",
+        )
+
+
 _RULES: dict[str, Rule] = {
     "prompt": _require_prompt,
     "model": _served_model,
     "background": _background_fits_format,
+    "stream": _no_links_in_streams,
 }
 
 

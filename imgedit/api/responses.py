@@ -61,10 +61,11 @@ class Usage(_Body):
 
 
 class ImageItem(_Body):
-    """One image of the answer, base64-encoded; ``url`` and ``revised_prompt`` are always null here."""
+    """One image of the answer: base64 in ``b64_json``, or a link in ``url`` (``response_format=url``); the other
+    is null, and so is ``revised_prompt`` (prompts are kept verbatim)."""
 
-    b64_json: str
-    url: None = None
+    b64_json: str | None = None
+    url: str | None = None
     revised_prompt: None = None
 
 

@@ -1,6 +1,8 @@
-"""The ``/v1`` routes that are not BentoML APIs: the model list, the LoRA endpoints, OpenAI-shaped 404/405s.
+"""The ``/v1`` routes that are not BentoML APIs: models, jobs, stored images, LoRA endpoints, OpenAI-shaped 404/405s.
 
-BentoML APIs accept POST only, so ``GET /v1/models`` lives in this small
+BentoML APIs accept POST only, so ``GET /v1/models``, the background jobs
+(``GET``/``DELETE /v1/images/edits/{id}``, ``POST .../cancel``) and the
+signed image links (``GET /v1/images/files/{name}``) live in this small
 Starlette app, mounted under ``/v1``, with vLLM's ``POST /v1/load_lora_adapter``
 and ``POST /v1/unload_lora_adapter`` when an admin key is configured (the
 :class:`~imgedit.api.auth.ApiKeyMiddleware` asks for it). BentoML tries its
@@ -11,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from imgedit.api.errors import ApiError, http_error
@@ -24,6 +27,8 @@ from imgedit.api.responses import error_response
 from imgedit.errors import RequestError
 
 EDITS_PATH = "/images/edits"
+#: Where a directory store's images are served (under /v1); the signature in the link is the credential.
+FILES_PATH = "/images/files"
 #: vLLM's LoRA endpoints, answered only with an admin key.
 LOAD_LORA_PATH, UNLOAD_LORA_PATH = "/load_lora_adapter", "/unload_lora_adapter"
 #: The largest body the LoRA endpoints read.
@@ -52,13 +57,30 @@ class LoraEndpoints(Protocol):
     async def unload_lora(self, name: Any) -> dict[str, Any]: ...
 
 
-def create_v1_app(models: Callable[[], list[ModelCard]], loras: Callable[[], LoraEndpoints] | None = None) -> Starlette:
+class JobEndpoints(Protocol):
+    """What the job and image routes call: each returns the answer's body (or file) or raises an ApiError."""
+
+    async def get_job(self, job_id: str, request: Request) -> dict[str, Any]: ...
+
+    async def cancel_job(self, job_id: str, request: Request) -> dict[str, Any]: ...
+
+    async def delete_job(self, job_id: str, request: Request) -> dict[str, Any]: ...
+
+    def image_file(self, name: str, expires: str | None, signature: str | None) -> tuple[Path, str]: ...
+
+
+def create_v1_app(
+    models: Callable[[], list[ModelCard]],
+    loras: Callable[[], LoraEndpoints] | None = None,
+    jobs: Callable[[], JobEndpoints] | None = None,
+) -> Starlette:
     """The app to mount at ``/v1``.
 
     Args:
         models: returns the served models; called per request, because the
             model is loaded after this app is created.
         loras: returns what loads and unloads LoRAs; None leaves the LoRA endpoints out (404).
+        jobs: returns what answers for background jobs and stored images; None leaves them out (404).
     """
 
     async def list_models(request: Request) -> Response:
@@ -85,10 +107,28 @@ def create_v1_app(models: Callable[[], list[ModelCard]], loras: Callable[[], Lor
         body = await _admin_body(request)
         return JSONResponse(await loras().unload_lora(body.get("lora_name")))
 
+    async def get_job(request: Request) -> Response:
+        assert jobs is not None
+        return JSONResponse(await jobs().get_job(request.path_params["job_id"], request))
+
+    async def cancel_job(request: Request) -> Response:
+        assert jobs is not None
+        return JSONResponse(await jobs().cancel_job(request.path_params["job_id"], request))
+
+    async def delete_job(request: Request) -> Response:
+        assert jobs is not None
+        return JSONResponse(await jobs().delete_job(request.path_params["job_id"], request))
+
+    async def image_file(request: Request) -> Response:
+        assert jobs is not None
+        query = request.query_params
+        path, media_type = jobs().image_file(request.path_params["name"], query.get("expires"), query.get("signature"))
+        headers = {"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"}
+        return FileResponse(path, media_type=media_type, headers=headers)
+
     async def fallback(request: Request) -> Response:
         path = "/" + request.path_params["path"]
-        posts = (EDITS_PATH, LOAD_LORA_PATH, UNLOAD_LORA_PATH) if loras is not None else (EDITS_PATH,)
-        allowed = "POST" if path in posts else "GET" if path == "/models" or path.startswith("/models/") else None
+        allowed = _allowed_methods(path, loras is not None, jobs is not None)
         if allowed is not None:
             raise ApiError(
                 405,
@@ -102,6 +142,12 @@ def create_v1_app(models: Callable[[], list[ModelCard]], loras: Callable[[], Lor
         assert isinstance(error, ApiError)
         return error_response(error)
 
+    job_routes = [
+        Route(EDITS_PATH + "/{job_id}", get_job, methods=["GET"]),
+        Route(EDITS_PATH + "/{job_id}", delete_job, methods=["DELETE"]),
+        Route(EDITS_PATH + "/{job_id}/cancel", cancel_job, methods=["POST"]),
+        Route(FILES_PATH + "/{name}", image_file, methods=["GET"]),
+    ]
     lora_routes = [
         Route(LOAD_LORA_PATH, load_lora, methods=["POST"]),
         Route(UNLOAD_LORA_PATH, unload_lora, methods=["POST"]),
@@ -111,10 +157,26 @@ def create_v1_app(models: Callable[[], list[ModelCard]], loras: Callable[[], Lor
             Route("/models", list_models, methods=["GET"]),
             Route("/models/{model_id:path}", get_model, methods=["GET"]),
             *(lora_routes if loras is not None else []),
+            *(job_routes if jobs is not None else []),
             Route("/{path:path}", fallback, methods=_ALL_METHODS),
         ],
         exception_handlers={ApiError: api_error},
     )
+
+
+def _allowed_methods(path: str, loras: bool, jobs: bool) -> str | None:
+    """The methods a path takes, for a 405; None for a path nothing serves (404)."""
+    posts = (EDITS_PATH, LOAD_LORA_PATH, UNLOAD_LORA_PATH) if loras else (EDITS_PATH,)
+    if path in posts:
+        return "POST"
+    if path == "/models" or path.startswith("/models/"):
+        return "GET"
+    parts = path.split("/")
+    if jobs and path.startswith(EDITS_PATH + "/"):
+        return "POST" if len(parts) == 5 and parts[4] == "cancel" else "GET, DELETE" if len(parts) == 4 else None
+    if jobs and path.startswith(FILES_PATH + "/") and len(parts) == 4:
+        return "GET"
+    return None
 
 
 async def _admin_body(request: Request) -> dict[str, Any]:

@@ -148,7 +148,7 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        addresses = await self._checked_addresses(host, port)
+        addresses = await self.checked_addresses(host, port)
         last_error: Exception = httpcore.ConnectError(f"no address for {host!r}")
         for address in addresses:
             try:
@@ -157,7 +157,8 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
                 last_error = exc
         raise last_error
 
-    async def _checked_addresses(self, host: str, port: int) -> list[Address]:
+    async def checked_addresses(self, host: str, port: int) -> list[Address]:
+        """The addresses of ``host``, each checked; raises when one is refused or none is found."""
         name = host.lower().rstrip(".")
         check = self._check_for(host)
         if check is not None and check(_LOOPBACK) and (name == "localhost" or name.endswith(".localhost")):
@@ -267,6 +268,48 @@ class Fetcher:
             raise invalid(
                 param, f"Fetching '{param}' took longer than {self.policy.timeout:g} s.", code="url_fetch_failed"
             ) from None
+
+    async def check_target(self, url: str, param: str) -> None:
+        """Refuse, now, a URL that :meth:`post` would refuse: not http(s), not on the allow-list, or a host
+        that resolves to a forbidden address (checked again when it is posted to).
+
+        Raises:
+            RequestError: naming ``param``.
+        """
+        target = _http_url(url)
+        if target is None:
+            raise invalid(param, f"'{param}' is not a valid http(s) URL.", code="invalid_url")
+        self._check_host(target, param)
+        backend = _GuardedBackend(self._resolver, self._check_for)
+        try:
+            await backend.checked_addresses(target.host, target.port or (443 if target.scheme == "https" else 80))
+        except _RefusedAddress as exc:
+            raise invalid(param, f"The URL in '{param}' is not allowed: {exc}.", code="url_not_allowed") from None
+        except httpcore.ConnectError:
+            raise invalid(param, f"The host of '{param}' cannot be resolved.", code="invalid_url") from None
+
+    async def post(self, url: str, content: bytes, headers: dict[str, str], timeout: float) -> int:
+        """POST ``content`` to ``url`` under the same address checks as fetching, following no redirect.
+
+        Returns:
+            The status code of the answer.
+
+        Raises:
+            OSError: the host is refused, unreachable, or too slow (``timeout`` seconds in all).
+        """
+        target = _http_url(url)
+        if target is None or not self.policy.host_allowed(target.host):
+            raise OSError("the URL is not allowed")
+        backend = _GuardedBackend(self._resolver, self._check_for)
+        wire_headers = [(b"User-Agent", f"imgedit/{__version__}".encode())]
+        wire_headers += [(name.encode(), value.encode()) for name, value in headers.items()]
+        try:
+            with anyio.fail_after(timeout):
+                async with httpcore.AsyncConnectionPool(ssl_context=self._ssl_context, network_backend=backend) as pool:
+                    response = await pool.request("POST", str(target), headers=wire_headers, content=content)
+                    return response.status
+        except Exception as exc:  # any failure is a failed attempt, reported to the caller
+            raise OSError(f"{type(exc).__name__}: {exc}") from None
 
     def _check_host(self, url: httpx.URL, param: str) -> None:
         if not self.policy.host_allowed(url.host):

@@ -315,6 +315,7 @@ class Engine:
     def _run(self, batch: list[Job]) -> None:
         started = time.monotonic()
         for job in batch:
+            job.started = True
             metrics.queue_wait.observe(started - job.admitted)
         self._current = batch
         self._running += 1
@@ -354,6 +355,7 @@ class Engine:
                 if job.cancelled.is_set():  # between the images of one request
                     raise RunCancelled
                 images.extend(self.runner.invoke(call, step_hook([job], call, self.previewer, self.progress_interval)))
+                job.calls_done += 1
         except BaseException as error:  # delivered to the waiting request
             return run_failure(error, [job])
         return images

@@ -85,10 +85,20 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     cancel_reason: str = ""
     previews_sent: int = 0
-    #: The last step finished and the steps of the call running, for logs.
+    #: The last step finished and the steps of the call running, for logs and job progress.
     progress: tuple[int, int] = (0, 0)
+    #: Whether the engine took it from the queue, and how many of its calls have finished.
+    started: bool = False
+    calls_done: int = 0
     #: Set by the engine: takes a cancelled job out of the queue at once.
     on_cancel: Callable[[Job], None] | None = None
+
+    @property
+    def percent(self) -> int:
+        """How far its run is, 0 to 100, from the steps done of all its calls (100 only once all are done)."""
+        step, total = self.progress
+        done = (self.calls_done + (step / total if total else 0.0)) / max(1, len(self.calls))
+        return min(100, int(done * 100))
 
     def cancel(self, reason: str) -> None:
         """Stop the run (or drop it from the queue) at once; the first reason given wins."""

@@ -38,7 +38,8 @@ def step_hook(
 
     def on_step(step: int, total: int, latents: torch.Tensor) -> None:
         nonlocal last_step, last_info, preview_steps
-        job.progress = (step + 1, total)
+        for each in jobs:
+            each.progress = (step + 1, total)
         if all(each.cancelled.is_set() for each in jobs):
             raise RunCancelled
         now = time.monotonic()

@@ -13,32 +13,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any
 
-import anyio.to_thread
 from PIL import Image
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from imgedit.api.body import read_body
 from imgedit.api.errors import ApiError, http_error, internal_error, shutting_down
+from imgedit.api.multipart import Form
 from imgedit.api.parse import EditRequest, RequestLimits, parse_edit_request
-from imgedit.api.responses import (
-    SEEDS_HEADER,
-    ImageItem,
-    ImagesResponse,
-    StreamInfo,
-    Usage,
-    b64,
-    completed_event,
-    error_event,
-    error_response,
-    images_response,
-    partial_image_event,
-    reported_quality,
-)
+from imgedit.api.responses import ImageItem, b64, error_response, images_response
 from imgedit.config import Settings
 from imgedit.edit import LoraChoice, Loras
 from imgedit.errors import RequestError, invalid
@@ -47,53 +33,24 @@ from imgedit.lora.admin import LoraAdmin, PartlyApplied
 from imgedit.lora.registry import LoraRegistry, UnknownLora
 from imgedit.lora.sources import LoraError, name_for_path
 from imgedit.lora.sync import ShuttingDown
-from imgedit.media.encode import EncodeOptions, encode_image, resolve_background
+from imgedit.media.encode import EncodeOptions, resolve_background
 from imgedit.media.fetch import Fetcher
-from imgedit.media.inputs import Inputs, load_inputs
-from imgedit.media.masking import fit, keep_outside
+from imgedit.media.inputs import load_inputs
 from imgedit.media.sizing import SizeLimits, output_size
-from imgedit.model.call import EditPlan, RunCancelled, Tokens
+from imgedit.model.call import RunCancelled
 from imgedit.model.families import Family
-from imgedit.model.spec import EditSpec
 from imgedit.scheduling.engine import Engine
 from imgedit.scheduling.jobs import DeadlineExceeded, Draining, Job, OutOfMemory, PreviewSink, QueueFull
+from imgedit.serving.answers import Prepared, encode, images_body, link_items, store_images
 from imgedit.serving.options import multipart_limits
 from imgedit.serving.presets import Presets
+from imgedit.serving.storage import Storage
+from imgedit.serving.streaming import stream_answer
 
 log = get_logger(__name__)
 
 #: Seconds a client is asked to wait after the device ran out of memory.
 OUT_OF_MEMORY_RETRY_SECONDS = 10
-
-
-@dataclass(frozen=True, kw_only=True)
-class _Prepared:
-    """A validated request with its inputs loaded and its plan made: ready to run.
-
-    Attributes:
-        tokens: the tokens behind one output image.
-        loras: the LoRAs the request runs with.
-    """
-
-    request: EditRequest
-    inputs: Inputs
-    spec: EditSpec
-    plan: EditPlan
-    encoding: EncodeOptions
-    tokens: Tokens
-    loras: Loras
-
-    def usage(self, images: int = 1) -> Usage:
-        """OpenAI's ``usage`` of ``images`` output images."""
-        tokens = self.tokens.times(images)
-        return Usage.of(tokens.text_tokens, tokens.image_tokens, tokens.output_tokens)
-
-    def finish(self, output: Image.Image) -> bytes:
-        """Bring a generated (or preview) image to the output size, keep the original outside the mask, encode."""
-        image = fit(output, self.plan.size)
-        if self.inputs.mask_region is not None:
-            image = keep_outside(image, self.inputs.first.rgb, self.inputs.mask_region)
-        return encode_image(image, self.inputs.first.alpha, self.encoding)
 
 
 class EditHandler:
@@ -106,6 +63,7 @@ class EditHandler:
         fetcher: reads URL inputs.
         lora_admin: loads and unloads LoRAs; by default one for this process alone.
         presets: the recipes behind ``quality`` (``IMGEDIT_PRESETS``), if any.
+        storage: where ``response_format=url`` images are kept; None refuses them.
     """
 
     def __init__(
@@ -116,8 +74,10 @@ class EditHandler:
         fetcher: Fetcher,
         lora_admin: LoraAdmin | None = None,
         presets: Presets | None = None,
+        storage: Storage | None = None,
     ) -> None:
         self.settings = settings
+        self.storage = storage
         self.presets = presets
         self.family = family
         self.engine = engine
@@ -143,14 +103,13 @@ class EditHandler:
 
         Never raises: every failure becomes an OpenAI-shaped error response.
         """
+        return await self.answering(self._read_and_answer(connection))
+
+    async def answering(self, work: Awaitable[Response]) -> Response:
+        """``work``'s response, or the OpenAI-shaped error response for its failure."""
         add_to_access_line(model=self.settings.served_name)
         try:
-            body = await read_body(connection, self.body_limits)
-            deadline = time.monotonic() + self.settings.request_timeout
-            prepared = await self._prepare(parse_edit_request(body, self.limits))
-            if prepared.request.stream:
-                return self._stream(prepared, deadline)
-            return await self._respond(prepared, deadline, connection)
+            return await work
         except RequestError as error:
             return error_response(http_error(error))
         except ApiError as error:
@@ -161,7 +120,24 @@ class EditHandler:
             log.exception("edit failed")
             return error_response(internal_error())
 
-    async def _prepare(self, request: EditRequest) -> _Prepared:
+    async def _read_and_answer(self, connection: Request) -> Response:
+        return await self.answer(await read_body(connection, self.body_limits), connection)
+
+    async def answer(self, body: Form | dict[str, Any], connection: Request) -> Response:
+        """Parse, prepare and run the request in ``body``, and answer it on ``connection``."""
+        deadline = time.monotonic() + self.settings.request_timeout
+        request = parse_edit_request(body, self.limits)
+        if request.webhook_url is not None:
+            raise invalid(
+                "webhook_url", "'webhook_url' is for background jobs: send it with the header 'Prefer: respond-async'."
+            )
+        prepared = await self.prepare(request)
+        if request.stream:
+            return stream_answer(self, prepared, deadline)
+        return await self._respond(prepared, deadline, connection)
+
+    async def prepare(self, request: EditRequest) -> Prepared:
+        """Load the request's inputs and LoRAs and plan its run."""
         options, levers = request.options, None
         recipe = self.presets.for_quality(options.quality) if self.presets is not None else None
         if recipe is not None:  # the request's own fields win over its tier's
@@ -193,7 +169,7 @@ class EditHandler:
         loras = await self._loras(request, recipe.loras if recipe is not None else ())
         if loras:
             add_to_access_line(lora=",".join(f"{name}:{scale:g}" for name, scale in loras))
-        return _Prepared(
+        return Prepared(
             request=request,
             inputs=inputs,
             spec=spec,
@@ -236,7 +212,8 @@ class EditHandler:
         except LoraError as error:
             raise invalid("lora", f"This model cannot run LoRA adapters: {error}.", code="lora_not_supported") from None
 
-    def _submit(self, prepared: _Prepared, previews: int = 0, sink: PreviewSink | None = None) -> Job:
+    def submit(self, prepared: Prepared, previews: int = 0, sink: PreviewSink | None = None) -> Job:
+        """Admit the request's calls to the engine (429 when the queue is full)."""
         # Counted before admission, so that unloading a LoRA waits for every request admitted with it.
         self.loras.acquire(prepared.loras)
         try:
@@ -247,7 +224,7 @@ class EditHandler:
         job.future.add_done_callback(lambda _: self.loras.release(prepared.loras))
         return job
 
-    def _admit(self, prepared: _Prepared, previews: int, sink: PreviewSink | None) -> Job:
+    def _admit(self, prepared: Prepared, previews: int, sink: PreviewSink | None) -> Job:
         # A request that names its seed must get the same bytes every time, so it never joins a batch.
         may_fuse = prepared.request.options.seed is None
         try:
@@ -264,7 +241,8 @@ class EditHandler:
         except Draining:
             raise _draining() from None
 
-    async def _run(self, job: Job, deadline: float) -> list[Image.Image]:
+    async def run(self, job: Job, deadline: float) -> list[Image.Image]:
+        """The job's images, or the OpenAI-shaped error its end calls for."""
         try:
             return await self.engine.result(job, deadline)
         except DeadlineExceeded:
@@ -287,90 +265,28 @@ class EditHandler:
                 raise _draining() from None
             raise ApiError(499, "The client closed the connection; the edit was stopped.", code="cancelled") from None
 
-    async def _respond(self, prepared: _Prepared, deadline: float, connection: Request) -> Response:
-        job = self._submit(prepared)
+    async def _respond(self, prepared: Prepared, deadline: float, connection: Request) -> Response:
+        job = self.submit(prepared)
         async with _stop_on_disconnect(connection, job):
-            outputs = await self._run(job, deadline)
-        body = ImagesResponse(
-            created=int(time.time()),
-            data=[ImageItem(b64_json=b64(image)) for image in await _encode(prepared, outputs)],
-            output_format=prepared.request.output_format,
-            size=str(prepared.plan.size),
-            background=prepared.encoding.background,
-            quality=reported_quality(prepared.request.options.quality),
-            usage=prepared.usage(len(outputs)),
-        )
-        return images_response(body, prepared.spec.seeds)
+            outputs = await self.run(job, deadline)
+        encoded = await encode(prepared, outputs)
+        if prepared.request.response_format == "url":
+            storage = self._storage()
+            keep_until = int(time.time()) + storage.url_ttl
+            names = await store_images(storage, encoded, prepared.request.output_format, keep_until)
+            items = await link_items(storage, names, str(connection.base_url), keep_until)
+        else:
+            items = [ImageItem(b64_json=b64(image)) for image in encoded]
+        return images_response(images_body(prepared, items), prepared.spec.seeds)
 
-    def _stream(self, prepared: _Prepared, deadline: float) -> Response:
-        """Answer with server-sent events: previews while the run goes, then one event per image."""
-        request = prepared.request
-        previews: asyncio.Queue[tuple[int, list[Image.Image]]] = asyncio.Queue()
-        job = self._submit(prepared, request.partial_images, lambda index, images: previews.put_nowait((index, images)))
-        info = StreamInfo(
-            created_at=int(time.time()),
-            size=prepared.plan.size,
-            quality=reported_quality(request.options.quality),
-            background=prepared.encoding.background,
-            output_format=request.output_format,
-        )
-        usage = prepared.usage()
-
-        async def events() -> AsyncIterator[bytes]:
-            result = asyncio.ensure_future(self._run(job, deadline))
-            try:
-                async for index, pictures in _until(previews, result):
-                    for offset, encoded in enumerate(await _encode(prepared, pictures)):
-                        yield partial_image_event(encoded, index * len(pictures) + offset, info)
-                for encoded in await _encode(prepared, result.result()):
-                    yield completed_event(encoded, info, usage)
-            except RequestError as error:
-                yield error_event(http_error(error).body())
-            except ApiError as error:
-                yield error_event(error.body())
-            except Exception:
-                log.exception("streamed edit failed")
-                yield error_event(internal_error().body())
-            finally:
-                if not result.done():  # the client went away (Starlette cancels this generator)
-                    log.info("client disconnected from the stream; stopping its edit")
-                    add_to_access_line(stream="disconnected")
-                    job.cancel("disconnect")
-                    result.cancel()
-
-        headers = {SEEDS_HEADER: ",".join(str(seed) for seed in prepared.spec.seeds), "Cache-Control": "no-cache"}
-        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    def _storage(self) -> Storage:
+        if self.storage is None:
+            raise invalid("response_format", "This server keeps no images; use response_format=b64_json.")
+        return self.storage
 
 
 def _draining() -> ApiError:
     return shutting_down("The server is shutting down and takes no new edits; retry shortly.")
-
-
-async def _encode(prepared: _Prepared, images: Sequence[Image.Image]) -> list[bytes]:
-    def encode_all() -> list[bytes]:
-        return [prepared.finish(image) for image in images]
-
-    return await anyio.to_thread.run_sync(encode_all)
-
-
-async def _until(
-    previews: asyncio.Queue[tuple[int, list[Image.Image]]], result: asyncio.Future[list[Image.Image]]
-) -> AsyncIterator[tuple[int, list[Image.Image]]]:
-    """Previews as they come, until ``result`` is done (previews sent before it are still given)."""
-    while True:
-        getter = asyncio.ensure_future(previews.get())
-        waiting: set[asyncio.Future[Any]] = {getter, result}
-        try:
-            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not getter.done():  # also when the stream is cancelled while waiting
-                getter.cancel()
-        if getter in done:
-            yield getter.result()
-            continue
-        while not previews.empty():
-            yield previews.get_nowait()
-        return
 
 
 @contextlib.asynccontextmanager

@@ -32,11 +32,13 @@ from imgedit.ranks.group import RankGroup, RankSetup, RankStartupError, claim_gp
 from imgedit.ranks.plans import ParallelError, RankLayout, check_layout
 from imgedit.scheduling.capacity import replica_concurrency
 from imgedit.scheduling.engine import Engine
+from imgedit.serving.background import Background
 from imgedit.serving.bentoml_seam import arrange_exit_status, stop_server
 from imgedit.serving.handler import EditHandler
 from imgedit.serving.options import acceleration_options, fetch_policy, load_options, rank_layout
 from imgedit.serving.presets import PresetError, Presets, check_presets, load_presets, tier_levers
 from imgedit.serving.recipe import ModelRecipe, PreparedModel, prepare_family, prepare_model
+from imgedit.serving.storage import check_storage, open_storage
 from imgedit.serving.worker import Worker
 from imgedit.weights.loader import check_placement, check_source
 from imgedit.weights.sources import BENTOML_PREFIX, ModelLoadError
@@ -52,6 +54,7 @@ def preflight(settings: Settings) -> None:
         StartupError: the device, the model source or a combination of settings is not available.
     """
     check_settings(settings)
+    check_storage(settings)
     arrange_exit_status()
     prepare_directory(worker_count(settings))
 
@@ -242,8 +245,19 @@ def _serve(
         "".join(f", {option}" for option in model.options),
         time.monotonic() - started,
     )
-    handler = EditHandler(settings, family, engine, Fetcher(fetch_policy(settings)), lora_admin, presets)
-    return Worker(served_name=settings.served_name, model=model, engine=engine, handler=handler, ranks=layout.ranks)
+    fetcher = Fetcher(fetch_policy(settings))
+    storage = open_storage(settings, fetcher)
+    handler = EditHandler(settings, family, engine, fetcher, lora_admin, presets, storage)
+    background = Background(handler, storage)
+    background.start()
+    return Worker(
+        served_name=settings.served_name,
+        model=model,
+        engine=engine,
+        handler=handler,
+        background=background,
+        ranks=layout.ranks,
+    )
 
 
 def _check_loras(settings: Settings) -> None:

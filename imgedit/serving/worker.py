@@ -25,6 +25,8 @@ from imgedit.errors import RequestError
 from imgedit.lora.admin import LoraAdmin, PartlyApplied
 from imgedit.lora.sync import ShuttingDown
 from imgedit.scheduling.engine import Engine
+from imgedit.serving.background import Background
+from imgedit.serving.front import Front
 from imgedit.serving.handler import EditHandler
 from imgedit.serving.recipe import PreparedModel
 
@@ -37,15 +39,25 @@ class Worker:
         model: the prepared model.
         engine: runs the model's calls, one at a time.
         handler: serves ``POST /v1/images/edits``.
+        background: runs background jobs and keeps answers for retries; None answers every edit on its connection.
         ranks: the processes that run each edit together.
     """
 
     def __init__(
-        self, *, served_name: str, model: PreparedModel, engine: Engine, handler: EditHandler, ranks: int = 1
+        self,
+        *,
+        served_name: str,
+        model: PreparedModel,
+        engine: Engine,
+        handler: EditHandler,
+        background: Background | None = None,
+        ranks: int = 1,
     ) -> None:
         self.model = model
         self.engine = engine
         self.handler = handler
+        self.background = background
+        self.front = Front(handler, background) if background is not None else None
         self.lora_admin: LoraAdmin = handler.lora_admin
         self.card = ModelCard(id=served_name, created=int(time.time()))
         _export_model_metrics(served_name, model, ranks)
@@ -57,7 +69,19 @@ class Worker:
 
     async def edit(self, connection: Request) -> Response:
         """``POST /v1/images/edits``: never raises; every failure is an OpenAI-shaped error response."""
+        if self.front is not None:
+            return await self.front.edit(connection)
         return await self.handler.handle(connection)
+
+    def jobs(self) -> Background:
+        """What answers for background jobs and stored images (the ``/v1/images/edits/{id}`` routes).
+
+        Raises:
+            ApiError: 404 on a worker that keeps no jobs.
+        """
+        if self.background is None:
+            raise ApiError(404, "This server runs no background jobs.", code="not_found")
+        return self.background
 
     def models(self) -> list[ModelCard]:
         """``GET /v1/models``: the served model, then every LoRA as a model of its own on top of it."""
@@ -118,9 +142,12 @@ class Worker:
             chain(signum)
 
     def close(self) -> None:
-        """Stop following the LoRA commands, then run what is queued and stop the engine (and its ranks)."""
+        """Stop following the LoRA commands, then run what is queued and stop the engine (and its ranks), then stop
+        looking after the background jobs."""
         self.lora_admin.sync.close()
         self.engine.close()
+        if self.background is not None:
+            self.background.close()
 
 
 @contextlib.contextmanager

@@ -49,7 +49,7 @@ def test_the_openapi_form_documents_every_field_with_its_bounds():
 def test_every_field_lands_in_the_request_or_is_only_checked():
     stored = {option.name for option in dataclasses.fields(EditOptions)}
     stored |= {request_field.name for request_field in dataclasses.fields(EditRequest)} - {"options", "sources"}
-    names = {field.name for field in FIELDS} - {"image", "url", "response_format", "moderation"}
+    names = {field.name for field in FIELDS} - {"image", "url", "moderation"}
     assert names == stored
     assert {option.name for option in dataclasses.fields(EditOptions)} <= MODEL_FIELDS
 
@@ -75,7 +75,7 @@ def test_the_parser_takes_exactly_the_declared_choices(field):
         request = parse_edit_request(form(("image", b"x"), ("prompt", "p"), (field.name, spelling.upper())), LIMITS)
         holder = request.options if field.name in OPTIONS else request
         expected = dict(field.aliases).get(spelling, spelling)
-        assert field.name in ("response_format", "moderation") or getattr(holder, field.name) == expected
+        assert field.name in ("moderation",) or getattr(holder, field.name) == expected
     with pytest.raises(Refused) as caught:
         parse_edit_request(form(("image", b"x"), ("prompt", "p"), (field.name, "surely-not")), LIMITS)
     assert caught.value.param == field.name
@@ -85,7 +85,7 @@ def test_the_parser_takes_exactly_the_declared_choices(field):
 def test_defaults_come_from_the_table():
     request = parse_edit_request(form(("image", b"x"), ("prompt", "p")), LIMITS)
     for field in FIELDS:
-        if field.default is None or field.name in ("size", "response_format", "moderation"):
+        if field.default is None or field.name in ("size", "moderation"):
             continue
         holder = request.options if field.name in OPTIONS else request
         assert getattr(holder, field.name) == field.default, field.name

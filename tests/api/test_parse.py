@@ -135,7 +135,7 @@ def test_too_many_images_is_400_before_any_fetch():
         ([("prompt", "p"), ("size", "32x32")], "size"),
         ([("prompt", "p"), ("size", "4096x64")], "size"),
         ([("prompt", "p"), ("size", "2048x2048")], "size"),
-        ([("prompt", "p"), ("response_format", "url")], "response_format"),
+        ([("prompt", "p"), ("response_format", "url"), ("stream", "true")], "response_format"),
         ([("prompt", "p"), ("output_format", "gif")], "output_format"),
         ([("prompt", "p"), ("output_compression", "101")], "output_compression"),
         ([("prompt", "p"), ("output_compression", "-1")], "output_compression"),
