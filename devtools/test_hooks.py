@@ -35,6 +35,8 @@ VARIABLES: dict[str, str] = {
     "pass starts (after the checkpoint before it).",
     "TEST_RANK_HANG_PROMPT": "TEXT: in the extra ranks, such a call stops answering at its first step.",
     "TEST_RANK_START_FAILURE": "MESSAGE: in the extra ranks, loading the model fails with RuntimeError(MESSAGE).",
+    "TEST_JOB_LEASE_SECONDS": "SECONDS: a worker's claim on a background job lasts that long unless renewed.",
+    "TEST_WEBHOOK_DELAYS": "SECONDS,...: the waits between webhook attempts.",
 }
 
 
@@ -42,9 +44,19 @@ def install() -> None:
     """Turn on the hooks whose variables are set (nothing is imported when none is)."""
     if not any(os.environ.get(name) for name in VARIABLES):
         return
+    _job_hooks()
     _engine_hooks()
     if int(os.environ.get("_IMGEDIT_RANK", "0")):  # an extra rank of a worker (see imgedit.ranks.group)
         _rank_hooks()
+
+
+def _job_hooks() -> None:
+    from imgedit.durable import jobs
+
+    if lease := os.environ.get("TEST_JOB_LEASE_SECONDS"):
+        jobs.LEASE_SECONDS = float(lease)
+    if delays := os.environ.get("TEST_WEBHOOK_DELAYS"):
+        jobs.WEBHOOK_DELAYS = tuple(float(delay) for delay in delays.split(","))
 
 
 def _wait_for(path: str) -> None:

@@ -28,7 +28,7 @@ LEASE_SECONDS = 15.0
 #: A job id: ``edit_`` and 32 hex digits. Anything else is no job, answered without a look at the database.
 JOB_ID = re.compile(r"edit_[0-9a-f]{32}")
 #: Seconds between webhook attempts, after the first; one more attempt than there are delays.
-WEBHOOK_DELAYS = (2.0, 8.0, 30.0, 120.0)
+WEBHOOK_DELAYS = (5.0, 30.0, 120.0, 600.0, 3600.0)
 #: Seconds a worker holds a webhook it is sending before another may try it.
 WEBHOOK_CLAIM_SECONDS = 60.0
 WORKER_LOST = {

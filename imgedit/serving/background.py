@@ -242,9 +242,13 @@ class Background:
         self._thread.start()
 
     def close(self) -> None:
+        """Stop looking after the jobs, and give back to the queue those still running here: the next worker to
+        look (another one, or this server once restarted) runs them again."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        for job_id in list(self._running):
+            self.jobs.requeue(job_id)
 
     async def _look_after(self) -> None:
         last_sweep = 0.0

@@ -63,3 +63,16 @@ def test_probes_and_metrics_stay_open(path):
 def test_no_keys_means_no_check():
     with TestClient(app(())) as client:
         assert client.get("/v1/models").status_code == 200
+
+
+def test_signed_image_links_need_no_key_and_open_nothing_else():
+    async def ok(request):
+        return PlainTextResponse("ok")
+
+    application = Starlette(routes=[Route("/v1/images/files/{name}", ok), Route("/v1/{rest:path}", ok)])
+    application.add_middleware(ApiKeyMiddleware, keys=(b"alpha",))
+    client = TestClient(application)
+    assert client.get("/v1/images/files/1800000000_x.png").status_code == 200
+    assert client.get("/v1/images/files").status_code == 401
+    assert client.get("/v1/images/edits/edit_1").status_code == 401
+    assert client.get("/v1/images/filesX/y").status_code == 401

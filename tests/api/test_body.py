@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from imgedit.api.body import read_body, read_json
+from imgedit.api.body import RawBody, read_body, read_json, read_raw
 from imgedit.api.errors import ApiError
 from imgedit.api.multipart import Form, read_multipart
 from imgedit.config import Settings
@@ -108,3 +108,39 @@ async def test_other_content_types_are_a_400_naming_both(content_type):
 async def test_json_a_model_cannot_take_is_a_400_naming_the_field(body, param):
     error = await error_of(body, "application/json", limits=LARGE)
     assert (status_of(error), error.param) == (400, param)
+
+
+async def test_a_body_read_whole_parses_as_it_would_have_streamed():
+    body, content_type = multipart_body([("prompt", b"p", None), ("image", b"\x89PNG", "a.png")])
+    raw = await read_raw(http_request(body, content_type, chunk_bytes=5), LIMITS)
+    assert raw.data == body and raw.content_type == content_type
+    form = await raw.parse(LIMITS)
+    assert isinstance(form, Form) and form.named("image")[0].data == b"\x89PNG"
+    assert await RawBody("application/json", b'{"prompt": "p"}').parse(LIMITS) == {"prompt": "p"}
+
+
+async def test_a_body_read_whole_keeps_the_limits():
+    assert status_of(await _raw_error(b"x" * 5000, "application/json")) == 413
+    assert status_of(await _raw_error(b"x" * 5000, "application/json", declare_length=False)) == 413
+    with pytest.raises(Refused) as caught:
+        await RawBody("text/plain", b"x").parse(LIMITS)
+    assert status_of(caught.value) == 400
+
+
+async def _raw_error(body: bytes, content_type: str, **options):
+    with pytest.raises(Refused) as caught:
+        await read_raw(http_request(body, content_type, **options), LIMITS)
+    return caught.value
+
+
+def test_the_fingerprint_ignores_the_boundary_but_nothing_the_request_says():
+    parts = [("prompt", b"p", None), ("image", b"\x89PNG", "a.png")]
+    first = RawBody(*reversed(multipart_body(parts, boundary="aaaa1111")))
+    again = RawBody(*reversed(multipart_body(parts, boundary="bbbb2222")))
+    other = RawBody(*reversed(multipart_body([("prompt", b"q", None), parts[1]], boundary="aaaa1111")))
+    assert first.fingerprint() == again.fingerprint()
+    assert first.fingerprint() != other.fingerprint()
+    assert first.fingerprint("respond-async") != first.fingerprint("respond-sync")
+    json_body = RawBody("application/json", b'{"prompt": "p"}')
+    assert json_body.fingerprint() != RawBody("application/json", b'{"prompt": "q"}').fingerprint()
+    assert json_body.fingerprint() != RawBody("text/plain", b'{"prompt": "p"}').fingerprint()
