@@ -47,15 +47,31 @@ SHOWN_DEFAULTS = {
 }
 
 
-def settings_table() -> str:
-    """The configuration page's table of every setting, in Markdown: variable, default, meaning."""
+def settings_table(names: tuple[str, ...] | None = None) -> str:
+    """The configuration page's table of every setting (or of ``names``), in Markdown: variable, default, meaning."""
     rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
+        if names is not None and name not in names:
+            continue
         meaning = " ".join((field.description or "").split())
         rows.append(
             f"| `{ENV_PREFIX}{name.upper()}` | {SHOWN_DEFAULTS.get(name) or _shown(field.default)} | {meaning} |"
         )
     return "\n".join(rows) + "\n"
+
+
+#: The settings of the Jobs and links page.
+JOB_SETTINGS = (
+    "data_dir",
+    "image_store",
+    "s3_endpoint_url",
+    "image_url_ttl",
+    "public_url",
+    "job_ttl",
+    "idempotency_ttl",
+    "webhook_url",
+    "webhook_secret",
+)
 
 
 def _shown(default: object) -> str:
@@ -79,6 +95,7 @@ def hooks_table() -> str:
 TABLES: tuple[tuple[str, str, Callable[[], str]], ...] = (
     ("api.md", "fields", markdown_table),
     ("configuration.md", "settings", settings_table),
+    ("jobs.md", "job-settings", lambda: settings_table(JOB_SETTINGS)),
     ("operations.md", "metrics", metrics_table),
     ("quantization.md", "gpu-table", gpu_table),
     ("development.md", "test-hooks", hooks_table),

@@ -27,7 +27,7 @@ MARKER = re.compile(
 )
 FENCE = re.compile(r"^\s*```\w*$", re.M)
 #: The examples run here (against no server); the rest run in tests/integration/test_docs_examples.py.
-LOCAL_EXAMPLES = {"doc-tables"}
+LOCAL_EXAMPLES = {"doc-tables", "webhook-verify"}
 SERVER_EXAMPLES = {
     "make-serve",
     "curl-single",
@@ -37,6 +37,11 @@ SERVER_EXAMPLES = {
     "openai-sdk",
     "openai-sdk-file",
     "openai-stream",
+    "openai-url",
+    "curl-url",
+    "openai-job",
+    "curl-job",
+    "curl-idempotent",
 }
 
 
@@ -103,6 +108,60 @@ def test_each_error_shown_has_the_openai_shape(code):
     body = json.loads(code)
     assert set(body) == {"error", "detail"} and set(body["error"]) == {"message", "type", "param", "code"}
     assert body["detail"] == body["error"]["message"]
+
+
+def test_the_job_shown_is_a_job_as_the_server_writes_it(tmp_path):
+    from imgedit.durable.database import Database
+    from imgedit.durable.jobs import JobTable
+    from imgedit.serving.background import Background
+
+    (code,) = blocks_of("check: job")
+    shown = json.loads(code)
+    row = JobTable(Database(tmp_path), "r", 60, "m").create(
+        owner="", body=b"", content_type="", webhook_url=None, now=1.0
+    )
+    written = Background._body(row)
+    assert list(shown) == list(written)
+    assert {key: type(value) for key, value in shown.items()} == {key: type(value) for key, value in written.items()}
+    assert re.fullmatch(r"edit_[0-9a-f]{32}", shown["id"])
+
+
+def test_the_event_shown_is_an_event_as_the_server_sends_it(tmp_path):
+    from imgedit.durable.database import Database
+    from imgedit.durable.jobs import JobTable
+
+    (code,) = blocks_of("check: event")
+    shown = json.loads(code)
+    jobs = JobTable(Database(tmp_path), "r", 60, "m")
+    job = jobs.create(owner="", body=b"", content_type="", webhook_url="https://x", now=1.0)
+    jobs.end(job.id, "completed", 2.0, result={})
+    (webhook,) = jobs.due_webhooks(3.0)
+    assert list(shown) == list(webhook.event) and shown["type"] == webhook.event["type"]
+    assert set(shown["data"]) == set(webhook.event["data"]) and re.fullmatch(r"evt_[0-9a-f]{32}", shown["id"])
+
+
+def test_the_webhook_check_shown_verifies_a_signed_event_and_refuses_a_forged_one():
+    import base64
+    from datetime import UTC, datetime
+
+    from standardwebhooks.webhooks import WebhookVerificationError
+
+    from imgedit.durable.jobs import Webhook
+    from imgedit.durable.webhooks import WebhookSender
+    from imgedit.media.fetch import Fetcher, FetchPolicy
+
+    (code,) = blocks_of("example: webhook-verify")
+    namespace: dict = {}
+    exec(code, namespace)
+    secret = "whsec_" + base64.b64encode(b"a secret of thirty-two bytes....").decode()
+    event = {"object": "event", "id": "evt_1", "type": "image.edit.failed", "created_at": 1, "data": {"id": "edit_1"}}
+    body = json.dumps(event).encode()
+    sender = WebhookSender(secret, Fetcher(FetchPolicy()))
+    webhook = Webhook(job_id="edit_1", url="https://x", event=event, attempts=0)
+    headers = sender.headers(webhook, body, datetime.now(UTC))
+    assert namespace["on_imgedit_event"](body, headers, secret) == event
+    with pytest.raises(WebhookVerificationError):
+        namespace["on_imgedit_event"](body.replace(b"failed", b"completed"), headers, secret)
 
 
 def test_the_scaling_query_shown_is_the_one_deployed():

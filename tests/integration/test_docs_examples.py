@@ -106,3 +106,20 @@ def test_make_serve_serves_the_tiny_model(tmp_path):
         assert [model["id"] for model in models["data"]] == ["qwen-image-edit-plus"]
     finally:
         stop(server.process)
+
+
+@pytest.mark.parametrize("name", ["openai-url", "openai-job"])
+def test_openai_link_and_job_examples(server, workdir, name):
+    run_python(example(name), server, workdir)
+    assert wait_for_image(workdir / "snow.png").size == (256, 256)
+
+
+@pytest.mark.parametrize("name", ["curl-url", "curl-job"])
+def test_curl_link_and_job_examples(server, workdir, name):
+    run_bash(example(name), server, workdir)
+    assert wait_for_image(workdir / "snow.png").size == (256, 256)
+
+
+def test_curl_idempotent_example(server, workdir):
+    replays = run_bash(example("curl-idempotent"), server, workdir).stdout.lower().split()
+    assert replays == ["idempotent-replayed:", "true"]
