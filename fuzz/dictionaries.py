@@ -53,6 +53,11 @@ TOKENS: dict[str, list[str | bytes]] = {
     ],
     "size": ["x", "X", "auto", "AUTO", " ", "\n", "64", "4096", "16384", "999999", "١", "０"],
     "admin": [*_HEAD, *_JSON],
+    "links": [
+        *("respond-async", "wait=", "return=minimal", ", ", "; ", '"', "edit_", "\x00", "../", "%2F", ".png", ".jpeg"),
+        *("4102444800_", "4102445001", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "=", "-", "_"),
+        *_NUMBERS,
+    ],
     "presets": [
         *("low:", "medium:", "high:", "xhigh:", "max:", "\n  ", ": ", "{", "}", "[", "]", "- ", "&a ", "*a", "<<: "),
         *("!!int ", "!!float ", "!!str ", "!!map ", "!!binary ", "!!python/object ", "%YAML 1.1\n", "---\n", "..."),

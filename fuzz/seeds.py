@@ -188,6 +188,21 @@ def admin() -> Seeds:
     }
 
 
+def links() -> Seeds:
+    """Headers, a link and a job id: a valid link, tampered ones, traversal, odd header values."""
+    from fuzz.targets.links import EXPIRES, KEY, NAME
+    from imgedit.durable.links import LinkSigner
+
+    signature = LinkSigner(KEY).signature(NAME, EXPIRES + 1).encode()
+    valid = [b"respond-async", b"8e03978e-40d5-43e8-bc93-6894a57f9324", NAME.encode(), str(EXPIRES + 1).encode()]
+    return {
+        "valid": b"\x00".join([*valid, signature]),
+        "tampered": b"\x00".join([b"wait=5, respond-async;x=y", b'"quoted"', NAME.encode(), b"4102444999", signature]),
+        "traversal": b"\x00".join([b"", b"k", b"../" + NAME.encode(), b"1", b"x"]),
+        "job": b"\x00".join([b"RESPOND-ASYNC", b"\xe9", b"edit_" + b"0" * 32, b"", b""]),
+    }
+
+
 def presets() -> Seeds:
     """``IMGEDIT_PRESETS`` files: the shipped example, JSON, YAML's anchors and tags, and broken ones."""
     example = Path(__file__).resolve().parents[1] / "deploy" / "presets" / "qwen-image-edit-2511.yaml"
@@ -213,6 +228,7 @@ SEEDS: dict[str, Callable[[], Seeds]] = {
     "size": size,
     "admin": admin,
     "presets": presets,
+    "links": links,
 }
 
 

@@ -33,6 +33,10 @@ PARSERS = (
     "imgedit.media.sizing.output_size",
     "imgedit.api.routes._admin_body",
     "imgedit.serving.presets.parse_presets",
+    "imgedit.api.headers.prefers_async",
+    "imgedit.api.headers.idempotency_key",
+    "imgedit.durable.images.DirectoryStore.open",
+    "imgedit.durable.jobs.JobTable.get",
 )
 
 

@@ -102,7 +102,8 @@ class DirectoryStore:
         until = keep_until(name)
         if until is None:
             raise LinkRefused(404, "No such image.")
-        if expires is None or signature is None or not expires.isdigit() or len(expires) > 12:
+        # isdigit() alone takes digits int() refuses ("²"): only ASCII digits are a time.
+        if expires is None or signature is None or not (expires.isascii() and expires.isdigit()) or len(expires) > 12:
             raise LinkRefused(403, "This link is not signed; use the link exactly as the server gave it.")
         if not self.signer.verify(name, int(expires), signature):
             raise LinkRefused(403, "This link's signature does not match; use the link exactly as the server gave it.")

@@ -37,6 +37,8 @@ def test_a_stored_image_opens_through_its_link(store):
         (lambda name, expires, signature: (name, expires, None), 403),
         (lambda name, expires, signature: (name, "9" * 400, signature), 403),
         (lambda name, expires, signature: (name, "-5", signature), 403),
+        (lambda name, expires, signature: (name, "\u00b2", signature), 403),  # a digit to isdigit(), not to int()
+        (lambda name, expires, signature: (name, "\u0661\u0662", signature), 403),
         (lambda name, expires, signature: ("../" + name, expires, signature), 404),
         (lambda name, expires, signature: ("..", expires, signature), 404),
         (lambda name, expires, signature: ("/etc/passwd", expires, signature), 404),
