@@ -40,6 +40,7 @@ from imgedit.serving.startup import (
     traffic,
     worker_count,
 )
+from imgedit.serving.storage import link_origins
 from imgedit.serving.worker import Worker
 
 try:
@@ -79,7 +80,7 @@ v1_app = create_v1_app(
     lambda: this_worker().jobs(),
 )
 #: The web page at /playground: static files that call /v1 from the browser, so it needs no key of its own.
-playground_app = create_playground_app()
+playground_app = create_playground_app(link_origins(settings))
 
 
 @bentoml.service(

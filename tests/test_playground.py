@@ -141,4 +141,14 @@ def test_the_script_keeps_the_api_key_out_of_storage_and_uses_only_the_public_ap
     assert "localStorage" not in script and "sessionStorage" not in script and "document.cookie" not in script
     endpoints = set(re.findall(r'new URL\("([^"]+)", API\)', script))
     assert endpoints == {"models", "images/edits"}
+    jobs = set(re.findall(r"new URL\(`([^`]+)`, API\)", script))
+    assert jobs == {"images/edits/${job.id}", "images/edits/${state.jobId}/cancel"}
     assert 'new URL("../v1/", document.baseURI)' in script
+
+
+def test_an_s3_store_origin_may_serve_images_and_nothing_else():
+    from imgedit.playground import content_security_policy
+
+    policy = dict(directive.split(" ", 1) for directive in content_security_policy(("http://minio:9000",)).split("; "))
+    assert policy["img-src"] == "'self' data: blob: http://minio:9000"
+    assert policy["connect-src"] == "'self'"

@@ -9,8 +9,9 @@ key: it holds no data, and ``IMGEDIT_API_KEY`` guards ``/v1/*`` only.
 
 Every file is served with a strict Content-Security-Policy: scripts and styles
 from this origin only (the page has no inline script or style), images also
-from ``data:`` and ``blob:`` URLs (the previews and results), requests to this
-origin only.
+from ``data:`` and ``blob:`` URLs (the previews and results) and from the
+origin of an S3 image store's links (background jobs show their images as
+links), requests to this origin only.
 """
 
 from __future__ import annotations
@@ -26,26 +27,35 @@ from starlette.routing import Route
 #: Where the page is mounted in the service.
 MOUNT_PATH = "/playground"
 
-CONTENT_SECURITY_POLICY = "; ".join(
-    [
-        "default-src 'self'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self' data: blob:",
-        "connect-src 'self'",
-        "object-src 'none'",
-        "base-uri 'none'",
-        "form-action 'none'",
-        "frame-ancestors 'none'",
-    ]
-)
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    # The files are small; revalidating keeps a page open across an upgrade consistent with its script.
-    "Cache-Control": "no-cache",
-}
+
+def content_security_policy(image_origins: tuple[str, ...] = ()) -> str:
+    """The page's policy; ``image_origins`` may also serve images (an S3 store's links)."""
+    return "; ".join(
+        [
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self'",
+            " ".join(["img-src 'self' data: blob:", *image_origins]),
+            "connect-src 'self'",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        ]
+    )
+
+
+CONTENT_SECURITY_POLICY = content_security_policy()
+
+
+def security_headers(policy: str) -> dict[str, str]:
+    return {
+        "Content-Security-Policy": policy,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        # The files are small; revalidating keeps a page open across an upgrade consistent with its script.
+        "Cache-Control": "no-cache",
+    }
 
 
 @dataclass(frozen=True)
@@ -69,11 +79,15 @@ def asset_text(name: str) -> str:
     return files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
-def create_playground_app() -> Starlette:
+def create_playground_app(image_origins: tuple[str, ...] = ()) -> Starlette:
     """The app to mount at ``/playground``: the page's three files and a 404 for anything else.
 
     The files are read once, here, so a request never touches the disk.
+
+    Args:
+        image_origins: other origins the page may show images from (an S3 store's, for its links).
     """
+    headers = security_headers(content_security_policy(image_origins))
     contents = {path: asset_text(asset.name).encode("utf-8") for path, asset in ASSETS.items()}
 
     def serve(path: str) -> Route:
@@ -81,12 +95,12 @@ def create_playground_app() -> Starlette:
         body = contents[path]
 
         async def endpoint(request: Request) -> Response:
-            return Response(body, media_type=asset.media_type, headers=SECURITY_HEADERS)
+            return Response(body, media_type=asset.media_type, headers=headers)
 
         return Route(path, endpoint, methods=["GET", "HEAD"], name=asset.name)
 
     async def not_found(request: Request) -> Response:
-        return PlainTextResponse("Not found.", status_code=404, headers=SECURITY_HEADERS)
+        return PlainTextResponse("Not found.", status_code=404, headers=headers)
 
     return Starlette(
         routes=[

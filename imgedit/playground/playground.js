@@ -16,6 +16,7 @@
   const SEED_RANGE = 1n << 64n; // seeds are 0 .. 2^64 - 1; image i of a request uses seed + i
   const PAINT = "#ff2d55"; // painted mask strokes; the canvas is shown translucent over the image
   const MEDIA_TYPES = { png: "image/png", jpeg: "image/jpeg", webp: "image/webp" };
+  const JOB_POLL_MS = 500; // how often a background job is asked how far it is
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -43,6 +44,7 @@
     outputFormat: $("output-format"),
     lora: $("lora"),
     partialImages: $("partial-images"),
+    background: $("background"),
     editButton: $("edit-button"),
     cancelButton: $("cancel-button"),
     progress: $("progress"),
@@ -64,6 +66,7 @@
     maskPainted: false,
     stroke: null, // the last point of the stroke being painted
     controller: null, // aborts the running edit
+    jobId: null, // the background job of the running edit, cancelled with it
   };
 
   // ---- Talking to the API ---------------------------------------------------------------------
@@ -386,8 +389,12 @@
     form.append("seed", seed);
     form.append("output_format", ui.outputFormat.value);
     if (ui.lora.value) form.append("lora", ui.lora.value);
-    form.append("stream", "true");
-    form.append("partial_images", ui.partialImages.value);
+    if (ui.background.checked) {
+      form.append("response_format", "url");
+    } else {
+      form.append("stream", "true");
+      form.append("partial_images", ui.partialImages.value);
+    }
     return form;
   }
 
@@ -420,7 +427,7 @@
 
   function addResult(payload, number, count, seed, took) {
     const format = payload.output_format;
-    const url = blobUrl(payload.b64_json, format);
+    const url = payload.url ?? blobUrl(payload.b64_json, format);
     const item = document.createElement("li");
     const figure = document.createElement("figure");
     const image = document.createElement("img");
@@ -435,6 +442,14 @@
     link.download = `imgedit-${seed}.${format === "jpeg" ? "jpg" : format}`;
     link.textContent = `Download image ${number} (${format.toUpperCase()})`;
     caption.append(details, " ", link);
+    if (payload.url) {
+      const opener = document.createElement("a");
+      opener.href = payload.url;
+      opener.target = "_blank";
+      opener.rel = "noopener";
+      opener.textContent = `Open link ${number}`;
+      caption.append(" ", opener);
+    }
     figure.append(image, caption);
     item.append(figure);
     ui.results.append(item);
@@ -479,7 +494,9 @@
     try {
       const response = await fetch(new URL("images/edits", API), {
         method: "POST",
-        headers: { ...authorization(), Accept: "text/event-stream" },
+        headers: ui.background.checked
+          ? { ...authorization(), Prefer: "respond-async" }
+          : { ...authorization(), Accept: "text/event-stream" },
         body: await buildForm(seed),
         signal: state.controller.signal,
       });
@@ -491,6 +508,10 @@
         return;
       }
       const seeds = seedsOf(response, seed, count);
+      if (ui.background.checked) {
+        await followJob(await response.json(), run, seeds);
+        return;
+      }
       ui.runStatus.textContent = "Editing…";
       let completed = 0;
       for await (const { event, data } of serverSentEvents(response.body)) {
@@ -530,6 +551,42 @@
     }
   }
 
+  // A background job: polled until it ends, its progress (0 to 100) on the bar; Cancel cancels the job.
+  async function followJob(job, run, seeds) {
+    state.jobId = job.id;
+    ui.progress.max = 100;
+    const jobUrl = new URL(`images/edits/${job.id}`, API);
+    try {
+      while (job.status === "queued" || job.status === "in_progress") {
+        ui.progress.value = job.progress;
+        ui.runStatus.textContent = job.status === "queued" ? `Job ${job.id} is queued…` : `Job ${job.id}: ${job.progress} %`;
+        await new Promise((resolve) => setTimeout(resolve, JOB_POLL_MS));
+        const response = await fetch(jobUrl, { headers: authorization(), signal: state.controller.signal });
+        if (!response.ok) throw new Error(await apiErrorMessage(response));
+        job = await response.json();
+      }
+    } finally {
+      state.jobId = null;
+    }
+    ui.progress.value = 100;
+    if (job.status !== "completed") {
+      if (job.error) showError(job.error.message);
+      endRun(run, job.status === "cancelled" ? "Cancelled." : "The edit failed.");
+      return;
+    }
+    job.data.forEach((item, index) => {
+      addResult({ ...item, output_format: job.output_format, size: job.size }, index + 1, job.data.length, seeds[index] ?? "unknown", seconds(run.started));
+    });
+    endRun(run, `Done: ${job.data.length} ${job.data.length === 1 ? "image" : "images"} in ${seconds(run.started)}.`);
+  }
+
+  function cancel() {
+    if (state.jobId) {
+      fetch(new URL(`images/edits/${state.jobId}/cancel`, API), { method: "POST", headers: authorization() });
+    }
+    state.controller?.abort();
+  }
+
   // ---- Wiring ---------------------------------------------------------------------------------
 
   ui.keyForm.addEventListener("submit", (event) => {
@@ -542,7 +599,7 @@
     event.preventDefault();
     if (!state.controller) edit();
   });
-  ui.cancelButton.addEventListener("click", () => state.controller?.abort());
+  ui.cancelButton.addEventListener("click", cancel);
 
   ui.images.addEventListener("change", () => {
     addImages([...ui.images.files]);

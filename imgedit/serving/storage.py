@@ -68,6 +68,17 @@ class Storage:
         return (self.public_url or request_base).rstrip("/")
 
 
+def link_origins(settings: Settings) -> tuple[str, ...]:
+    """Where links to stored images point other than this server: the S3 store's origin (AWS's hosts by default)."""
+    location = settings.image_store or ""
+    if parse_s3_location(location) is None:
+        return ()
+    if settings.s3_endpoint_url is None:
+        return ("https://*.amazonaws.com",)
+    scheme, _, rest = settings.s3_endpoint_url.partition("://")
+    return (f"{scheme}://{rest.split('/', 1)[0]}",)
+
+
 def check_storage(settings: Settings) -> None:
     """Make the data directory and the signing key, and reach the S3 bucket, before any worker starts.
 

@@ -248,3 +248,36 @@ def test_the_page_asks_for_the_api_key_and_sends_it_as_a_bearer_token(page, guar
     kept = page.evaluate("() => JSON.stringify([{...localStorage}, {...sessionStorage}, document.cookie])")
     assert KEY not in kept
     assert key.input_value() == ""
+
+
+def test_a_background_edit_polls_its_job_and_shows_links_that_open(page, open_server, input_png):
+    from playwright.sync_api import expect
+
+    page.goto(f"{open_server.url}/playground/")
+    expect(page.locator("#model-status")).to_have_text(f"Model: {SERVED}; LoRA adapters: ink")
+    choose_image_and_prompt(page, input_png, size="256x256", steps="4", seed="99")
+    page.check("#background")
+    sent = record_edits(page)
+    polls: list[str] = []
+    page.on("request", lambda request: polls.append(request.url) if "/v1/images/edits/edit_" in request.url else None)
+    page.click("#edit-button")
+    result = page.locator("#results img")
+    expect(result).to_have_count(1)
+    (request,) = sent
+    assert request.headers["prefer"] == "respond-async"
+    parts = form_parts(request.post_data_buffer, request.headers["content-type"])
+    assert parts["response_format"] == b"url" and "stream" not in parts
+    assert polls and all(url.startswith(f"{open_server.url}/v1/images/edits/edit_") for url in polls)
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#results img'); return i.complete && i.naturalWidth }"
+    )
+    assert result.evaluate("image => [image.naturalWidth, image.naturalHeight]") == [256, 256]
+    expect(page.locator("#run-status")).to_have_text(re.compile(r"Done: 1 image in \d+\.\d s\."))
+    opener = page.locator("#results a[target=_blank]")
+    href = opener.get_attribute("href")
+    assert href.startswith(f"{open_server.url}/v1/images/files/")
+    with page.context.expect_page() as opened:
+        opener.click()
+    opened.value.wait_for_load_state()
+    assert opened.value.evaluate("() => document.images[0].naturalWidth") == 256
+    opened.value.close()

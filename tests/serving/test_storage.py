@@ -7,7 +7,7 @@ from imgedit.config import ConfigError, Settings, load_settings
 from imgedit.durable.images import DirectoryStore, S3Store
 from imgedit.errors import StartupError
 from imgedit.media.fetch import Fetcher, FetchPolicy
-from imgedit.serving.storage import check_storage, data_directory, open_storage
+from imgedit.serving.storage import check_storage, data_directory, link_origins, open_storage
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 
@@ -79,3 +79,11 @@ def test_a_worker_opens_the_store_the_settings_name(tmp_path, monkeypatch):
     assert remote.webhooks is None
     owner = remote.owner(Headers({"authorization": "Bearer k"}))
     assert owner and owner != remote.owner(Headers({"authorization": "Bearer other"})) and "k" not in owner
+
+
+def test_the_playground_may_show_images_from_the_s3_store_only():
+    assert link_origins(Settings()) == ()
+    assert link_origins(Settings(image_store="/srv/images")) == ()
+    assert link_origins(Settings(image_store="s3://b")) == ("https://*.amazonaws.com",)
+    endpoint = Settings(image_store="s3://b/p", s3_endpoint_url="http://minio:9000/some/path")
+    assert link_origins(endpoint) == ("http://minio:9000",)
