@@ -66,6 +66,15 @@ model_parameter_bytes = Gauge(
 loras_loaded = Gauge(
     "imgedit_lora_adapters", "LoRA adapters loaded and choosable per request.", multiprocess_mode="max"
 )
+jobs_ended = Counter("imgedit_jobs", "Background jobs ended, by status (completed, failed, cancelled).", ["status"])
+webhook_attempts = Counter(
+    "imgedit_webhook_attempts",
+    "Webhook deliveries tried, by outcome (delivered, or failed: to be retried or given up).",
+    ["outcome"],
+)
+idempotent_replays = Counter(
+    "imgedit_idempotent_replays", "Kept answers replayed to a retry with the same Idempotency-Key."
+)
 lora_requests = Counter("imgedit_lora_requests", "Requests that chose each LoRA adapter.", ["adapter"])
 lora_switch_time = Histogram(
     "imgedit_lora_switch_seconds",

@@ -83,6 +83,8 @@ class Database:
         with self._lock:
             self._connection.execute("PRAGMA journal_mode=WAL")
             self._connection.execute("PRAGMA synchronous=NORMAL")
+            # Deleted rows (a job's request once it ended, expired answers) are overwritten, not left in free pages.
+            self._connection.execute("PRAGMA secure_delete=ON")
             self._connection.executescript(_SCHEMA)  # every statement is IF NOT EXISTS: safe in every worker
 
     @contextlib.contextmanager

@@ -19,6 +19,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from imgedit import metrics
 from imgedit.durable.database import Database
 
 Status = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
@@ -330,4 +331,6 @@ def _end(
             job_id,
         ),
     ).rowcount
+    if changed:
+        metrics.jobs_ended.labels(status).inc()
     return bool(changed)

@@ -23,6 +23,7 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from imgedit import metrics
 from imgedit.api.body import RawBody
 from imgedit.api.errors import ApiError
 from imgedit.api.multipart import Form
@@ -290,6 +291,7 @@ class Background:
     async def _deliver(self, webhook: Webhook) -> None:
         assert self.storage.webhooks is not None
         delivered = await self.storage.webhooks.send(webhook)
+        metrics.webhook_attempts.labels("delivered" if delivered else "failed").inc()
         again = await anyio.to_thread.run_sync(lambda: self.jobs.webhook_tried(webhook, delivered, time.time()))
         if not delivered:
             log.warning(

@@ -17,6 +17,7 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from imgedit import metrics
 from imgedit.api.body import RawBody, read_raw
 from imgedit.api.errors import ApiError
 from imgedit.api.headers import IDEMPOTENCY_HEADER, REPLAYED_HEADER, idempotency_key, prefers_async
@@ -64,6 +65,7 @@ class Front:
         hold = self.handler.settings.request_timeout + HOLD_GRACE_SECONDS
         found = await anyio.to_thread.run_sync(self.replays.begin, owner, key, fingerprint, time.time(), hold)
         if isinstance(found, StoredAnswer):
+            metrics.idempotent_replays.inc()
             return Response(found.body, status_code=found.status, headers={**found.headers, REPLAYED_HEADER: "true"})
         if found == "mismatch":
             raise ApiError(

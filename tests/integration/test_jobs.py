@@ -332,3 +332,17 @@ def test_a_background_retry_replays_the_same_job(server):
 def test_bad_keys_are_400(server):
     refused = post(server, headers={"Idempotency-Key": "k" * 300})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "Idempotency-Key"
+
+
+def test_the_metrics_count_jobs_webhooks_and_replays(server):
+    """Runs after the tests above (pytest keeps the file's order): each of them left its mark."""
+    text = httpx.get(f"{server.url}/metrics").text
+
+    def value(name: str) -> float:
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+    assert value('imgedit_jobs_total{status="completed"}') >= 4
+    assert value('imgedit_jobs_total{status="cancelled"}') >= 2
+    assert value('imgedit_webhook_attempts_total{outcome="failed"}') >= 2
+    assert value('imgedit_webhook_attempts_total{outcome="delivered"}') >= 1
+    assert value("imgedit_idempotent_replays_total") >= 2
