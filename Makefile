@@ -29,7 +29,7 @@ serve: install
 # REQUIRE_CHROMIUM=1: the playground's browser tests fail, rather than skip, without Chromium;
 # REQUIRE_DEPLOY_TOOLS=1: so do the deployment tests (tests/deploy) without kubectl, promtool or HAProxy.
 test: install system-deps lint docs
-	REQUIRE_CHROMIUM=1 REQUIRE_NODE=1 REQUIRE_DEPLOY_TOOLS=1 $(BIN)/pytest
+	REQUIRE_CHROMIUM=1 REQUIRE_NODE=1 REQUIRE_DEPLOY_TOOLS=1 $(BIN)/pytest --durations=30
 
 # Only the playground's end-to-end tests (headless Chromium against a real server); `make test` runs them too.
 e2e: install system-deps

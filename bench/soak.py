@@ -3,20 +3,23 @@
 Clients, each a thread looping until the end: plain edits (half of them
 with the registered LoRA ``ink``), streamed edits with a preview, clients
 that hang up mid-edit, a seeded stream of mutated requests
-(:mod:`devtools.mutations`), and an operator who loads the LoRA ``light``,
-edits with it and unloads it again, over and over. Every ``--kill-every``
+(:mod:`devtools.mutations`), an operator who loads the LoRA ``light``,
+edits with it and unloads it again, over and over, and a client of background
+jobs that polls each job to its end (sending each under an ``Idempotency-Key``,
+and once more under the same key when the first answer was lost to a kill). Every ``--kill-every``
 seconds one worker is SIGKILLed (BentoML starts another), none in the last
 half interval. At the end the server gets SIGTERM while the clients go on,
 and must drain and exit 0.
 
 Every request is accounted for; anything outside these outcomes is *lost*:
 
-* ``ok``: 200 with its images, or a complete stream;
+* ``ok``: 200 with its images, or a complete stream, or a job completed;
 * ``busy``: 429 with ``Retry-After``;
 * ``refused``: a 4xx in OpenAI's shape for a mutated request;
 * ``draining``: 503 ``server_shutting_down`` after SIGTERM, or, for a request sent after SIGTERM, a
   connection refused or closed unanswered (a request sent before it must be answered);
-* ``killed``: the connection dropped while a worker was being killed;
+* ``killed``: the connection dropped while a worker was being killed, or a job ended ``worker_lost``
+  after a kill;
 * ``hung up``: the client's own hang-up.
 
     python -m bench.soak --minutes 30 --write docs/benchmarks.md
@@ -53,6 +56,8 @@ UNLOAD = {"lora_name": "light"}
 #: The longest wait for the server to exit after SIGTERM: its drain grace, and then some.
 EXIT_SECONDS = 300
 EDIT = {"prompt": "make it night", "size": "64x64", "num_inference_steps": "2"}
+#: Seconds a background job may take before it counts as stuck (a dead worker's lease runs out in 15).
+JOB_STUCK_SECONDS = 90
 
 
 @dataclass
@@ -181,6 +186,41 @@ class Soak:
     def _unload(self, http: httpx.Client) -> httpx.Response:
         return http.post("/v1/unload_lora_adapter", json=UNLOAD)
 
+    def job_client(self) -> None:
+        """Background jobs, each polled until it ends; a job that never ends is lost."""
+        with httpx.Client(base_url=self.server.url, timeout=120) as http:
+            while self._going(self._one("job", lambda: self._job(http), also_ok=202)):
+                pass
+
+    def _job(self, http: httpx.Client) -> httpx.Response:
+        key, started = {"Idempotency-Key": f"soak-{time.monotonic_ns()}"}, time.monotonic()
+        files, data = [("image", ("in.png", self.image))], EDIT
+        try:
+            answer = http.post("/v1/images/edits", files=files, data=data, headers={**key, "Prefer": "respond-async"})
+        except httpx.HTTPError:
+            if not self.ledger.killed_during(started, time.monotonic() + 1.0):
+                raise
+            # The answer was lost to a kill: the same key again replays it, or runs the job once.
+            answer = http.post("/v1/images/edits", files=files, data=data, headers={**key, "Prefer": "respond-async"})
+        if answer.status_code != 202:
+            return answer
+        job_id = answer.json()["id"]
+        while not self.stop_clients.is_set() and self.ledger.sigterm_at is None:
+            try:
+                job = http.get(f"/v1/images/edits/{job_id}").json()
+            except httpx.HTTPError:  # a worker being killed: another answers
+                time.sleep(0.2)
+                continue
+            if job["status"] == "completed" and job["data"]:
+                return httpx.Response(200, text=job_id)
+            lost_to_a_kill = job["status"] == "failed" and job["error"]["code"] == "worker_lost"
+            if lost_to_a_kill and self.ledger.killed_during(started, time.monotonic()):
+                return httpx.Response(599, text="worker_lost after a kill")
+            if job["status"] in ("failed", "cancelled") or time.monotonic() - started > JOB_STUCK_SECONDS:
+                return httpx.Response(598, text=f"job {job_id} ended {job['status']}: {json.dumps(job)[:200]}")
+            time.sleep(0.2)
+        return httpx.Response(503, text="server_shutting_down: the soak stopped while the job ran")
+
     def _going(self, outcome: str) -> bool:
         """Whether a client goes on after ``outcome``: until the server drains (or the soak is stopped)."""
         return outcome != "draining" and not self.stop_clients.is_set()
@@ -194,6 +234,8 @@ class Soak:
         except httpx.HTTPError as failure:
             response, error = None, failure
         outcome = classify(self.ledger, started, response, error)
+        if response is not None and response.text == "worker_lost after a kill":
+            outcome = "killed"
         if response is not None and response.status_code == also_ok:
             outcome = "ok"
         if outcome == "lost" and response is not None and self._lora_command_met_a_kill(response, started):
@@ -291,6 +333,7 @@ def run(minutes: float, kill_every: float, seed: int, sample_every: int) -> tupl
         threading.Thread(target=soak.hang_up_client),
         threading.Thread(target=soak.bad_input_client),
         threading.Thread(target=soak.lora_operator),
+        threading.Thread(target=soak.job_client),
     ]
     helpers = [
         # No kill in the last half interval: the SIGTERM finds both workers serving, whatever the timing.

@@ -1,6 +1,6 @@
 """Edits that outlive a connection, on a real server: links, background jobs, webhooks, idempotent retries.
 
-One server (:func:`server`) has API keys, a webhook secret and the test hooks;
+The server is the shared keyed one (API keys, a webhook secret, the test hooks: see conftest.py);
 ``tests/integration/test_jobs_workers.py`` covers two workers, a killed worker,
 a restart and the S3 store.
 """
@@ -21,32 +21,19 @@ import openai
 import pytest
 from standardwebhooks.webhooks import Webhook as Verifier
 
-from devtools.server import start_server, stop
 from tests.helpers import gradient_png
+from tests.integration.conftest import API_KEYS, WEBHOOK_SECRET
 
 pytestmark = pytest.mark.integration
 
-KEYS = ("sk-jobs-one", "sk-jobs-two")
-SECRET = "whsec_" + base64.b64encode(b"imgedit-test-webhook-secret-32b!").decode()
+KEYS = API_KEYS
+SECRET = WEBHOOK_SECRET
 ENDED = ("completed", "failed", "cancelled")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("jobs")
-    running = start_server(
-        directory,
-        hooks=True,
-        TEST_STEP_GATE=str(directory / "gate"),
-        TEST_STEP_GATE_AT="1",
-        TEST_WEBHOOK_DELAYS="0.1,0.1,0.1",
-        IMGEDIT_API_KEY=",".join(KEYS),
-        IMGEDIT_WEBHOOK_SECRET=SECRET,
-        IMGEDIT_URL_ALLOW_PRIVATE="true",
-    )
-    running.gate = directory / "gate"  # type: ignore[attr-defined]
-    yield running
-    stop(running.process)
+def server(keyed_server):
+    return keyed_server
 
 
 def auth(key: str = KEYS[0]) -> dict[str, str]:
@@ -145,6 +132,17 @@ def test_the_sdk_gets_links_that_open_without_a_key(server):
         refused = httpx.get(tampered)
         assert refused.status_code == status, tampered
         assert refused.json()["error"]["code"] in ("invalid_signature", "not_found")
+
+
+def test_a_json_body_gets_links_too(server):
+    body = {"prompt": "p", "size": "64x64", "response_format": "url", "images": [{"image_url": data_url()}]}
+    answer = httpx.post(f"{server.url}/v1/images/edits", json=body, headers=auth(), timeout=120)
+    assert answer.status_code == 200 and answer.json()["data"][0]["b64_json"] is None
+    assert httpx.get(answer.json()["data"][0]["url"]).status_code == 200
+
+
+def data_url() -> str:
+    return "data:image/png;base64," + base64.b64encode(gradient_png(64, 64)).decode()
 
 
 def test_links_honour_the_streaming_rule(server):

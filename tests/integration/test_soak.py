@@ -28,7 +28,7 @@ def test_a_two_minute_soak_loses_nothing(tmp_path):
     assert result["lost"] == []
     assert result["status"] == 0, f"after SIGTERM: status {result['status']} in {result['exit_seconds']} s"
     assert result["kills"] >= 2
-    for client in ("sync", "sync + lora", "stream", "bad input", "lora load", "lora edit", "lora unload"):
+    for client in ("sync", "sync + lora", "stream", "bad input", "lora load", "lora edit", "lora unload", "job"):
         assert counts.get(f"{client}/ok", 0) > 0, client
     assert counts.get("bad input/refused", 0) > 0 and counts.get("hang-up/hung up", 0) > 0
     assert not any(key.endswith("/lost") for key in counts)

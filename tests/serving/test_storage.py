@@ -87,3 +87,14 @@ def test_the_playground_may_show_images_from_the_s3_store_only():
     assert link_origins(Settings(image_store="s3://b")) == ("https://*.amazonaws.com",)
     endpoint = Settings(image_store="s3://b/p", s3_endpoint_url="http://minio:9000/some/path")
     assert link_origins(endpoint) == ("http://minio:9000",)
+
+
+def test_links_use_the_public_url_when_set(tmp_path):
+    fetcher = Fetcher(FetchPolicy())
+    settings = Settings(data_dir=str(tmp_path), public_url="https://edits.example.com/api/")
+    behind_a_proxy = open_storage(settings, fetcher)
+    assert behind_a_proxy.base_url("http://10.0.0.5:3000/") == "https://edits.example.com/api"
+    direct = open_storage(Settings(data_dir=str(tmp_path)), fetcher)
+    assert direct.base_url("http://10.0.0.5:3000/") == "http://10.0.0.5:3000"
+    link = direct.images.link("1800000000_" + "A" * 32 + ".png", 1_800_000_000, behind_a_proxy.base_url("x"))
+    assert link.startswith("https://edits.example.com/api/v1/images/files/1800000000_")

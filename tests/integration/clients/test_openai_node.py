@@ -57,6 +57,12 @@ def test_streaming_events_in_order(node_results):
     assert node_results["stream"]["types"] == ["image_edit.partial_image", "image_edit.completed"]
 
 
+def test_links_open_from_node(node_results):
+    result = node_results["url"]
+    assert result["inline"] is None and result["status"] == 200
+    assert result["type"] == "image/png" and result["bytes"] > 0
+
+
 def test_errors_are_the_sdks_own_with_the_servers_message(node_results):
     error = node_results["badSize"]
     assert (error["error"], error["status"]) == ("BadRequestError", 400)

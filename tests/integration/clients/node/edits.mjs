@@ -47,6 +47,16 @@ await record("stream", async () => {
   for await (const event of stream) types.push(event.type);
   return { types };
 });
+await record("url", async () => {
+  const linked = await client.images.edit({ image: image(), prompt: "a link", size: "64x64", response_format: "url" });
+  const opened = await fetch(linked.data[0].url); // no API key: the signature is the credential
+  return {
+    inline: linked.data[0].b64_json ?? null,
+    status: opened.status,
+    type: opened.headers.get("content-type"),
+    bytes: (await opened.arrayBuffer()).byteLength,
+  };
+});
 await record("badSize", async () => client.images.edit({ image: image(), prompt: "p", size: "1024x" }));
 await record("models", async () => {
   const models = [];
