@@ -93,6 +93,8 @@ def start_s3(directory: Path, buckets: tuple[str, ...] = ("imgedit",)) -> S3Serv
         "-s3.port.lance=0",
         f"-s3.config={config}",
         "-master.volumeSizeLimitMB=64",
+        # Room for a few collections (one per bucket), whatever the disk's free space says.
+        "-volume.max=32",
     ]
     log_path = directory / "weed.log"
     with log_path.open("wb") as log:

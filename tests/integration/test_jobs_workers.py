@@ -38,7 +38,7 @@ def directory(tmp_path_factory) -> Path:
 def settings(directory: Path, s3) -> dict[str, str]:
     return {
         "IMGEDIT_WORKERS": "2",
-        "IMGEDIT_IMAGE_STORE": "s3://edits/images",
+        "IMGEDIT_IMAGE_STORE": "s3://imgedit/job-servers",
         "IMGEDIT_S3_ENDPOINT_URL": s3.endpoint,
         "IMGEDIT_SHUTDOWN_GRACE": "0",
         "TEST_STEP_GATE": str(directory / "gate"),
@@ -90,7 +90,7 @@ def test_links_come_from_the_s3_store(server):
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
     linked = client.images.edit(image=("a.png", gradient_png(64, 64), "image/png"), prompt="p", response_format="url")
     url = linked.data[0].url
-    assert url is not None and "X-Amz-Signature=" in url and "/edits/images/" in url
+    assert url is not None and "X-Amz-Signature=" in url and "/imgedit/job-servers/" in url
     opened = httpx.get(url)
     assert opened.status_code == 200 and opened.content.startswith(b"\x89PNG")
 
