@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import contextvars
 import math
 import statistics
@@ -41,7 +40,16 @@ from imgedit.edit import Loras
 from imgedit.logs import get_logger
 from imgedit.model.call import PipelineCall, RunCancelled
 from imgedit.scheduling.fusion import fuse, fusion_key
-from imgedit.scheduling.jobs import DeadlineExceeded, Draining, InProcess, Job, PreviewSink, QueueFull, Runner
+from imgedit.scheduling.jobs import (
+    DeadlineExceeded,
+    Draining,
+    InProcess,
+    Job,
+    ModelTurn,
+    PreviewSink,
+    QueueFull,
+    Runner,
+)
 from imgedit.scheduling.steps import Previewer, run_failure, step_hook
 
 log = get_logger(__name__)
@@ -107,6 +115,7 @@ class Engine:
         sink: PreviewSink | None = None,
         may_fuse: bool = True,
         loras: Loras = (),
+        turn: ModelTurn | None = None,
     ) -> Job:
         """Admit a request's calls, to run after those already waiting.
 
@@ -119,13 +128,15 @@ class Engine:
                 single call without previews of a fusable model then may (only
                 with calls that use the same LoRAs).
             loras: the LoRAs its calls run with, handed to ``prepare``.
+            turn: the model it runs on, for an engine of several models: its hooks replace the engine's.
 
         Raises:
             QueueFull: ``max_queue`` requests wait already.
             Draining: the server is shutting down.
         """
         loop = asyncio.get_running_loop()
-        key = fusion_key(calls[0]) if self.fuses and may_fuse and len(calls) == 1 and not previews else None
+        fuses = self.fuses and (turn is None or turn.fusable)
+        key = fusion_key(calls[0]) if fuses and may_fuse and len(calls) == 1 and not previews else None
         job = Job(
             calls=calls,
             future=loop.create_future(),
@@ -136,6 +147,7 @@ class Engine:
             sink=sink,
             fusion_key=None if key is None else (loras, key),
             loras=loras,
+            turn=turn,
             on_cancel=self._forget,
         )
         with self._condition:
@@ -283,7 +295,7 @@ class Engine:
             except BaseException as error:  # never let one request's failure stop the engine
                 log.exception("engine failure")
                 for job in batch:
-                    self._settle(job, error=error)
+                    job.settle(error=error)
             finally:
                 with self._condition:
                     self._busy = False
@@ -309,7 +321,7 @@ class Engine:
         metrics.queue_wait.observe(time.monotonic() - job.admitted)
         metrics.cancellations.labels(job.cancel_reason or "unknown").inc()
         log.info("dropped before running (%s)", job.cancel_reason)
-        self._settle(job, error=RunCancelled())
+        job.settle(error=RunCancelled())
         return True
 
     def _run(self, batch: list[Job]) -> None:
@@ -342,19 +354,21 @@ class Engine:
             self._busy = False
         for job, result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
-                self._settle(job, error=result)
+                job.settle(error=result)
             else:
                 metrics.images.inc(len(result))
-                self._settle(job, images=result)
+                job.settle(images=result)
 
     def _run_job(self, job: Job) -> list[Image.Image] | BaseException:
         images: list[Image.Image] = []
         try:
-            self._prepare(job.loras)
+            self._prepare(job)
             for call in job.calls:
                 if job.cancelled.is_set():  # between the images of one request
                     raise RunCancelled
-                images.extend(self.runner.invoke(call, step_hook([job], call, self.previewer, self.progress_interval)))
+                images.extend(
+                    self.runner.invoke(call, step_hook([job], call, self._previewer(job), self.progress_interval))
+                )
                 job.calls_done += 1
         except BaseException as error:  # delivered to the waiting request
             return run_failure(error, [job])
@@ -363,27 +377,18 @@ class Engine:
     def _run_fused(self, batch: list[Job]) -> list[list[Image.Image] | BaseException]:
         log.info("running %d requests as one batch", len(batch))
         try:
-            self._prepare(batch[0].loras)  # fused jobs chose the same LoRAs (their fusion key)
+            self._prepare(batch[0])  # fused jobs chose the same LoRAs and model (their fusion key)
             call = fuse([job.calls[0] for job in batch])
-            images = self.runner.invoke(call, step_hook(batch, call, self.previewer, self.progress_interval))
+            images = self.runner.invoke(call, step_hook(batch, call, self._previewer(batch[0]), self.progress_interval))
         except BaseException as error:
             failure = run_failure(error, batch)
             return [failure for _ in batch]
         return [[image] for image in images]
 
-    def _prepare(self, loras: Loras) -> None:
-        if self.prepare is not None:
-            self.prepare(loras)
+    def _prepare(self, job: Job) -> None:
+        prepare = job.turn.prepare if job.turn is not None else self.prepare
+        if prepare is not None:
+            prepare(job.loras)
 
-    @staticmethod
-    def _settle(job: Job, images: list[Image.Image] | None = None, error: BaseException | None = None) -> None:
-        def settle() -> None:
-            if job.future.done():
-                return
-            if error is not None:
-                job.future.set_exception(error)
-            else:
-                job.future.set_result(images or [])
-
-        with contextlib.suppress(RuntimeError):  # a closed loop means nobody is waiting
-            job.loop.call_soon_threadsafe(settle)
+    def _previewer(self, job: Job) -> Previewer | None:
+        return job.turn.previewer if job.turn is not None else self.previewer

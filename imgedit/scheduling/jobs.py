@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import threading
 from collections.abc import Callable, Hashable, Sequence
@@ -36,6 +37,22 @@ class InProcess:
     @staticmethod
     def close() -> None:
         return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelTurn:
+    """What the engine needs of the model a job runs on, when one engine serves several models.
+
+    Attributes:
+        prepare: makes the model ready on the engine thread before the run (its LoRAs switched, the model
+            on the device), given the job's LoRAs.
+        previewer: decodes its latents into previews (the model's family's).
+        fusable: whether its calls may be fused into batches.
+    """
+
+    prepare: Callable[[Loras], None] | None = None
+    previewer: Callable[[PipelineCall, object], list[Image.Image]] | None = None
+    fusable: bool = False
 
 
 class DeadlineExceeded(Exception):
@@ -90,6 +107,8 @@ class Job:
     #: Whether the engine took it from the queue, and how many of its calls have finished.
     started: bool = False
     calls_done: int = 0
+    #: The model it runs on, for an engine of several models (None: the engine's own hooks).
+    turn: ModelTurn | None = None
     #: Set by the engine: takes a cancelled job out of the queue at once.
     on_cancel: Callable[[Job], None] | None = None
 
@@ -99,6 +118,20 @@ class Job:
         step, total = self.progress
         done = (self.calls_done + (step / total if total else 0.0)) / max(1, len(self.calls))
         return min(100, int(done * 100))
+
+    def settle(self, images: list[Image.Image] | None = None, error: BaseException | None = None) -> None:
+        """Hand the outcome to the waiting request, on its event loop (from any thread)."""
+
+        def settle() -> None:
+            if self.future.done():
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(images or [])
+
+        with contextlib.suppress(RuntimeError):  # a closed loop means nobody is waiting
+            self.loop.call_soon_threadsafe(settle)
 
     def cancel(self, reason: str) -> None:
         """Stop the run (or drop it from the queue) at once; the first reason given wins."""

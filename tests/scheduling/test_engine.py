@@ -495,13 +495,13 @@ async def test_a_client_answered_at_once_is_admitted_even_with_no_queue(monkeypa
     was submitted), so an engine that marked itself idle only afterwards would refuse it.
     """
     submitted = threading.Event()
-    settle = Engine._settle
+    settle = Job.settle
 
     def settle_then_hold(job, images=None, error=None):
         settle(job, images, error)
         submitted.wait(timeout=10)
 
-    monkeypatch.setattr(Engine, "_settle", staticmethod(settle_then_hold))
+    monkeypatch.setattr(Job, "settle", settle_then_hold)
     PIPELINE.reset()
     engine = Engine(max_queue=0)
     try:
@@ -521,7 +521,7 @@ async def test_the_request_about_to_start_frees_its_queue_place_at_once(monkeypa
     the waiting request: that one starts next, so the queue has room again.
     """
     submitted = threading.Event()
-    settle = Engine._settle
+    settle = Job.settle
     settled = []
 
     def settle_then_hold(job, images=None, error=None):
@@ -530,7 +530,7 @@ async def test_the_request_about_to_start_frees_its_queue_place_at_once(monkeypa
         if len(settled) == 1:
             submitted.wait(timeout=10)
 
-    monkeypatch.setattr(Engine, "_settle", staticmethod(settle_then_hold))
+    monkeypatch.setattr(Job, "settle", settle_then_hold)
     PIPELINE.reset()
     hold = PIPELINE.hold("first")
     engine = Engine(max_queue=1)
