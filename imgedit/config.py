@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     """Branch, tag or commit of a Hugging Face model (ignored for other sources)."""
     served_model_name: str | None = Field(None, min_length=1, max_length=256)
     """The name in `/v1/models` and accepted as `model`."""
+    models: str | None = Field(None, min_length=1)
+    """Several models behind one endpoint: comma-separated `SOURCE` or `NAME=SOURCE`, each source as
+    `IMGEDIT_MODEL` takes it; a request's `model` picks one, and the first serves requests without it. Not with
+    `IMGEDIT_MODEL` (see Models)."""
     family: str | None = Field(None, min_length=1)
     """Forces a family (see Models), for a pipeline class no family lists."""
     lora: str | None = Field(None, min_length=1)

@@ -58,7 +58,8 @@ model_info = Gauge(
 )
 model_parameter_bytes = Gauge(
     "imgedit_model_parameter_bytes",
-    "Bytes each model component's parameters and buffers occupy as loaded (quantized storage measured), per worker.",
+    "Bytes each model component's parameters and buffers occupy as loaded (quantized storage measured), per worker;"
+    " with several models, summed over them.",
     ["component"],
     multiprocess_mode="max",
 )

@@ -8,7 +8,7 @@ import contextvars
 import threading
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from PIL import Image
 
@@ -51,7 +51,7 @@ class ModelTurn:
     """
 
     prepare: Callable[[Loras], None] | None = None
-    previewer: Callable[[PipelineCall, object], list[Image.Image]] | None = None
+    previewer: Callable[[PipelineCall, Any], list[Image.Image]] | None = None
     fusable: bool = False
 
 

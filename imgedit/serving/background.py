@@ -36,6 +36,7 @@ from imgedit.logs import add_to_access_line, get_logger
 from imgedit.scheduling.jobs import Job
 from imgedit.serving.answers import Prepared, encode, images_body, link_items, store_images
 from imgedit.serving.handler import EditHandler
+from imgedit.serving.routing import ModelRouter
 from imgedit.serving.storage import Storage
 
 log = get_logger(__name__)
@@ -55,12 +56,12 @@ class Background:
     """The background jobs of one worker.
 
     Args:
-        handler: prepares and runs edits.
+        router: the handler of each served model, which prepares and runs its edits.
         storage: the job table, the image store and the webhooks.
     """
 
-    def __init__(self, handler: EditHandler, storage: Storage) -> None:
-        self.handler = handler
+    def __init__(self, router: ModelRouter, storage: Storage) -> None:
+        self.router = router
         self.storage = storage
         self.jobs = storage.jobs
         #: The engine jobs this worker runs, by job id, and the last progress written for each.
@@ -74,7 +75,9 @@ class Background:
 
     async def submit(self, raw: RawBody, body: Form | dict[str, Any], connection: Request) -> Response:
         """Check, prepare and admit the edit in ``body``, store it as a job, and answer 202 with the job."""
-        request = parse_edit_request(body, self.handler.limits)
+        handler = self.router.pick(body)
+        add_to_access_line(model=handler.settings.served_name)
+        request = parse_edit_request(body, handler.limits)
         if request.stream:
             raise invalid("stream", "A background job cannot stream: leave out 'stream' or 'Prefer: respond-async'.")
         if request.webhook_url is not None:
@@ -82,9 +85,9 @@ class Background:
                 raise invalid(
                     "webhook_url", "This server sends no webhooks: it has no IMGEDIT_WEBHOOK_SECRET to sign them."
                 )
-            await self.handler.fetcher.check_target(request.webhook_url, "webhook_url")
-        prepared = await self.handler.prepare(request)
-        job = self.handler.submit(prepared)
+            await handler.fetcher.check_target(request.webhook_url, "webhook_url")
+        prepared = await handler.prepare(request)
+        job = handler.submit(prepared)
         try:
             row = await anyio.to_thread.run_sync(
                 lambda: self.jobs.create(
@@ -99,7 +102,7 @@ class Background:
             job.cancel("abandoned")
             raise
         add_to_access_line(job=row.id)
-        self._keep(asyncio.ensure_future(self._follow(row.id, prepared, job)))
+        self._keep(asyncio.ensure_future(self._follow(row.id, handler, prepared, job)))
         headers = {"Location": f"/v1/images/edits/{row.id}", "Preference-Applied": "respond-async"}
         return JSONResponse(self._body(row), status_code=202, headers=headers)
 
@@ -151,12 +154,12 @@ class Background:
 
     # -- one job ----------------------------------------------------------------------------------
 
-    async def _follow(self, job_id: str, prepared: Prepared, job: Job) -> None:
+    async def _follow(self, job_id: str, handler: EditHandler, prepared: Prepared, job: Job) -> None:
         """Wait for the run of ``job`` and write how it ended."""
         self._running[job_id] = job
         end = self.jobs.end
         try:
-            outputs = await self.handler.run(job, time.monotonic() + self.handler.settings.request_timeout)
+            outputs = await handler.run(job, time.monotonic() + handler.settings.request_timeout)
             encoded = await encode(prepared, outputs)
             names: list[str] = []
             if prepared.request.response_format == "url":
@@ -192,9 +195,10 @@ class Background:
         """Run a job another worker left queued: from its stored request, as if it had just arrived."""
         assert row.body is not None and row.content_type is not None
         try:
-            body = await RawBody(row.content_type, row.body).parse(self.handler.body_limits)
-            prepared = await self.handler.prepare(parse_edit_request(body, self.handler.limits))
-            job = self.handler.submit(prepared)
+            body = await RawBody(row.content_type, row.body).parse(self.router.default.body_limits)
+            handler = self.router.pick(body)
+            prepared = await handler.prepare(parse_edit_request(body, handler.limits))
+            job = handler.submit(prepared)
         except (ApiError, RequestError) as error:
             if isinstance(error, ApiError) and error.status in (429, 503):  # busy, or shutting down: later
                 await anyio.to_thread.run_sync(self.jobs.requeue, row.id)
@@ -203,7 +207,7 @@ class Background:
             await anyio.to_thread.run_sync(lambda: self.jobs.end(row.id, "failed", time.time(), error=detail))
             return
         log.info("running background edit %s, left queued by another worker", row.id)
-        await self._follow(row.id, prepared, job)
+        await self._follow(row.id, handler, prepared, job)
 
     # -- the answer -------------------------------------------------------------------------------
 
@@ -276,7 +280,7 @@ class Background:
         for job_id in self.jobs.renew(list(self._running), now):
             if job_id in self._running:
                 self._running[job_id].cancel(CANCELLED)
-        if not self.handler.engine.draining:
+        if not self.router.default.engine.draining:
             for row in self.jobs.reclaim(now):
                 self._keep(asyncio.ensure_future(self._rerun(row)))
         if self.storage.webhooks is not None:

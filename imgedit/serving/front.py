@@ -18,13 +18,13 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from imgedit import metrics
-from imgedit.api.body import RawBody, read_raw
+from imgedit.api.body import RawBody, read_body, read_raw
 from imgedit.api.errors import ApiError
 from imgedit.api.headers import IDEMPOTENCY_HEADER, REPLAYED_HEADER, idempotency_key, prefers_async
 from imgedit.api.responses import SEEDS_HEADER, error_response
 from imgedit.durable.idempotency import StoredAnswer
 from imgedit.serving.background import Background
-from imgedit.serving.handler import EditHandler
+from imgedit.serving.routing import ModelRouter
 
 #: Seconds past the request timeout a key stays held by a request that never finished (its worker died).
 HOLD_GRACE_SECONDS = 60
@@ -36,12 +36,13 @@ class Front:
     """Sends each edit request down its path.
 
     Args:
-        handler: answers edits on their connection.
+        router: the handler of each served model.
         background: runs background jobs; its storage also keeps the idempotency keys.
     """
 
-    def __init__(self, handler: EditHandler, background: Background) -> None:
-        self.handler = handler
+    def __init__(self, router: ModelRouter, background: Background) -> None:
+        self.router = router
+        self.handler = router.default  # the request's model is known once its body is read
         self.background = background
         self.replays = background.storage.replays
 
@@ -53,8 +54,12 @@ class Front:
             return error_response(error)
         in_background = prefers_async(connection.headers)
         if key is None and not in_background:
-            return await self.handler.handle(connection)
+            return await self.handler.answering(self._read_streaming(connection))
         return await self.handler.answering(self._read_whole(connection, key, in_background))
+
+    async def _read_streaming(self, connection: Request) -> Response:
+        body = await read_body(connection, self.handler.body_limits)
+        return await self.router.pick(body).answer(body, connection)
 
     async def _read_whole(self, connection: Request, key: str | None, in_background: bool) -> Response:
         raw = await read_raw(connection, self.handler.body_limits)
@@ -93,7 +98,7 @@ class Front:
         body = await raw.parse(self.handler.body_limits)
         if in_background:
             return await self.background.submit(raw, body, connection)
-        return await self.handler.answer(body, connection)
+        return await self.router.pick(body).answer(body, connection)
 
     async def _kept(self, response: Response, owner: str, key: str) -> Response:
         """Keep a 2xx answer under the key; let the key go for anything else, and for a stream once it ends."""

@@ -40,7 +40,7 @@ from imgedit.media.sizing import SizeLimits, output_size
 from imgedit.model.call import RunCancelled
 from imgedit.model.families import Family
 from imgedit.scheduling.engine import Engine
-from imgedit.scheduling.jobs import DeadlineExceeded, Draining, Job, OutOfMemory, PreviewSink, QueueFull
+from imgedit.scheduling.jobs import DeadlineExceeded, Draining, Job, ModelTurn, OutOfMemory, PreviewSink, QueueFull
 from imgedit.serving.answers import Prepared, encode, images_body, link_items, store_images
 from imgedit.serving.options import multipart_limits
 from imgedit.serving.presets import Presets
@@ -78,6 +78,8 @@ class EditHandler:
     ) -> None:
         self.settings = settings
         self.storage = storage
+        #: The model's hooks for an engine shared by several models (set by start-up).
+        self.turn: ModelTurn | None = None
         self.presets = presets
         self.family = family
         self.engine = engine
@@ -125,6 +127,7 @@ class EditHandler:
 
     async def answer(self, body: Form | dict[str, Any], connection: Request) -> Response:
         """Parse, prepare and run the request in ``body``, and answer it on ``connection``."""
+        add_to_access_line(model=self.settings.served_name)  # this model's, once the request is routed
         deadline = time.monotonic() + self.settings.request_timeout
         request = parse_edit_request(body, self.limits)
         if request.webhook_url is not None:
@@ -229,7 +232,12 @@ class EditHandler:
         may_fuse = prepared.request.options.seed is None
         try:
             return self.engine.submit(
-                prepared.plan.calls, previews=previews, sink=sink, may_fuse=may_fuse, loras=prepared.loras
+                prepared.plan.calls,
+                previews=previews,
+                sink=sink,
+                may_fuse=may_fuse,
+                loras=prepared.loras,
+                turn=self.turn,
             )
         except QueueFull as full:
             raise ApiError(

@@ -7,6 +7,7 @@ fails there stops the whole server with one line (:func:`start_or_stop_server`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 import traceback
@@ -32,12 +33,15 @@ from imgedit.ranks.group import RankGroup, RankSetup, RankStartupError, claim_gp
 from imgedit.ranks.plans import ParallelError, RankLayout, check_layout
 from imgedit.scheduling.capacity import replica_concurrency
 from imgedit.scheduling.engine import Engine
+from imgedit.scheduling.jobs import ModelTurn
 from imgedit.serving.background import Background
 from imgedit.serving.bentoml_seam import arrange_exit_status, stop_server
+from imgedit.serving.catalog import check_several, entry_settings, model_entries
 from imgedit.serving.handler import EditHandler
 from imgedit.serving.options import acceleration_options, fetch_policy, load_options, rank_layout
 from imgedit.serving.presets import PresetError, Presets, check_presets, load_presets, tier_levers
 from imgedit.serving.recipe import ModelRecipe, PreparedModel, prepare_family, prepare_model
+from imgedit.serving.routing import ModelRouter, other_handler
 from imgedit.serving.storage import check_storage, open_storage
 from imgedit.serving.worker import Worker
 from imgedit.weights.loader import check_placement, check_source
@@ -65,9 +69,19 @@ def check_settings(settings: Settings) -> None:
     Raises:
         StartupError: naming the variable at fault.
     """
+    entries = model_entries(settings)
+    served = [entry_settings(settings, entry) for entry in entries] if settings.models else [settings]
+    settings = served[0]
+    if len(served) > 1:
+        check_several(settings)
     try:
         device = pick_device(settings.device)
         check_options(acceleration_options(settings), device)
+        for other in served[1:]:
+            try:
+                check_source(load_options(other), device)
+            except ModelLoadError as error:
+                raise StartupError(f"IMGEDIT_MODELS: {other.served_name}: {error}") from None
         load = load_options(settings)
         check_placement(load, device)
         if settings.device_map != "none" and (settings.workers or 1) > 1:
@@ -156,6 +170,8 @@ def start_worker(settings: Settings, index: int = 0) -> Worker:
         Exception: anything unexpected (a failed warm-up, for instance).
     """
     started = time.monotonic()
+    served = [entry_settings(settings, entry) for entry in model_entries(settings)]
+    settings = served[0]  # the default model's
     try:
         device = pick_device(settings.device)
         layout = check_ranks(settings, device, gpus=None)
@@ -172,13 +188,22 @@ def start_worker(settings: Settings, index: int = 0) -> Worker:
         model = prepare_model(recipe, slot, ranks.loaded if ranks else None)
         if ranks is not None:
             ranks.attach(model.family)
-        return _serve(settings, index, started, model, layout, ranks)
+        others = [(each, _prepare_other(each, slot)) for each in served[1:]]
+        return _serve(settings, index, started, model, layout, ranks, others)
     except BaseException as error:
         if ranks is not None:
             ranks.close(kill=True)
         if isinstance(error, RankStartupError):
             raise StartupError(str(error)) from None
         raise
+
+
+def _prepare_other(settings: Settings, slot: int) -> PreparedModel:
+    """Another model of ``IMGEDIT_MODELS``, loaded beside the default; its failures name it."""
+    try:
+        return prepare_model(ModelRecipe.from_settings(settings), slot)
+    except StartupError as error:
+        raise StartupError(f"IMGEDIT_MODELS: {settings.served_name}: {error}") from None
 
 
 def rank_setup(settings: Settings, recipe: ModelRecipe, layout: RankLayout) -> RankSetup:
@@ -193,9 +218,15 @@ def rank_setup(settings: Settings, recipe: ModelRecipe, layout: RankLayout) -> R
 
 
 def _serve(
-    settings: Settings, index: int, started: float, model: PreparedModel, layout: RankLayout, ranks: RankGroup | None
+    settings: Settings,
+    index: int,
+    started: float,
+    model: PreparedModel,
+    layout: RankLayout,
+    ranks: RankGroup | None,
+    others: list[tuple[Settings, PreparedModel]],
 ) -> Worker:
-    """Warm up the prepared model and build the worker serving it."""
+    """Warm up the prepared models and build the worker serving them (the default model, then ``others``)."""
     loaded, family = model.loaded, model.family
     # Per-request LoRAs switch on this process's model alone, so they need one rank per edit.
     refusal = None
@@ -207,7 +238,7 @@ def _serve(
         max_batch=settings.max_batch,
         progress_interval=settings.progress_log_seconds,
         previewer=family.preview,
-        fusable=family.fusable,
+        fusable=family.fusable or bool(others),  # with several models, each job's model says
         prepare=loras.activate,
         runner=ranks,
     )
@@ -248,7 +279,14 @@ def _serve(
     fetcher = Fetcher(fetch_policy(settings))
     storage = open_storage(settings, fetcher)
     handler = EditHandler(settings, family, engine, fetcher, lora_admin, presets, storage)
-    background = Background(handler, storage)
+    handler.turn = ModelTurn(prepare=loras.activate, previewer=family.preview, fusable=family.fusable)
+    served = [(model, handler)] + [
+        (other, other_handler(each, other, engine, fetcher, storage)) for each, other in others
+    ]
+    names = tuple(name for _, each in served for name in each.limits.model_names)
+    for _, each in served:  # a model's parser lists every served model when a request names none of them
+        each.limits = dataclasses.replace(each.limits, model_names=names)
+    background = Background(ModelRouter([each for _, each in served]), storage)
     background.start()
     return Worker(
         served_name=settings.served_name,
@@ -257,6 +295,7 @@ def _serve(
         handler=handler,
         background=background,
         ranks=layout.ranks,
+        others=served[1:],
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import Any
 
@@ -41,6 +41,8 @@ class Worker:
         handler: serves ``POST /v1/images/edits``.
         background: runs background jobs and keeps answers for retries; None answers every edit on its connection.
         ranks: the processes that run each edit together.
+        others: the other served models (``IMGEDIT_MODELS``), each prepared and with its handler, which share
+            the engine; the first model is the default.
     """
 
     def __init__(
@@ -52,15 +54,19 @@ class Worker:
         handler: EditHandler,
         background: Background | None = None,
         ranks: int = 1,
+        others: Sequence[tuple[PreparedModel, EditHandler]] = (),
     ) -> None:
         self.model = model
         self.engine = engine
         self.handler = handler
         self.background = background
-        self.front = Front(handler, background) if background is not None else None
+        self.front = Front(background.router, background) if background is not None else None
         self.lora_admin: LoraAdmin = handler.lora_admin
-        self.card = ModelCard(id=served_name, created=int(time.time()))
-        _export_model_metrics(served_name, model, ranks)
+        created = int(time.time())
+        self.card = ModelCard(id=served_name, created=created)
+        self.other_cards = [ModelCard(id=other.settings.served_name, created=created) for _, other in others]
+        _export_model_metrics([(served_name, model), *((other.settings.served_name, each) for each, other in others)])
+        metrics.parallel_degree.set(ranks)
 
     @property
     def ready(self) -> bool:
@@ -84,8 +90,8 @@ class Worker:
         return self.background
 
     def models(self) -> list[ModelCard]:
-        """``GET /v1/models``: the served model, then every LoRA as a model of its own on top of it."""
-        return [self.card] + [
+        """``GET /v1/models``: the served models, then every LoRA as a model of its own on top of the default."""
+        return [self.card, *self.other_cards] + [
             ModelCard(id=entry.name, created=entry.created, root=self.card.id, parent=self.card.id)
             for entry in self.lora_admin.registry.registered()
         ]
@@ -166,17 +172,21 @@ def _answered_as_api_errors() -> Iterator[None]:
         raise ApiError(504 if error.timed_out else 500, str(error), code="lora_partly_applied") from None
 
 
-def _export_model_metrics(served_name: str, model: PreparedModel, ranks: int) -> None:
-    loaded = model.loaded
-    metrics.model_info.labels(
-        model=loaded.model_id,
-        served_name=served_name,
-        family=model.family.name,
-        pipeline=type(loaded.pipeline).__name__,
-        device=str(loaded.device),
-        dtype=str(loaded.dtype).removeprefix("torch."),
-        options=",".join(model.options) or "none",
-    ).set(1)
-    for component, size in loaded.parameter_bytes.items():
+def _export_model_metrics(models: list[tuple[str, PreparedModel]]) -> None:
+    """Each served model's info, and the parameter bytes of every component, summed over the models."""
+    sizes: dict[str, int] = {}
+    for served_name, model in models:
+        loaded = model.loaded
+        metrics.model_info.labels(
+            model=loaded.model_id,
+            served_name=served_name,
+            family=model.family.name,
+            pipeline=type(loaded.pipeline).__name__,
+            device=str(loaded.device),
+            dtype=str(loaded.dtype).removeprefix("torch."),
+            options=",".join(model.options) or "none",
+        ).set(1)
+        for component, size in loaded.parameter_bytes.items():
+            sizes[component] = sizes.get(component, 0) + size
+    for component, size in sizes.items():
         metrics.model_parameter_bytes.labels(component=component).set(size)
-    metrics.parallel_degree.set(ranks)

@@ -43,3 +43,29 @@ def keyed_server(tmp_path_factory):
     running.gate = directory / "gate"  # type: ignore[attr-defined]
     yield running
     stop(running.process)
+
+
+#: tiny model -> (served name, input images the family takes, mask handling)
+FAMILIES = {
+    "qwen-image-edit-plus": ("qwen-image-edit-plus", 4, "composite"),
+    "qwen-image-edit": ("qwen-image-edit", 1, "native"),
+    "qwen-image-edit-inpaint": ("qwen-image-edit-inpaint", 1, "native"),
+    "flux-kontext": ("flux-kontext", 1, "native"),
+    "flux-kontext-inpaint": ("flux-kontext-inpaint", 1, "native"),
+    "flux2": ("flux2", 3, "composite"),
+    "flux2-klein": ("flux2-klein", 3, "native"),
+    "flux2-klein-inpaint": ("flux2-klein-inpaint", 3, "native"),
+    "instruct-pix2pix": ("instruct-pix2pix", 1, "composite"),
+    "sdxl-instruct-pix2pix": ("sdxl-instruct-pix2pix", 1, "composite"),
+    "stable-diffusion": ("stable-diffusion", 1, "native"),
+    "stable-diffusion-inpaint": ("stable-diffusion-inpaint", 1, "native"),
+}
+
+
+@pytest.fixture(scope="session")
+def catalog(tmp_path_factory):
+    """One server of every tiny family (``IMGEDIT_MODELS``), each under its family's name, the default first."""
+    models = ",".join(f"{served}=tiny:{tiny}" for tiny, (served, _, _) in FAMILIES.items())
+    running = start_server(tmp_path_factory.mktemp("catalog"), IMGEDIT_MODELS=models)
+    yield running
+    stop(running.process)

@@ -1,0 +1,80 @@
+"""Several models behind one endpoint (``IMGEDIT_MODELS``), on a real server: each answers as if alone."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from devtools.server import start_server, stop
+from tests.helpers import gradient_png
+from tests.integration.conftest import FAMILIES
+
+pytestmark = pytest.mark.integration
+
+#: The families compared byte for byte with a server of that model alone (the first is the shared server's).
+COMPARED = ("qwen-image-edit-plus", "flux2-klein", "stable-diffusion-inpaint")
+
+
+def edit(url: str, model: str | None, seed: str = "5", prompt: str = "make it blue") -> httpx.Response:
+    fields = {"prompt": prompt, "size": "64x64", "seed": seed, "num_inference_steps": "3"}
+    answer = httpx.post(
+        f"{url}/v1/images/edits",
+        files=[("image", gradient_png(64, 64))],
+        data={**fields, **({"model": model} if model else {})},
+        timeout=120,
+    )
+    assert answer.status_code == 200, answer.text
+    return answer
+
+
+@pytest.fixture(scope="module")
+def alone(server, tmp_path_factory):
+    """A server of each compared family alone; the shared server is the first."""
+    started = {tiny: start_server(tmp_path_factory.mktemp(tiny), IMGEDIT_MODEL=f"tiny:{tiny}") for tiny in COMPARED[1:]}
+    yield {COMPARED[0]: server, **started}
+    for running in started.values():
+        stop(running.process)
+
+
+@pytest.mark.parametrize("tiny", COMPARED)
+def test_each_model_answers_as_a_server_of_it_alone(catalog, alone, tiny):
+    served = FAMILIES[tiny][0]
+    together = edit(catalog.url, served).json()["data"][0]["b64_json"]
+    assert together == edit(alone[tiny].url, None).json()["data"][0]["b64_json"]
+
+
+def test_a_request_without_model_goes_to_the_first(catalog):
+    first = FAMILIES["qwen-image-edit-plus"][0]
+    assert edit(catalog.url, None).content == edit(catalog.url, first).content
+
+
+def test_the_model_list_has_every_model_and_the_sdk_picks_one(catalog):
+    listed = [card["id"] for card in httpx.get(f"{catalog.url}/v1/models").json()["data"]]
+    assert listed == [served for served, _, _ in FAMILIES.values()]
+    client = openai.OpenAI(base_url=f"{catalog.url}/v1", api_key="unused")
+    for served in ("flux2-klein", "instruct-pix2pix"):
+        answer = client.images.edit(
+            model=served, image=("a.png", gradient_png(64, 64), "image/png"), prompt="p", size="64x64"
+        )
+        assert answer.data[0].b64_json
+        assert catalog.wait_for_log(f"model={served} n=1 size=64x64")
+
+
+def test_an_unknown_model_is_a_400_listing_every_model(catalog):
+    refused = httpx.post(
+        f"{catalog.url}/v1/images/edits", files=[("image", gradient_png())], data={"prompt": "p", "model": "nope"}
+    )
+    error = refused.json()["error"]
+    assert refused.status_code == 400 and error["param"] == "model" and error["code"] == "model_not_found"
+    assert all(repr(served) in error["message"] for served, _, _ in FAMILIES.values())
+
+
+def test_interleaved_requests_for_three_models_all_succeed_as_alone(catalog):
+    names = [FAMILIES[tiny][0] for tiny in COMPARED]
+    expected = {name: edit(catalog.url, name, seed="9").json()["data"] for name in names}
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(lambda name: (name, edit(catalog.url, name, seed="9").json()["data"]), names * 3))
+    assert all(data == expected[name] for name, data in answers)
