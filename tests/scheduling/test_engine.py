@@ -606,3 +606,50 @@ async def test_a_runner_runs_every_call_and_is_closed_with_the_engine():
     finally:
         engine.close()
     assert runner.invoked == ["warm-up", "edit"] and runner.closed
+
+
+async def test_jobs_of_several_models_run_with_their_own_hooks_and_never_fuse_together(monkeypatch):
+    """One engine, two models (``IMGEDIT_MODELS``): each job switches its own model's LoRAs and previews with its
+    own previewer; equal requests fuse only with requests for the same model."""
+    from imgedit.scheduling import engine as engine_module
+    from imgedit.scheduling.jobs import ModelTurn
+
+    batches: list[int] = []
+    real_fuse = engine_module.fuse
+
+    def counting_fuse(calls_to_fuse):
+        batches.append(len(calls_to_fuse))
+        return real_fuse(calls_to_fuse)
+
+    def model() -> object:
+        def batchable(prompt, callback_on_step_end=None) -> SimpleNamespace:
+            count = len(prompt) if isinstance(prompt, list) else 1
+            return SimpleNamespace(images=[Image.new("RGB", (8, 8))] * count)
+
+        return batchable
+
+    monkeypatch.setattr(engine_module, "fuse", counting_fuse)
+    prepared: list[tuple[str, object]] = []
+    turns = {
+        name: ModelTurn(prepare=lambda loras, name=name: prepared.append((name, loras)), fusable=True)
+        for name in ("first", "second")
+    }
+    pipelines = {name: model() for name in turns}
+    gate = GatePipeline()
+    engine = Engine(max_batch=4, fusable=True)
+    try:
+        blocker = engine.submit(gate.calls())
+        jobs = []
+        for name in ("first", "second", "first", "second"):
+            call = PipelineCall(
+                pipeline=pipelines[name], kwargs={"prompt": "p"}, num_images=1, generated_size=Size(8, 8)
+            )
+            jobs.append(engine.submit([call], turn=turns[name]))
+        gate.release.set()
+        await engine.result(blocker, far())
+        for job in jobs:
+            assert len(await engine.result(job, far())) == 1
+    finally:
+        engine.close()
+    assert batches == [2, 2]  # the two for each model together, never across models
+    assert prepared == [("first", ()), ("second", ())]
