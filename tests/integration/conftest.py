@@ -66,6 +66,7 @@ FAMILIES = {
 def catalog(tmp_path_factory):
     """One server of every tiny family (``IMGEDIT_MODELS``), each under its family's name, the default first."""
     models = ",".join(f"{served}=tiny:{tiny}" for tiny, (served, _, _) in FAMILIES.items())
-    running = start_server(tmp_path_factory.mktemp("catalog"), IMGEDIT_MODELS=models)
+    # IMGEDIT_MODEL empty: unset (the test servers set it by default, and the two are not set together).
+    running = start_server(tmp_path_factory.mktemp("catalog"), IMGEDIT_MODEL="", IMGEDIT_MODELS=models)
     yield running
     stop(running.process)
