@@ -110,8 +110,8 @@ class JobTable:
         database: the shared database.
         runner: this worker's name (:func:`runner_name`).
         ttl: seconds a job is kept after it ends (``IMGEDIT_JOB_TTL``).
-        model: the served model; a worker runs only the jobs made for it (servers of other models may share the
-            data directory).
+        model: the served model (the default one); a worker runs only the jobs made for the models it serves
+            (:attr:`models`), since servers of other models may share the data directory.
     """
 
     def __init__(self, database: Database, runner: str, ttl: int, model: str) -> None:
@@ -119,9 +119,20 @@ class JobTable:
         self.runner = runner
         self.ttl = ttl
         self.model = model
+        #: Every model this worker serves (``IMGEDIT_MODELS``), the default first.
+        self.models: tuple[str, ...] = (model,)
 
-    def create(self, *, owner: str, body: bytes, content_type: str, webhook_url: str | None, now: float) -> JobRow:
-        """A new queued job, run by this worker."""
+    def create(
+        self,
+        *,
+        owner: str,
+        body: bytes,
+        content_type: str,
+        webhook_url: str | None,
+        now: float,
+        model: str | None = None,
+    ) -> JobRow:
+        """A new queued job for ``model`` (by default the default one), run by this worker."""
         job_id = new_job_id()
         with self.database.transaction() as db:
             db.execute(
@@ -131,7 +142,7 @@ class JobTable:
                     job_id,
                     owner,
                     int(now),
-                    self.model,
+                    model or self.model,
                     body,
                     content_type,
                     self.runner,
@@ -231,8 +242,9 @@ class JobTable:
         with self.database.transaction() as db:
             lost = db.execute(
                 "SELECT id, status, cancel_requested FROM jobs"
-                " WHERE status IN ('queued', 'in_progress') AND lease_until < ? AND model = ?",
-                (now, self.model),
+                " WHERE status IN ('queued', 'in_progress') AND lease_until < ?"
+                f" AND model IN ({', '.join('?' * len(self.models))})",
+                (now, *self.models),
             ).fetchall()
             claimed: list[str] = []
             for row in lost:

@@ -96,6 +96,7 @@ class Background:
                     content_type=raw.content_type,
                     webhook_url=request.webhook_url or self.storage.webhook_url,
                     now=time.time(),
+                    model=handler.settings.served_name,
                 )
             )
         except BaseException:

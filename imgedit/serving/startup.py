@@ -283,6 +283,7 @@ def _serve(
     served = [(model, handler)] + [
         (other, other_handler(each, other, engine, fetcher, storage)) for each, other in others
     ]
+    storage.jobs.models = tuple(each.settings.served_name for _, each in served)
     names = tuple(name for _, each in served for name in each.limits.model_names)
     for _, each in served:  # a model's parser lists every served model when a request names none of them
         each.limits = dataclasses.replace(each.limits, model_names=names)

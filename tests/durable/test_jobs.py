@@ -68,6 +68,15 @@ def test_jobs_of_another_model_are_left_alone(database):
     assert table(database, "alive").reclaim(NOW + 1000) == []
 
 
+def test_a_worker_of_several_models_claims_the_jobs_of_each(database):
+    dead = table(database, "dead")
+    job = dead.create(owner="o", body=b"b", content_type="c", webhook_url=None, now=NOW, model="klein")
+    assert job.model == "klein"
+    alive = table(database, "alive")
+    alive.models = ("m", "klein")
+    assert [row.id for row in alive.reclaim(NOW + 1000)] == [job.id]
+
+
 def test_renewing_keeps_the_claim_and_reports_cancels(database):
     jobs, other = table(database, "a"), table(database, "b")
     job = new_job(jobs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -78,3 +79,21 @@ def test_interleaved_requests_for_three_models_all_succeed_as_alone(catalog):
     with ThreadPoolExecutor(max_workers=6) as pool:
         answers = list(pool.map(lambda name: (name, edit(catalog.url, name, seed="9").json()["data"]), names * 3))
     assert all(data == expected[name] for name, data in answers)
+
+
+def test_a_background_job_runs_on_the_model_it_names(catalog):
+    fields = {"prompt": "make it blue", "size": "64x64", "seed": "5", "num_inference_steps": "3", "model": "flux2-klein"}
+    accepted = httpx.post(
+        f"{catalog.url}/v1/images/edits",
+        files=[("image", gradient_png(64, 64))],
+        data=fields,
+        headers={"Prefer": "respond-async"},
+        timeout=120,
+    )
+    job = accepted.json()
+    assert accepted.status_code == 202 and job["model"] == "flux2-klein"
+    deadline = time.monotonic() + 60
+    while (job := httpx.get(f"{catalog.url}/v1/images/edits/{job['id']}").json())["status"] != "completed":
+        assert time.monotonic() < deadline and job["status"] in ("queued", "in_progress"), job
+        time.sleep(0.05)
+    assert job["model"] == "flux2-klein" and job["data"] == edit(catalog.url, "flux2-klein").json()["data"]
