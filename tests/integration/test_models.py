@@ -82,7 +82,8 @@ def test_interleaved_requests_for_three_models_all_succeed_as_alone(catalog):
 
 
 def test_a_background_job_runs_on_the_model_it_names(catalog):
-    fields = {"prompt": "make it blue", "size": "64x64", "seed": "5", "num_inference_steps": "3", "model": "flux2-klein"}
+    fields = {"prompt": "make it blue", "size": "64x64", "seed": "5", "num_inference_steps": "3"}
+    fields["model"] = "flux2-klein"
     accepted = httpx.post(
         f"{catalog.url}/v1/images/edits",
         files=[("image", gradient_png(64, 64))],
