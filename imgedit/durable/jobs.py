@@ -214,9 +214,11 @@ class JobTable:
 
         A run in progress is asked to stop; it finds its row gone when it ends.
         """
+        if not JOB_ID.fullmatch(job_id):
+            return None
         with self.database.transaction() as db:
             row = db.execute("SELECT images FROM jobs WHERE id = ? AND owner = ?", (job_id, owner)).fetchone()
-            if row is None or not JOB_ID.fullmatch(job_id):
+            if row is None:
                 return None
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         return json.loads(row["images"]) if row["images"] else []

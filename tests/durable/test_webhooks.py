@@ -1,13 +1,12 @@
 import base64
 import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import anyio
 import pytest
 from standardwebhooks.webhooks import Webhook as Verifier
 
+from devtools.webhooks import webhook_receiver
 from imgedit.durable.jobs import Webhook
 from imgedit.durable.webhooks import WebhookSender, check_secret
 from imgedit.errors import RequestError
@@ -33,31 +32,13 @@ def test_a_good_secret_passes():
 
 @pytest.fixture
 def receiver():
-    """A local endpoint that refuses the first ``failures`` deliveries, then records them."""
-    received: list[tuple[dict[str, str], bytes]] = []
-    state = {"failures": 0}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["content-length"]))
-            received.append(({name.lower(): value for name, value in self.headers.items()}, body))
-            status = 503 if state["failures"] > 0 else 204
-            state["failures"] -= 1
-            self.send_response(status)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            return None
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received, state
-    server.shutdown()
+    """A local endpoint that answers 503 to as many deliveries as a test asks, then 204."""
+    with webhook_receiver(refused_status=503, accepted_status=204) as running:
+        yield running
 
 
 def test_an_event_is_delivered_signed_and_verifies(receiver):
-    url, received, _ = receiver
+    url, received = receiver.url, receiver.received
     sender = WebhookSender(SECRET, Fetcher(FetchPolicy(allow_private=True)))
     assert anyio.run(sender.send, Webhook(job_id="edit_1", url=url, event=EVENT, attempts=0))
     [(headers, body)] = received
@@ -69,8 +50,8 @@ def test_an_event_is_delivered_signed_and_verifies(receiver):
 
 
 def test_a_refusing_receiver_or_a_dead_one_is_a_failed_attempt(receiver):
-    url, received, state = receiver
-    state["failures"] = 1
+    url, received = receiver.url, receiver.received
+    receiver.refusals = 1
     sender = WebhookSender(SECRET, Fetcher(FetchPolicy(allow_private=True)))
     webhook = Webhook(job_id="edit_1", url=url, event=EVENT, attempts=0)
     assert not anyio.run(sender.send, webhook)
@@ -81,7 +62,7 @@ def test_a_refusing_receiver_or_a_dead_one_is_a_failed_attempt(receiver):
 
 
 def test_private_targets_are_refused_unless_allowed(receiver):
-    url, received, _ = receiver
+    url, received = receiver.url, receiver.received
     guarded = Fetcher(FetchPolicy())
     with pytest.raises(RequestError) as refused:
         anyio.run(guarded.check_target, url, "webhook_url")

@@ -10,10 +10,8 @@ from __future__ import annotations
 import base64
 import os
 import sqlite3
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -21,6 +19,7 @@ import openai
 import pytest
 from standardwebhooks.webhooks import Webhook as Verifier
 
+from devtools.webhooks import webhook_receiver
 from tests.helpers import gradient_png
 from tests.integration.conftest import API_KEYS, WEBHOOK_SECRET
 
@@ -249,23 +248,8 @@ def test_a_job_that_cannot_stream_or_names_a_forbidden_webhook_is_a_400(server):
 @pytest.fixture
 def receiver():
     """A local endpoint that answers 500 to the first two deliveries, then 200."""
-    received: list[tuple[dict[str, str], bytes]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["content-length"]))
-            received.append(({name.lower(): value for name, value in self.headers.items()}, body))
-            self.send_response(500 if len(received) <= 2 else 200)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            return None
-
-    endpoint = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{endpoint.server_address[1]}/hooks", received
-    endpoint.shutdown()
+    with webhook_receiver(refusals=2) as running:
+        yield running.url, running.received
 
 
 def test_a_webhook_is_signed_and_retried_until_accepted(server, receiver):
