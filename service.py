@@ -36,7 +36,7 @@ from imgedit.serving.startup import (
     claim_devices,
     preflight,
     start_or_stop_server,
-    store_model,
+    store_models,
     traffic,
     worker_count,
 )
@@ -64,8 +64,15 @@ else:
 #: One worker per GPU, each with its own copy of the model and its own queue (per IMGEDIT_*_DEGREE GPUs
 #: with several ranks per edit).
 WORKERS = worker_count(settings)
-#: A model from the BentoML store (IMGEDIT_MODEL=bentoml:TAG), which the Bento carries; None for other sources.
-STORE_MODEL = store_model(settings)
+try:
+    #: Models from the BentoML store (bentoml:TAG in IMGEDIT_MODEL or IMGEDIT_MODELS), which the Bento carries.
+    STORE_MODELS = store_models(settings)
+except StartupError as error:
+    sys.exit(f"imgedit: {error}")
+#: One class attribute per store model, inherited by the service, so that `bentoml build` packs their weights.
+StoreModels = type(
+    "StoreModels", (), {f"weights_{n}": bentoml.models.BentoModel(tag) for n, tag in enumerate(STORE_MODELS)}
+)
 
 
 def this_worker() -> Worker:
@@ -93,12 +100,8 @@ playground_app = create_playground_app(link_origins(settings))
 )
 @bentoml.asgi_app(v1_app, path="/v1")
 @bentoml.asgi_app(playground_app, path=PLAYGROUND_PATH)
-class ImageEdit:
+class ImageEdit(StoreModels):  # type: ignore[misc,valid-type]  # a class made at import time, from the settings
     """OpenAI-compatible image edits (``POST /v1/images/edits``) for diffusers pipelines."""
-
-    if STORE_MODEL is not None:
-        # Declared on the class so that `bentoml build` packs the weights into the Bento.
-        weights = bentoml.models.BentoModel(STORE_MODEL)
 
     @bentoml.on_deployment
     def check_before_workers_start() -> None:
@@ -127,11 +130,11 @@ class ImageEdit:
         self.worker.close()
 
 
-# @bentoml.service made the class a Service, which mypy does not see (it keeps a decorated class's type).
-ImageEdit.add_asgi_middleware(AccessLogMiddleware)  # type: ignore[attr-defined]  # see above
+# @bentoml.service made the class a Service (mypy sees a class of an unknown base, so it checks nothing here).
+ImageEdit.add_asgi_middleware(AccessLogMiddleware)
 if settings.api_key is not None or settings.admin_key is not None:
     # Inside the access-log middleware, so a 401 still carries its request id and access line.
-    ImageEdit.add_asgi_middleware(  # type: ignore[attr-defined]  # a Service, as above
+    ImageEdit.add_asgi_middleware(
         ApiKeyMiddleware,
         keys=parse_keys(settings.api_key.get_secret_value() if settings.api_key else None),
         admin_keys=parse_keys(settings.admin_key.get_secret_value() if settings.admin_key else None),

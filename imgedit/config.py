@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     """Several models behind one endpoint: comma-separated `SOURCE` or `NAME=SOURCE`, each source as
     `IMGEDIT_MODEL` takes it; a request's `model` picks one, and the first serves requests without it. Not with
     `IMGEDIT_MODEL` (see Models)."""
+    resident_models: int | None = Field(None, ge=1, le=64)
+    """With `IMGEDIT_MODELS`: how many stay on the device at once, the others waiting in host memory and swapped
+    in between runs; by default as many as fit (see Models)."""
     family: str | None = Field(None, min_length=1)
     """Forces a family (see Models), for a pipeline class no family lists."""
     lora: str | None = Field(None, min_length=1)

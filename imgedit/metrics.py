@@ -28,11 +28,12 @@ queue_wait = Histogram(
 )
 run_time = Histogram(
     "imgedit_run_seconds",
-    "Time each run took: a request's pipeline calls, or one batched call of fused requests.",
+    "Time each run took: a request's pipeline calls, or one batched call of fused requests; by served model.",
+    ["model"],
     buckets=DURATION_BUCKETS,
 )
 step_time = Histogram("imgedit_step_seconds", "Seconds per denoising step.", buckets=STEP_BUCKETS)
-images = Counter("imgedit_images", "Images produced.")
+images = Counter("imgedit_images", "Images produced, by served model.", ["model"])
 encoding_cache_hits = Counter(
     "imgedit_encoding_cache_hits", "Encodings (of a prompt, or of reference images) found kept from an earlier edit."
 )
@@ -62,6 +63,16 @@ model_parameter_bytes = Gauge(
     " with several models, summed over them.",
     ["component"],
     multiprocess_mode="max",
+)
+model_swaps = Counter(
+    "imgedit_model_swaps",
+    "Served models moved onto the device between runs (IMGEDIT_RESIDENT_MODELS), by the model brought in.",
+    ["model"],
+)
+model_swap_time = Histogram(
+    "imgedit_model_swap_seconds",
+    "Time each swap took: models moved to host memory, then the next one onto the device.",
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60),
 )
 #: The exported names, help texts and labels are what dashboards know: they keep vLLM's word, "adapter".
 loras_loaded = Gauge(

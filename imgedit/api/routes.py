@@ -47,6 +47,8 @@ class ModelCard:
     #: For a LoRA (vLLM's convention): the served model it runs on.
     root: str | None = None
     parent: str | None = None
+    #: For a served model: whether it is on the device now (with several models, the others wait in host memory).
+    on_device: bool | None = None
 
 
 class LoraEndpoints(Protocol):

@@ -1,7 +1,7 @@
 // The imgedit playground: a page that edits images through the server's public API, from the browser.
 //
 // It doubles as an example of calling the API from JavaScript:
-//   * GET  ../v1/models        lists the served model (and tells whether an API key is needed: 401);
+//   * GET  ../v1/models        lists the served models and their LoRAs (and tells whether an API key is needed: 401);
 //   * POST ../v1/images/edits  with multipart form data and stream=true answers with server-sent
 //     events: "image_edit.partial_image" previews, then one "image_edit.completed" per image.
 // EventSource can only GET, so the stream is read with fetch() and parsed here.
@@ -42,6 +42,7 @@
     guidance: $("guidance"),
     seed: $("seed"),
     outputFormat: $("output-format"),
+    model: $("model"),
     lora: $("lora"),
     partialImages: $("partial-images"),
     background: $("background"),
@@ -58,7 +59,7 @@
 
   const state = {
     apiKey: null, // kept in this variable only: never in storage, gone when the tab goes
-    modelId: null,
+    cards: [],
     images: [], // File objects, in the order they are sent
     thumbnailUrls: [],
     runUrls: [], // object URLs of the last run's previews and results
@@ -105,18 +106,26 @@
       ui.modelStatus.textContent = `Could not list the models: ${await apiErrorMessage(response)}`;
       return;
     }
-    const cards = (await response.json()).data;
-    // LoRA adapters are listed as models on top of the served one (their parent).
-    const models = cards.filter((card) => !card.parent).map((card) => card.id);
-    const adapters = cards.filter((card) => card.parent).map((card) => card.id);
-    state.modelId = models[0] ?? null;
-    ui.lora.replaceChildren(new Option("None", ""), ...adapters.map((name) => new Option(name, name)));
-    ui.lora.disabled = adapters.length === 0;
+    state.cards = (await response.json()).data;
+    // LoRA adapters are listed as models on top of the served model they belong to (their parent).
+    const models = state.cards.filter((card) => !card.parent).map((card) => card.id);
+    const adapters = state.cards.filter((card) => card.parent).map((card) => card.id);
+    // The first is the server's default; the others are there when it serves several (IMGEDIT_MODELS).
+    ui.model.replaceChildren(...models.map((name) => new Option(name, name)));
+    ui.model.disabled = models.length < 2;
+    showLoras();
     ui.keyForm.hidden = true;
     ui.keyError.textContent = "";
     ui.apiKey.value = "";
     ui.modelStatus.textContent =
       `Model: ${models.join(", ") || "none"}` + (adapters.length ? `; LoRA adapters: ${adapters.join(", ")}` : "");
+  }
+
+  // The LoRA choices of the chosen model: each adapter belongs to one.
+  function showLoras() {
+    const adapters = state.cards.filter((card) => card.parent && card.parent === ui.model.value);
+    ui.lora.replaceChildren(new Option("None", ""), ...adapters.map((card) => new Option(card.id, card.id)));
+    ui.lora.disabled = adapters.length === 0;
   }
 
   function askForKey(message) {
@@ -377,7 +386,7 @@
 
   async function buildForm(seed) {
     const form = new FormData();
-    if (state.modelId) form.append("model", state.modelId);
+    if (ui.model.value) form.append("model", ui.model.value);
     form.append("prompt", ui.prompt.value);
     for (const file of state.images) form.append("image", file, file.name || "image");
     if (state.maskPainted) form.append("mask", await maskPng(), "mask.png");
@@ -600,6 +609,7 @@
     if (!state.controller) edit();
   });
   ui.cancelButton.addEventListener("click", cancel);
+  ui.model.addEventListener("change", showLoras);
 
   ui.images.addEventListener("change", () => {
     addImages([...ui.images.files]);

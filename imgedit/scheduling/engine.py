@@ -50,6 +50,7 @@ from imgedit.scheduling.jobs import (
     QueueFull,
     Runner,
 )
+from imgedit.scheduling.order import take_next
 from imgedit.scheduling.steps import Previewer, run_failure, step_hook
 
 log = get_logger(__name__)
@@ -88,8 +89,7 @@ class Engine:
         self.max_queue = max_queue
         self.max_batch = max_batch
         self.progress_interval = progress_interval
-        self.previewer = previewer
-        self.prepare = prepare
+        self.own_turn = ModelTurn(prepare=prepare, previewer=previewer, fusable=fusable)
         self.fuses = fusable and max_batch > 1
         self.runner: Runner = runner or InProcess()
         self._waiting: deque[Job] = deque()
@@ -128,7 +128,8 @@ class Engine:
                 single call without previews of a fusable model then may (only
                 with calls that use the same LoRAs).
             loras: the LoRAs its calls run with, handed to ``prepare``.
-            turn: the model it runs on, for an engine of several models: its hooks replace the engine's.
+            turn: the model it runs on, for an engine of several models: its hooks replace the engine's, and
+                a job whose model is on the device may go ahead of others (:mod:`imgedit.scheduling.order`).
 
         Raises:
             QueueFull: ``max_queue`` requests wait already.
@@ -280,7 +281,7 @@ class Engine:
                 if self._urgent:
                     urgent = self._urgent.popleft()
                 elif self._waiting:
-                    batch = [self._waiting.popleft()]
+                    batch = [take_next(self._waiting)]
                     batch += self._take_fusable(batch[0])
                     metrics.queue_depth.set(len(self._waiting))
                 else:
@@ -345,7 +346,8 @@ class Engine:
             metrics.runs_in_flight.dec()
             self._current = None
         elapsed = time.monotonic() - started
-        metrics.run_time.observe(elapsed)
+        model = self._turn(batch[0]).name
+        metrics.run_time.labels(model).observe(elapsed)
         if not any(isinstance(result, BaseException) for result in results):
             self._recent_runs.append(elapsed)  # stopped runs would make the wait look short
         with self._condition:
@@ -356,7 +358,7 @@ class Engine:
             if isinstance(result, BaseException):
                 job.settle(error=result)
             else:
-                metrics.images.inc(len(result))
+                metrics.images.labels(model).inc(len(result))
                 job.settle(images=result)
 
     def _run_job(self, job: Job) -> list[Image.Image] | BaseException:
@@ -385,10 +387,13 @@ class Engine:
             return [failure for _ in batch]
         return [[image] for image in images]
 
+    def _turn(self, job: Job) -> ModelTurn:
+        return job.turn if job.turn is not None else self.own_turn
+
     def _prepare(self, job: Job) -> None:
-        prepare = job.turn.prepare if job.turn is not None else self.prepare
+        prepare = self._turn(job).prepare
         if prepare is not None:
             prepare(job.loras)
 
     def _previewer(self, job: Job) -> Previewer | None:
-        return job.turn.previewer if job.turn is not None else self.previewer
+        return self._turn(job).previewer

@@ -44,15 +44,19 @@ class ModelTurn:
     """What the engine needs of the model a job runs on, when one engine serves several models.
 
     Attributes:
+        name: the model's served name (the ``model`` label of the run metrics).
         prepare: makes the model ready on the engine thread before the run (its LoRAs switched, the model
             on the device), given the job's LoRAs.
         previewer: decodes its latents into previews (the model's family's).
         fusable: whether its calls may be fused into batches.
+        ready: whether a run could start without moving the model onto the device first (None: always).
     """
 
+    name: str = ""
     prepare: Callable[[Loras], None] | None = None
     previewer: Callable[[PipelineCall, Any], list[Image.Image]] | None = None
     fusable: bool = False
+    ready: Callable[[], bool] | None = None
 
 
 class DeadlineExceeded(Exception):
@@ -107,6 +111,8 @@ class Job:
     #: Whether the engine took it from the queue, and how many of its calls have finished.
     started: bool = False
     calls_done: int = 0
+    #: Later jobs that went ahead of it (see :mod:`imgedit.scheduling.order`).
+    overtaken: int = 0
     #: The model it runs on, for an engine of several models (None: the engine's own hooks).
     turn: ModelTurn | None = None
     #: Set by the engine: takes a cancelled job out of the queue at once.

@@ -2,7 +2,8 @@
 
 Every entry is served as if it were the server's only model: its settings are
 the server's with ``IMGEDIT_MODEL`` and ``IMGEDIT_SERVED_MODEL_NAME`` replaced
-by the entry's source and name. Problems are one line naming ``IMGEDIT_MODELS``
+by the entry's source and name, and ``IMGEDIT_LORA_ADAPTERS`` by the LoRAs
+written for it. Problems are one line naming ``IMGEDIT_MODELS``
 and the entry.
 """
 
@@ -11,8 +12,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from imgedit import metrics
 from imgedit.config import Settings
+from imgedit.edit import Loras
 from imgedit.errors import StartupError
+from imgedit.logs import get_logger
+from imgedit.lora.registry import LoraRegistry
+from imgedit.scheduling.jobs import ModelTurn
+from imgedit.serving.recipe import ModelRecipe, PreparedModel, prepare_model
+from imgedit.weights.memory import MemoryPlanError, available_bytes, gib
+from imgedit.weights.residency import Residency, plan_residency
+
+log = get_logger(__name__)
 
 #: A served name: what a client sends as ``model`` (no comma, no ``=``, no spaces around it).
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,255}")
@@ -64,24 +75,155 @@ def _entry(written: str) -> ModelEntry:
     return ModelEntry(name, source)
 
 
-def entry_settings(settings: Settings, entry: ModelEntry) -> Settings:
-    """The settings that serve ``entry``: the server's, with its source and name."""
-    return settings.model_copy(update={"model": entry.source, "served_model_name": entry.name, "models": None})
+def served_settings(settings: Settings) -> list[Settings]:
+    """The settings that serve each model, the default's first: the server's, with the model's source, name and
+    LoRAs (see :func:`model_entries`).
+
+    Raises:
+        StartupError: naming ``IMGEDIT_MODELS`` or ``IMGEDIT_LORA_ADAPTERS`` and the entry at fault.
+    """
+    entries = model_entries(settings)
+    if settings.models is None:
+        return [settings]
+    loras = _loras_by_model(settings.lora_adapters, entries)
+    return [
+        settings.model_copy(
+            update={
+                "model": entry.source,
+                "served_model_name": entry.name,
+                "models": None,
+                "lora_adapters": ",".join(loras[entry.name]) or None,
+            }
+        )
+        for entry in entries
+    ]
 
 
-def check_several(settings: Settings) -> None:
-    """Refuse what several models cannot share yet: settings that describe one model's weights or ranks.
+def _loras_by_model(written: str | None, entries: list[ModelEntry]) -> dict[str, list[str]]:
+    """``IMGEDIT_LORA_ADAPTERS`` shared out: ``MODEL/NAME=SOURCE`` attaches to model ``MODEL``, ``NAME=SOURCE`` to
+    the default. (A LoRA's name has no ``/``, so the last one before ``=`` ends the model's name.)"""
+    loras: dict[str, list[str]] = {entry.name: [] for entry in entries}
+    seen: set[str] = set(loras)
+    for item in (part.strip() for part in (written or "").split(",") if part.strip()):
+        left = item.partition("=")[0].strip()
+        model, slash, name = left.rpartition("/")
+        model = model if slash else entries[0].name
+        if model not in loras:
+            raise StartupError(
+                f"IMGEDIT_LORA_ADAPTERS: {item!r} is for {model!r}, which IMGEDIT_MODELS does not serve; "
+                f"served: {', '.join(loras)}"
+            )
+        if name in seen:
+            raise StartupError(
+                f"IMGEDIT_LORA_ADAPTERS: the name {name!r} is taken (by a model or another adapter); each adapter "
+                "needs a name of its own, since a request's model may name it"
+            )
+        seen.add(name)
+        loras[model].append(item[len(left) - len(name) :].lstrip() if slash else item)
+    return loras
+
+
+def check_several(settings: Settings, models: int) -> None:
+    """Refuse what several models cannot share yet: settings that describe one model's weights or ranks; and
+    ``IMGEDIT_RESIDENT_MODELS`` beyond the ``models`` served.
 
     Raises:
         StartupError: naming the setting.
     """
+    resident = settings.resident_models
+    if resident is not None and resident > models:
+        served = "one model is served (IMGEDIT_MODEL)" if models == 1 else f"only {models} models are served"
+        raise StartupError(f"IMGEDIT_RESIDENT_MODELS={resident}: {served}")
+    if models == 1:
+        return
     refused = {
         "IMGEDIT_LORA": settings.lora is not None,
         "IMGEDIT_FAMILY": settings.family is not None,
         "IMGEDIT_TRANSFORMER": settings.transformer is not None,
         "IMGEDIT_DEVICE_MAP": settings.device_map != "none",
+        "IMGEDIT_OFFLOAD (the models are swapped whole instead: IMGEDIT_RESIDENT_MODELS)": settings.offload != "none",
         "IMGEDIT_*_DEGREE and IMGEDIT_CFG_PARALLEL": settings.ranks_per_edit > 1,
     }
     for name, set_here in refused.items():
         if set_here:
             raise StartupError(f"IMGEDIT_MODELS: not with {name}, which describes one model (serve it alone)")
+
+
+def load_others(served: list[Settings], first: PreparedModel, slot: int) -> tuple[list[PreparedModel], Residency]:
+    """Load the models after the first, and decide which stay on the device.
+
+    Each loads on the device alone, the ones before it waiting in host memory,
+    so that the loader's memory plan checks it there; then :func:`plan_residency`
+    decides how many fit at once and the first of them go back.
+
+    Args:
+        served: every model's settings, the default's first.
+        first: the default model, loaded on the device.
+
+    Raises:
+        StartupError: naming ``IMGEDIT_MODELS`` (and the model) or ``IMGEDIT_RESIDENT_MODELS``.
+    """
+    residency = Residency(first.loaded.device, on_swap=_count_swap)
+    models = [first]
+    sizes: dict[str, int] = {}
+    try:
+        for settings in served:
+            if settings is not served[0]:
+                models.append(_prepare_other(settings, slot))
+            model, name = models[-1], settings.served_name
+            sizes[name] = sum(model.loaded.parameter_bytes.values())
+            residency.add(name, model.loaded.pipeline)
+            residency.park(name, sizes[name])
+        device, settings = first.loaded.device, served[0]
+        budget = settings.memory_budget_gib
+        available = available_bytes(device, budget) if device.type != "cpu" or budget is not None else None
+        try:
+            plan = plan_residency(sizes, wanted=settings.resident_models, available=available, where=str(device))
+        except MemoryPlanError as error:
+            if settings.memory_check:
+                raise
+            log.warning("memory check off (IMGEDIT_MEMORY_CHECK=false): %s", error)
+            plan = plan_residency(sizes, wanted=settings.resident_models or 1, available=None, where=str(device))
+    except MemoryPlanError as error:
+        message = str(error)
+        raise StartupError(message if message.startswith("IMGEDIT_") else f"IMGEDIT_MODELS: {message}") from None
+    residency.keep(plan.slots, list(sizes))
+    log.info(
+        "%d of %d models on %s at once (about %s at worst); the others wait in host memory",
+        plan.slots,
+        len(sizes),
+        device,
+        gib(plan.device_need),
+    )
+    return models[1:], residency
+
+
+def model_turn(name: str, model: PreparedModel, loras: LoraRegistry, residency: Residency | None) -> ModelTurn:
+    """What the engine needs of served model ``name``: before each run it is brought onto the device (with
+    several models), then its LoRAs are switched."""
+    if residency is None:
+        family = model.family
+        return ModelTurn(name=name, prepare=loras.activate, previewer=family.preview, fusable=family.fusable)
+
+    def prepare(chosen: Loras) -> None:
+        residency.bring(name)
+        loras.activate(chosen)
+
+    def ready() -> bool:
+        return residency.on_device(name)
+
+    family = model.family
+    return ModelTurn(name=name, prepare=prepare, previewer=family.preview, fusable=family.fusable, ready=ready)
+
+
+def _prepare_other(settings: Settings, slot: int) -> PreparedModel:
+    """Another model of ``IMGEDIT_MODELS``, loaded beside the default; its failures name it."""
+    try:
+        return prepare_model(ModelRecipe.from_settings(settings), slot)
+    except StartupError as error:
+        raise StartupError(f"IMGEDIT_MODELS: {settings.served_name}: {error}") from None
+
+
+def _count_swap(name: str, seconds: float) -> None:
+    metrics.model_swaps.labels(name).inc()
+    metrics.model_swap_time.observe(seconds)

@@ -1,7 +1,8 @@
 """Several models on one worker (``IMGEDIT_MODELS``): which model's handler answers a request, and the handlers
 of the models beside the default.
 
-A request goes to the model its ``model`` field names, else to the default (the first).
+A request goes to the model its ``model`` field names (or the model of the adapter it names), else to the
+default (the first).
 
 The field is read from the body before it is parsed, so that the request is
 parsed by the handler of the model it is for (each model has its own limits,
@@ -11,19 +12,24 @@ parser answers with a 400 naming ``model`` and listing every served model.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from imgedit.api.multipart import Form
 from imgedit.config import Settings
+from imgedit.errors import StartupError
 from imgedit.logs import get_logger
 from imgedit.lora.admin import LoraAdmin
 from imgedit.lora.registry import LoraRegistry
+from imgedit.lora.sources import LoraError, parse_named_loras
 from imgedit.media.fetch import Fetcher
 from imgedit.scheduling.engine import Engine
 from imgedit.scheduling.jobs import ModelTurn
+from imgedit.serving.catalog import model_turn
 from imgedit.serving.handler import EditHandler
 from imgedit.serving.recipe import PreparedModel
 from imgedit.serving.storage import Storage
+from imgedit.weights.residency import Residency
 
 log = get_logger(__name__)
 
@@ -53,22 +59,47 @@ class ModelRouter:
                 return self.default
         else:
             named = body.get("model")
-        return self._by_name.get(named, self.default) if isinstance(named, str) else self.default
+        if not isinstance(named, str):
+            return self.default
+        # A served name, else an adapter's name (each adapter belongs to one model).
+        found = self._by_name.get(named)
+        return found or next((each for each in self.handlers if each.loras.has(named)), self.default)
 
 
 def other_handler(
-    settings: Settings, model: PreparedModel, engine: Engine, fetcher: Fetcher, storage: Storage
+    settings: Settings,
+    model: PreparedModel,
+    engine: Engine,
+    fetcher: Fetcher,
+    storage: Storage,
+    residency: Residency | None = None,
 ) -> EditHandler:
-    """Warm up another model of ``IMGEDIT_MODELS`` on the shared engine and build its handler.
+    """Warm up another model of ``IMGEDIT_MODELS`` on the shared engine, load its adapters, and build its handler.
 
-    Per-request LoRAs and speed tiers are the default model's.
+    Its adapters are those of ``IMGEDIT_LORA_ADAPTERS`` written ``MODEL/NAME=SOURCE`` for it; the load endpoint,
+    ``IMGEDIT_LORA_DIR`` paths and speed tiers are the default model's.
+
+    Raises:
+        StartupError: one of its adapters does not load.
     """
     loaded, family = model.loaded, model.family
-    refusal = "per-request adapters run on the default model, the first of IMGEDIT_MODELS"
-    loras = LoraRegistry(loaded.pipeline, max_loras=settings.max_loras, always_on=loaded.always_on, refusal=refusal)
+    loras = LoraRegistry(loaded.pipeline, max_loras=settings.max_loras, always_on=loaded.always_on)
+    turn = model_turn(settings.served_name, model, loras, residency)
+    prepare_now(engine, turn)
     for plan in family.warmup_plans():
         engine.run_now(plan.calls)
+    for name, spec in parse_named_loras(settings.lora_adapters or ""):
+        try:
+            engine.between_runs(functools.partial(loras.load, name, spec)).result()
+        except LoraError as error:
+            raise StartupError(f"IMGEDIT_LORA_ADAPTERS: {settings.served_name}/{error}") from None
     log.info("also serving %s as %r (family %s)", loaded.model_id, settings.served_name, family.name)
     handler = EditHandler(settings, family, engine, fetcher, LoraAdmin(loras, engine, None), None, storage)
-    handler.turn = ModelTurn(prepare=loras.activate, previewer=family.preview, fusable=family.fusable)
+    handler.turn = turn
     return handler
+
+
+def prepare_now(engine: Engine, turn: ModelTurn) -> None:
+    """Make ``turn``'s model ready (on the device, no adapter on) before the next run; for its warm-ups."""
+    if turn.prepare is not None:
+        engine.between_runs(functools.partial(turn.prepare, ())).result()

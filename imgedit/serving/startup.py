@@ -33,18 +33,18 @@ from imgedit.ranks.group import RankGroup, RankSetup, RankStartupError, claim_gp
 from imgedit.ranks.plans import ParallelError, RankLayout, check_layout
 from imgedit.scheduling.capacity import replica_concurrency
 from imgedit.scheduling.engine import Engine
-from imgedit.scheduling.jobs import ModelTurn
 from imgedit.serving.background import Background
 from imgedit.serving.bentoml_seam import arrange_exit_status, stop_server
-from imgedit.serving.catalog import check_several, entry_settings, model_entries
+from imgedit.serving.catalog import check_several, load_others, model_turn, served_settings
 from imgedit.serving.handler import EditHandler
 from imgedit.serving.options import acceleration_options, fetch_policy, load_options, rank_layout
 from imgedit.serving.presets import PresetError, Presets, check_presets, load_presets, tier_levers
 from imgedit.serving.recipe import ModelRecipe, PreparedModel, prepare_family, prepare_model
-from imgedit.serving.routing import ModelRouter, other_handler
+from imgedit.serving.routing import ModelRouter, other_handler, prepare_now
 from imgedit.serving.storage import check_storage, open_storage
 from imgedit.serving.worker import Worker
 from imgedit.weights.loader import check_placement, check_source
+from imgedit.weights.residency import Residency
 from imgedit.weights.sources import BENTOML_PREFIX, ModelLoadError
 
 log = get_logger(__name__)
@@ -69,11 +69,9 @@ def check_settings(settings: Settings) -> None:
     Raises:
         StartupError: naming the variable at fault.
     """
-    entries = model_entries(settings)
-    served = [entry_settings(settings, entry) for entry in entries] if settings.models else [settings]
+    served = served_settings(settings)
     settings = served[0]
-    if len(served) > 1:
-        check_several(settings)
+    check_several(settings, len(served))
     try:
         device = pick_device(settings.device)
         check_options(acceleration_options(settings), device)
@@ -82,6 +80,7 @@ def check_settings(settings: Settings) -> None:
                 check_source(load_options(other), device)
             except ModelLoadError as error:
                 raise StartupError(f"IMGEDIT_MODELS: {other.served_name}: {error}") from None
+            _check_loras(other)
         load = load_options(settings)
         check_placement(load, device)
         if settings.device_map != "none" and (settings.workers or 1) > 1:
@@ -131,9 +130,15 @@ def claim_devices(settings: Settings, index: int) -> None:
     claim_gpus(settings.ranks_per_edit, settings.device, index)
 
 
-def store_model(settings: Settings) -> str | None:
-    """The tag of the BentoML store model ``IMGEDIT_MODEL`` names (``bentoml:TAG``), which a Bento carries."""
-    return settings.model.removeprefix(BENTOML_PREFIX) if settings.model.startswith(BENTOML_PREFIX) else None
+def store_models(settings: Settings) -> list[str]:
+    """The tags of the BentoML store models ``IMGEDIT_MODEL`` or ``IMGEDIT_MODELS`` names (``bentoml:TAG``), which
+    a Bento carries.
+
+    Raises:
+        StartupError: ``IMGEDIT_MODELS`` does not parse.
+    """
+    sources = [served.model for served in served_settings(settings)]
+    return [source.removeprefix(BENTOML_PREFIX) for source in sources if source.startswith(BENTOML_PREFIX)]
 
 
 def traffic(settings: Settings, workers: int, grace: float) -> dict[str, Any]:
@@ -170,7 +175,7 @@ def start_worker(settings: Settings, index: int = 0) -> Worker:
         Exception: anything unexpected (a failed warm-up, for instance).
     """
     started = time.monotonic()
-    served = [entry_settings(settings, entry) for entry in model_entries(settings)]
+    served = served_settings(settings)
     settings = served[0]  # the default model's
     try:
         device = pick_device(settings.device)
@@ -188,22 +193,15 @@ def start_worker(settings: Settings, index: int = 0) -> Worker:
         model = prepare_model(recipe, slot, ranks.loaded if ranks else None)
         if ranks is not None:
             ranks.attach(model.family)
-        others = [(each, _prepare_other(each, slot)) for each in served[1:]]
-        return _serve(settings, index, started, model, layout, ranks, others)
+        others, residency = load_others(served, model, slot) if len(served) > 1 else ([], None)
+        paired = list(zip(served[1:], others, strict=True))
+        return _serve(settings, index, started, model, layout, ranks, paired, residency)
     except BaseException as error:
         if ranks is not None:
             ranks.close(kill=True)
         if isinstance(error, RankStartupError):
             raise StartupError(str(error)) from None
         raise
-
-
-def _prepare_other(settings: Settings, slot: int) -> PreparedModel:
-    """Another model of ``IMGEDIT_MODELS``, loaded beside the default; its failures name it."""
-    try:
-        return prepare_model(ModelRecipe.from_settings(settings), slot)
-    except StartupError as error:
-        raise StartupError(f"IMGEDIT_MODELS: {settings.served_name}: {error}") from None
 
 
 def rank_setup(settings: Settings, recipe: ModelRecipe, layout: RankLayout) -> RankSetup:
@@ -225,8 +223,10 @@ def _serve(
     layout: RankLayout,
     ranks: RankGroup | None,
     others: list[tuple[Settings, PreparedModel]],
+    residency: Residency | None,
 ) -> Worker:
-    """Warm up the prepared models and build the worker serving them (the default model, then ``others``)."""
+    """Warm up the prepared models and build the worker serving them (the default model, then ``others``, all on
+    the device or swapped in by ``residency``)."""
     loaded, family = model.loaded, model.family
     # Per-request LoRAs switch on this process's model alone, so they need one rank per edit.
     refusal = None
@@ -242,6 +242,8 @@ def _serve(
         prepare=loras.activate,
         runner=ranks,
     )
+    turn = model_turn(settings.served_name, model, loras, residency)
+    prepare_now(engine, turn)  # on the device, for the warm-ups
     presets = _presets(settings, family, layout)  # before the LoRA commands: it switches the step cache here
     lora_admin = _lora_admin(settings, loras, engine, index)
     try:
@@ -279,9 +281,9 @@ def _serve(
     fetcher = Fetcher(fetch_policy(settings))
     storage = open_storage(settings, fetcher)
     handler = EditHandler(settings, family, engine, fetcher, lora_admin, presets, storage)
-    handler.turn = ModelTurn(prepare=loras.activate, previewer=family.preview, fusable=family.fusable)
+    handler.turn = turn
     served = [(model, handler)] + [
-        (other, other_handler(each, other, engine, fetcher, storage)) for each, other in others
+        (other, other_handler(each, other, engine, fetcher, storage, residency)) for each, other in others
     ]
     storage.jobs.models = tuple(each.settings.served_name for _, each in served)
     names = tuple(name for _, each in served for name in each.limits.model_names)
@@ -297,6 +299,7 @@ def _serve(
         background=background,
         ranks=layout.ranks,
         others=served[1:],
+        residency=residency,
     )
 
 

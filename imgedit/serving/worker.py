@@ -29,6 +29,7 @@ from imgedit.serving.background import Background
 from imgedit.serving.front import Front
 from imgedit.serving.handler import EditHandler
 from imgedit.serving.recipe import PreparedModel
+from imgedit.weights.residency import Residency
 
 
 class Worker:
@@ -43,6 +44,7 @@ class Worker:
         ranks: the processes that run each edit together.
         others: the other served models (``IMGEDIT_MODELS``), each prepared and with its handler, which share
             the engine; the first model is the default.
+        residency: which of the models are on the device (None: with one model, it always is).
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class Worker:
         background: Background | None = None,
         ranks: int = 1,
         others: Sequence[tuple[PreparedModel, EditHandler]] = (),
+        residency: Residency | None = None,
     ) -> None:
         self.model = model
         self.engine = engine
@@ -62,9 +65,10 @@ class Worker:
         self.background = background
         self.front = Front(background.router, background) if background is not None else None
         self.lora_admin: LoraAdmin = handler.lora_admin
-        created = int(time.time())
-        self.card = ModelCard(id=served_name, created=created)
-        self.other_cards = [ModelCard(id=other.settings.served_name, created=created) for _, other in others]
+        self.residency = residency
+        self.created = int(time.time())
+        self.card = ModelCard(id=served_name, created=self.created)
+        self.served = [handler, *(other for _, other in others)]
         _export_model_metrics([(served_name, model), *((other.settings.served_name, each) for each, other in others)])
         metrics.parallel_degree.set(ranks)
 
@@ -90,11 +94,17 @@ class Worker:
         return self.background
 
     def models(self) -> list[ModelCard]:
-        """``GET /v1/models``: the served models, then every LoRA as a model of its own on top of the default."""
-        return [self.card, *self.other_cards] + [
-            ModelCard(id=entry.name, created=entry.created, root=self.card.id, parent=self.card.id)
-            for entry in self.lora_admin.registry.registered()
-        ]
+        """``GET /v1/models``: the served models, each saying whether it is on the device now, then every LoRA as a
+        model of its own on top of the model it belongs to."""
+        names = [handler.settings.served_name for handler in self.served]
+        on_device = set(names if self.residency is None else self.residency.resident())
+        cards = [ModelCard(id=name, created=self.created, on_device=name in on_device) for name in names]
+        for name, handler in zip(names, self.served, strict=True):
+            cards += [
+                ModelCard(id=entry.name, created=entry.created, root=name, parent=name)
+                for entry in handler.loras.registered()
+            ]
+        return cards
 
     async def load_lora(self, name: Any, path: Any, scale: Any = 1.0) -> dict[str, Any]:
         """``POST /v1/load_lora_adapter`` on every worker.

@@ -43,10 +43,10 @@ def kubectl() -> str:
 
 
 @functools.cache
-def render(overlay: str) -> tuple[dict[str, Any], ...]:
-    """The objects ``kubectl kustomize`` makes of ``deploy/kubernetes/overlays/<overlay>``, offline."""
+def render(overlay: str, folder: str = "overlays") -> tuple[dict[str, Any], ...]:
+    """The objects ``kubectl kustomize`` makes of ``deploy/kubernetes/<folder>/<overlay>``, offline."""
     completed = subprocess.run(
-        [kubectl(), "kustomize", str(KUBERNETES / "overlays" / overlay)], capture_output=True, text=True, timeout=120
+        [kubectl(), "kustomize", str(KUBERNETES / folder / overlay)], capture_output=True, text=True, timeout=120
     )
     assert completed.returncode == 0, completed.stderr
     return tuple(document for document in yaml.safe_load_all(completed.stdout) if document)

@@ -6,7 +6,9 @@ import base64
 
 import pytest
 
+from devtools.lora_files import write_lora
 from devtools.server import start_server, stop
+from imgedit.model.tiny import build_tiny
 
 #: The keys of the shared server that wants one (tests/integration/test_api_keys.py, the playground's key prompt).
 API_KEYS = ("sk-first-4b1d", "sk-second-9c2e")
@@ -62,11 +64,24 @@ FAMILIES = {
 }
 
 
+#: Models of the catalog server on the device at once.
+CATALOG_RESIDENT = 2
+
+
 @pytest.fixture(scope="session")
 def catalog(tmp_path_factory):
-    """One server of every tiny family (``IMGEDIT_MODELS``), each under its family's name, the default first."""
+    """One server of every tiny family (``IMGEDIT_MODELS``), each under its family's name, the default first; two
+    of them on the device at once (:data:`CATALOG_RESIDENT`), and the adapter ``anime`` on ``flux2-klein``."""
+    directory = tmp_path_factory.mktemp("catalog")
+    anime = write_lora(build_tiny("tiny:flux2-klein").pipeline, directory / "anime", seed=3)
     models = ",".join(f"{served}=tiny:{tiny}" for tiny, (served, _, _) in FAMILIES.items())
     # IMGEDIT_MODEL empty: unset (the test servers set it by default, and the two are not set together).
-    running = start_server(tmp_path_factory.mktemp("catalog"), IMGEDIT_MODEL="", IMGEDIT_MODELS=models)
+    running = start_server(
+        directory,
+        IMGEDIT_MODEL="",
+        IMGEDIT_MODELS=models,
+        IMGEDIT_RESIDENT_MODELS=str(CATALOG_RESIDENT),
+        IMGEDIT_LORA_ADAPTERS=f"flux2-klein/anime={anime}",
+    )
     yield running
     stop(running.process)

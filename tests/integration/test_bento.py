@@ -47,6 +47,11 @@ def build_bento(environment: dict[str, str], *build_arguments: str) -> str:
     return re.search(r"(imgedit:[a-z0-9]+)", built.stdout).group(1)
 
 
+#: The store models the Bento serves (IMGEDIT_MODELS), the first the default.
+STORED = ("tiny-ip2p", "tiny-ip2p-copy")
+MODELS_ARGUMENT = "models=" + ",".join(f"bentoml:{name}" for name in STORED)
+
+
 @pytest.fixture(scope="module")
 def bento(tmp_path_factory):
     from imgedit.model.tiny import build_tiny
@@ -56,15 +61,16 @@ def bento(tmp_path_factory):
     build_tiny("tiny:instruct-pix2pix").pipeline.save_pretrained(saved)
     environment = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1"}
     environment = {key: value for key, value in environment.items() if not key.startswith("IMGEDIT_")}
-    imported = subprocess.run(
-        [str(BIN / "imgedit"), "import-model", str(saved), "--name", "tiny-ip2p", "--quiet"],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert imported.returncode == 0, imported.stderr
-    return home, build_bento(environment, "--arg", "model=bentoml:tiny-ip2p")
+    for name in STORED:
+        imported = subprocess.run(
+            [str(BIN / "imgedit"), "import-model", str(saved), "--name", name, "--quiet"],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert imported.returncode == 0, imported.stderr
+    return home, build_bento(environment, "--arg", MODELS_ARGUMENT)
 
 
 def test_the_bento_carries_the_model_its_arguments_and_only_the_sources(bento):
@@ -73,8 +79,8 @@ def test_the_bento_carries_the_model_its_arguments_and_only_the_sources(bento):
     root = home / "bentos" / name / version
     info = yaml.safe_load((root / "bento.yaml").read_text())
     (service,) = info["services"]
-    assert [model["tag"].split(":")[0] for model in service["models"]] == ["tiny-ip2p"]
-    assert info["args"] == {"model": "bentoml:tiny-ip2p"}
+    assert sorted(model["tag"].split(":")[0] for model in service["models"]) == list(STORED)
+    assert info["args"] == {"models": MODELS_ARGUMENT.removeprefix("models=")}
     sources = {path.relative_to(root / "src").parts[0] for path in (root / "src").rglob("*")}
     assert sources == {"service.py", "imgedit", "README.md", "bentofile.yaml", "deploy"}
     # Of the deployment files, only the speed-tier examples, which IMGEDIT_PRESETS may name inside the Bento.
@@ -112,7 +118,8 @@ def test_serving_the_tag_answers_the_spec_curl_example(bento, tmp_path):
         image = wait_for_image(tmp_path / "gift-basket.png")
         assert isinstance(image, Image.Image) and image.size == (256, 256)
         assert "x-request-id" in completed.stderr.lower()
-        assert "serving bentoml:tiny-ip2p" in server.log()
+        assert "serving bentoml:tiny-ip2p as 'tiny-ip2p'" in server.log()
+        assert "also serving bentoml:tiny-ip2p-copy" in server.log()
         assert httpx.get(f"{server.url}/playground/playground.js").headers["content-type"].startswith("text/javascript")
     finally:
         stop(server.process)

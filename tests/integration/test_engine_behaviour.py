@@ -189,16 +189,17 @@ def test_metrics_after_traffic(slow_server):
     assert [edit(slow_server.url).status_code for _ in range(5)] == [200] * 5
     assert edit(slow_server.url, prompt=OOM_PROMPT).status_code == 503
     text = httpx.get(f"{slow_server.url}/metrics").text
-    for name in ("imgedit_queue_depth", "imgedit_runs_in_flight", "imgedit_images_total"):
+    for name in ("imgedit_queue_depth", "imgedit_runs_in_flight"):
         assert metric(text, name) >= 0
-    assert metric(text, "imgedit_images_total") >= 5
+    served = '{model="qwen-image-edit-plus"}'  # runs and images by served model
+    assert metric(text, "imgedit_images_total", served) >= 5
     assert metric(text, "imgedit_denoiser_calls_total") >= 5 * 2 * 2  # 2 steps, each guided: 2 calls
     # The same picture and prompts each time: from the second edit on, the prompt, the negative prompt and the
     # picture's VAE encoding are found kept.
     assert metric(text, "imgedit_encoding_cache_hits_total") >= 4 * 3
     assert metric(text, "imgedit_encoding_cache_misses_total") >= 3
     assert metric(text, "imgedit_queue_wait_seconds_bucket", '{le="600.0"}') >= 5
-    assert metric(text, "imgedit_run_seconds_bucket", '{le="600.0"}') >= 5
+    assert metric(text, "imgedit_run_seconds_bucket", '{le="600.0",model="qwen-image-edit-plus"}') >= 5
     assert metric(text, "imgedit_step_seconds_count") >= 5  # a 2-step edit times its second step only
     assert metric(text, "imgedit_rejections_total", '{reason="out_of_memory"}') >= 1
     info = re.search(r"^imgedit_model_info\{(.*)\} 1\.0$", text, re.M)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,7 +12,7 @@ import pytest
 
 from devtools.server import start_server, stop
 from tests.helpers import gradient_png
-from tests.integration.conftest import FAMILIES
+from tests.integration.conftest import CATALOG_RESIDENT, FAMILIES
 
 pytestmark = pytest.mark.integration
 
@@ -52,9 +53,11 @@ def test_a_request_without_model_goes_to_the_first(catalog):
     assert edit(catalog.url, None).json()["data"] == edit(catalog.url, first).json()["data"]
 
 
-def test_the_model_list_has_every_model_and_the_sdk_picks_one(catalog):
-    listed = [card["id"] for card in httpx.get(f"{catalog.url}/v1/models").json()["data"]]
-    assert listed == [served for served, _, _ in FAMILIES.values()]
+def test_the_model_list_has_every_model_then_the_loras_and_the_sdk_picks_one(catalog):
+    cards = httpx.get(f"{catalog.url}/v1/models").json()["data"]
+    assert [card["id"] for card in cards] == [served for served, _, _ in FAMILIES.values()] + ["anime"]
+    assert sum(card["on_device"] is True for card in cards) == CATALOG_RESIDENT
+    assert (cards[-1]["parent"], cards[-1]["on_device"]) == ("flux2-klein", None)
     client = openai.OpenAI(base_url=f"{catalog.url}/v1", api_key="unused")
     for served in ("flux2-klein", "instruct-pix2pix"):
         answer = client.images.edit(
@@ -73,12 +76,47 @@ def test_an_unknown_model_is_a_400_listing_every_model(catalog):
     assert all(repr(served) in error["message"] for served, _, _ in FAMILIES.values())
 
 
-def test_interleaved_requests_for_three_models_all_succeed_as_alone(catalog):
+def swaps(url: str) -> dict[str, float]:
+    """``imgedit_model_swaps_total`` by model."""
+    text = httpx.get(f"{url}/metrics").text
+    found = re.findall(r'^imgedit_model_swaps_total\{model="([^"]+)"\} (\S+)$', text, re.M)
+    return {model: float(value) for model, value in found}
+
+
+def test_interleaved_requests_for_three_models_all_succeed_as_alone_and_swap(catalog):
+    """Three models, two on the device at once: interleaved concurrent requests swap models in, and every image is
+    the one each model gives alone."""
     names = [FAMILIES[tiny][0] for tiny in COMPARED]
     expected = {name: edit(catalog.url, name, seed="9").json()["data"] for name in names}
+    before = swaps(catalog.url)
     with ThreadPoolExecutor(max_workers=6) as pool:
         answers = list(pool.map(lambda name: (name, edit(catalog.url, name, seed="9").json()["data"]), names * 3))
     assert all(data == expected[name] for name, data in answers)
+    after = swaps(catalog.url)
+    assert sum(after.values()) > sum(before.values())
+    assert set(after) >= set(names)
+    assert catalog.wait_for_log("swapped in ")
+
+
+def test_a_lora_belongs_to_its_model_and_naming_it_picks_that_model(catalog):
+    plain = edit(catalog.url, "flux2-klein").json()["data"]
+    through_model = edit(catalog.url, "anime").json()["data"]
+    assert through_model != plain
+    chosen = httpx.post(
+        f"{catalog.url}/v1/images/edits",
+        files=[("image", gradient_png(64, 64))],
+        data={"prompt": "make it blue", "size": "64x64", "seed": "5", "num_inference_steps": "3"}
+        | {"model": "flux2-klein", "lora": "anime"},
+        timeout=120,
+    )
+    assert chosen.json()["data"] == through_model
+    elsewhere = httpx.post(
+        f"{catalog.url}/v1/images/edits",
+        files=[("image", gradient_png(64, 64))],
+        data={"prompt": "p", "size": "64x64", "model": "qwen-image-edit-plus", "lora": "anime"},
+        timeout=120,
+    )
+    assert elsewhere.status_code == 400 and elsewhere.json()["error"]["param"] == "lora"
 
 
 def test_a_background_job_runs_on_the_model_it_names(catalog):

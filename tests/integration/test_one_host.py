@@ -42,7 +42,7 @@ def scrape(server: Server) -> str:
 
 
 def images_made(text: str) -> float:
-    match = re.search(r"^imgedit_images_total (\S+)$", text, re.M)
+    match = re.search(r"^imgedit_images_total\{model=\"[^\"]+\"\} (\S+)$", text, re.M)
     return float(match.group(1)) if match else 0.0
 
 

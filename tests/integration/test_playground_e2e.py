@@ -23,7 +23,7 @@ from devtools.lora_files import write_lora
 from devtools.server import start_server, stop
 from imgedit.model.tiny import build_tiny
 from tests.helpers import gradient_png
-from tests.integration.conftest import API_KEYS
+from tests.integration.conftest import API_KEYS, FAMILIES
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -281,3 +281,23 @@ def test_a_background_edit_polls_its_job_and_shows_links_that_open(page, open_se
     opened.value.wait_for_load_state()
     assert opened.value.evaluate("() => document.images[0].naturalWidth") == 256
     opened.value.close()
+
+
+def test_the_model_picker_lists_every_served_model_and_each_ones_loras(page, catalog, input_png):
+    """A server of several models (IMGEDIT_MODELS): the picker offers each, the LoRA list follows the chosen model,
+    and the edit names the chosen model and LoRA."""
+    from playwright.sync_api import expect
+
+    sent = record_edits(page)
+    page.goto(f"{catalog.url}/playground/")
+    expect(page.locator("#model option")).to_have_count(len(FAMILIES))
+    expect(page.locator("#model")).to_have_value("qwen-image-edit-plus")
+    expect(page.locator("#lora")).to_be_disabled()
+    page.select_option("#model", "flux2-klein")
+    expect(page.locator("#lora option")).to_have_text(["None", "anime"])
+    page.select_option("#lora", "anime")
+    choose_image_and_prompt(page, input_png, size="64x64", steps="2")
+    page.click("#edit-button")
+    expect(page.locator("#results img")).to_have_count(1)
+    parts = form_parts(sent[-1].post_data_buffer, sent[-1].headers["content-type"])
+    assert (parts["model"], parts["lora"]) == (b"flux2-klein", b"anime")

@@ -653,3 +653,39 @@ async def test_jobs_of_several_models_run_with_their_own_hooks_and_never_fuse_to
         engine.close()
     assert batches == [2, 2]  # the two for each model together, never across models
     assert prepared == [("first", ()), ("second", ())]
+
+
+async def test_jobs_for_the_model_on_the_device_go_first_but_overtake_a_job_at_most_the_bound():
+    """Several models: queued jobs whose model is on the device run before one that needs a swap, until that one
+    has been overtaken OVERTAKE_BOUND times; then it runs, and its model is on the device."""
+    from imgedit.scheduling.jobs import ModelTurn
+    from imgedit.scheduling.order import OVERTAKE_BOUND
+
+    on_device = {"b"}
+
+    def turn(name: str) -> ModelTurn:
+        def bring(_loras: object) -> None:
+            on_device.clear()
+            on_device.add(name)
+
+        return ModelTurn(name=name, prepare=bring, ready=lambda: name in on_device)
+
+    gate = GatePipeline()
+    engine = Engine(max_queue=16)
+    try:
+        blocker = engine.submit(gate.calls())
+        names = ["a0", *(f"b{n}" for n in range(OVERTAKE_BOUND + 2))]
+        jobs = [engine.submit(calls(name), turn=turn(name[0])) for name in names]
+        PIPELINE.reset()
+        gate.release.set()
+        await engine.result(blocker, far())
+        for each in jobs:
+            await engine.result(each, far())
+    finally:
+        engine.close()
+    expected = [
+        *(f"b{n}" for n in range(OVERTAKE_BOUND)),
+        "a0",
+        *(f"b{n}" for n in range(OVERTAKE_BOUND, OVERTAKE_BOUND + 2)),
+    ]
+    assert PIPELINE.started == expected
