@@ -69,6 +69,7 @@ bench: install
 	$(BIN)/python -m bench.parallel --write $(BENCH_RESULTS)
 	$(BIN)/python -m bench.lora --write $(BENCH_RESULTS)
 	$(BIN)/python -m bench.levers --write $(BENCH_RESULTS)
+	$(BIN)/python -m bench.models --write $(BENCH_RESULTS)
 	$(BIN)/python -m bench.soak --write $(BENCH_RESULTS)
 
 # Full-size Qwen-Image-Edit-2511 (random weights) on a GPU with 80 GB: eager against the fast path,

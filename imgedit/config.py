@@ -65,7 +65,8 @@ class Settings(BaseSettings):
     lora_fuse: bool = False
     """Fold `IMGEDIT_LORA` into the weights: no per-step cost, but they can no longer change."""
     lora_adapters: str | None = Field(None, min_length=1)
-    """LoRAs requests may choose by name, comma-separated `name=SOURCE[:SCALE]` (see LoRA)."""
+    """LoRAs requests may choose by name, comma-separated `name=SOURCE[:SCALE]` (see LoRA); with `IMGEDIT_MODELS`,
+    `MODEL/name=SOURCE[:SCALE]` attaches one to another model than the first (see Models)."""
     lora_dir: str | None = Field(None, min_length=1)
     """The directory the load endpoint and a request's `lora` path may read LoRAs from; nothing outside it is read."""
     max_loras: int = Field(8, ge=1, le=256)
@@ -123,7 +124,8 @@ class Settings(BaseSettings):
     presets: str | None = Field(None, min_length=1)
     """A YAML or JSON file mapping `quality` levels (`low`, `medium`, `high`, `xhigh`, `max`) to recipes: request
     fields used where a request leaves them unset, and `cfg_until`, `cache`, `cache_threshold`, `cache_interval` for
-    those edits alone (see Speed). `auto` runs `high`."""
+    those edits alone (see Speed). `auto` runs `high`. With `IMGEDIT_MODELS`, comma-separated `MODEL=FILE` gives
+    other models theirs (a plain `FILE` is the first model's)."""
     cfg_until: float = Field(1.0, gt=0, le=1)
     """The fraction of each edit's steps that run classifier-free guidance (`round(fraction x steps)`, from the
     first); later steps run the conditional branch alone, one denoiser call instead of two. 1 guides every step.

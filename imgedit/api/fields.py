@@ -120,7 +120,10 @@ FIELDS: tuple[Field, ...] = (
     Field(
         name="model",
         kind="text",
-        description="The served name or the full model id.",
+        description=(
+            "The served name or the full model id; with several models (`IMGEDIT_MODELS`), the one that runs. "
+            "A LoRA's name runs its model with it."
+        ),
         shown_default="served model",
         max_chars=256,
     ),

@@ -2,8 +2,8 @@
 
 Every entry is served as if it were the server's only model: its settings are
 the server's with ``IMGEDIT_MODEL`` and ``IMGEDIT_SERVED_MODEL_NAME`` replaced
-by the entry's source and name, and ``IMGEDIT_LORA_ADAPTERS`` by the LoRAs
-written for it. Problems are one line naming ``IMGEDIT_MODELS``
+by the entry's source and name, and ``IMGEDIT_LORA_ADAPTERS`` and
+``IMGEDIT_PRESETS`` by the LoRAs and the speed tiers written for it. Problems are one line naming ``IMGEDIT_MODELS``
 and the entry.
 """
 
@@ -86,6 +86,7 @@ def served_settings(settings: Settings) -> list[Settings]:
     if settings.models is None:
         return [settings]
     loras = _loras_by_model(settings.lora_adapters, entries)
+    presets = _presets_by_model(settings.presets, entries)
     return [
         settings.model_copy(
             update={
@@ -93,10 +94,28 @@ def served_settings(settings: Settings) -> list[Settings]:
                 "served_model_name": entry.name,
                 "models": None,
                 "lora_adapters": ",".join(loras[entry.name]) or None,
+                "presets": presets.get(entry.name),
             }
         )
         for entry in entries
     ]
+
+
+def _presets_by_model(written: str | None, entries: list[ModelEntry]) -> dict[str, str]:
+    """``IMGEDIT_PRESETS`` shared out: ``MODEL=FILE`` for model ``MODEL``, a plain ``FILE`` for the default.
+
+    Raises:
+        StartupError: a model given two files.
+    """
+    presets: dict[str, str] = {}
+    names = {entry.name for entry in entries}
+    for item in (part.strip() for part in (written or "").split(",") if part.strip()):
+        model, equals, path = item.partition("=")
+        model, path = (model.strip(), path.strip()) if equals and model.strip() in names else (entries[0].name, item)
+        if model in presets:
+            raise StartupError(f"IMGEDIT_PRESETS: {model!r} is given two files; give each model one (MODEL=FILE)")
+        presets[model] = path
+    return presets
 
 
 def _loras_by_model(written: str | None, entries: list[ModelEntry]) -> dict[str, list[str]]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, cast
@@ -37,8 +37,10 @@ from imgedit.api.json_text import check_value
 from imgedit.api.lora import parse_lora
 from imgedit.config import Settings
 from imgedit.edit import EditOptions, LoraChoice, Quality
-from imgedit.errors import RequestError, one_line
+from imgedit.errors import RequestError, StartupError, one_line
+from imgedit.lora.sources import parse_named_loras
 from imgedit.model.acceleration import StepCache, use_step_cache
+from imgedit.model.call import PipelineCall
 from imgedit.model.families import Family, GuidanceError
 from imgedit.model.spec import Levers
 
@@ -288,3 +290,47 @@ def tier_levers(presets: Presets, family: Family[Any]) -> dict[str, Levers]:
     """The speed settings of each level whose settings differ from the server's: the warm-up runs each once."""
     levers = {level: recipe.levers_over(family.levers) for level, recipe in presets.recipes.items()}
     return {level: chosen for level, chosen in levers.items() if chosen != family.levers}
+
+
+def serving_presets(settings: Settings, family: Family[Any], ranks: int = 1, context: bool = False) -> Presets | None:
+    """The model's ``IMGEDIT_PRESETS``, read and checked against its family (None when it has none).
+
+    Args:
+        ranks: ranks per edit; context: whether they split the sequence (Ulysses or ring).
+
+    Raises:
+        StartupError: naming the variable, the level and the key.
+    """
+    if settings.presets is None:
+        return None
+    named_loras = [name for name, _ in parse_named_loras(settings.lora_adapters or "")]
+    try:
+        presets = load_presets(settings.presets)
+        check_presets(
+            presets,
+            family,
+            ranks=ranks,
+            context=context,
+            named_loras=named_loras,
+            max_prompt_chars=settings.max_prompt_chars,
+        )
+    except PresetError as error:
+        raise StartupError(f"IMGEDIT_PRESETS: {error}") from None
+    return presets
+
+
+def warm_up_tiers(
+    run: Callable[[Sequence[PipelineCall]], object], family: Family[Any], presets: Presets | None
+) -> None:
+    """Run each tier whose speed settings differ from the server's once with ``run`` (the engine's ``run_now``), so
+    that a step cache this pipeline cannot run, say, fails here rather than on every edit of the tier.
+
+    Raises:
+        StartupError: naming the variable and the level.
+    """
+    for level, levers in tier_levers(presets, family).items() if presets is not None else ():
+        try:
+            for plan in family.warmup_plans(levers=levers):
+                run(plan.calls)
+        except Exception as error:
+            raise StartupError(f"IMGEDIT_PRESETS: {level}: this model cannot run the tier: {one_line(error)}") from None

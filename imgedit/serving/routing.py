@@ -27,6 +27,7 @@ from imgedit.scheduling.engine import Engine
 from imgedit.scheduling.jobs import ModelTurn
 from imgedit.serving.catalog import model_turn
 from imgedit.serving.handler import EditHandler
+from imgedit.serving.presets import serving_presets, warm_up_tiers
 from imgedit.serving.recipe import PreparedModel
 from imgedit.serving.storage import Storage
 from imgedit.weights.residency import Residency
@@ -76,11 +77,12 @@ def other_handler(
 ) -> EditHandler:
     """Warm up another model of ``IMGEDIT_MODELS`` on the shared engine, load its adapters, and build its handler.
 
-    Its adapters are those of ``IMGEDIT_LORA_ADAPTERS`` written ``MODEL/NAME=SOURCE`` for it; the load endpoint,
-    ``IMGEDIT_LORA_DIR`` paths and speed tiers are the default model's.
+    Its adapters are those of ``IMGEDIT_LORA_ADAPTERS`` written ``MODEL/NAME=SOURCE`` for it, and its speed tiers
+    the file ``IMGEDIT_PRESETS`` gives it as ``MODEL=FILE``; the load endpoint and ``IMGEDIT_LORA_DIR`` paths are
+    the default model's.
 
     Raises:
-        StartupError: one of its adapters does not load.
+        StartupError: one of its adapters does not load, or its speed tiers do not check or run.
     """
     loaded, family = model.loaded, model.family
     loras = LoraRegistry(loaded.pipeline, max_loras=settings.max_loras, always_on=loaded.always_on)
@@ -93,8 +95,10 @@ def other_handler(
             engine.between_runs(functools.partial(loras.load, name, spec)).result()
         except LoraError as error:
             raise StartupError(f"IMGEDIT_LORA_ADAPTERS: {settings.served_name}/{error}") from None
+    presets = serving_presets(settings, family)
+    warm_up_tiers(engine.run_now, family, presets)
     log.info("also serving %s as %r (family %s)", loaded.model_id, settings.served_name, family.name)
-    handler = EditHandler(settings, family, engine, fetcher, LoraAdmin(loras, engine, None), None, storage)
+    handler = EditHandler(settings, family, engine, fetcher, LoraAdmin(loras, engine, None), presets, storage)
     handler.turn = turn
     return handler
 

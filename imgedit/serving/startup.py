@@ -28,7 +28,7 @@ from imgedit.media.fetch import Fetcher
 from imgedit.model import events
 from imgedit.model.acceleration import OptionError, check_options
 from imgedit.model.devices import DeviceError, pick_device, visible_gpus
-from imgedit.model.families import Family, family_names
+from imgedit.model.families import family_names
 from imgedit.ranks.group import RankGroup, RankSetup, RankStartupError, claim_gpus
 from imgedit.ranks.plans import ParallelError, RankLayout, check_layout
 from imgedit.scheduling.capacity import replica_concurrency
@@ -38,7 +38,7 @@ from imgedit.serving.bentoml_seam import arrange_exit_status, stop_server
 from imgedit.serving.catalog import check_several, load_others, model_turn, served_settings
 from imgedit.serving.handler import EditHandler
 from imgedit.serving.options import acceleration_options, fetch_policy, load_options, rank_layout
-from imgedit.serving.presets import PresetError, Presets, check_presets, load_presets, tier_levers
+from imgedit.serving.presets import PresetError, load_presets, serving_presets, warm_up_tiers
 from imgedit.serving.recipe import ModelRecipe, PreparedModel, prepare_family, prepare_model
 from imgedit.serving.routing import ModelRouter, other_handler, prepare_now
 from imgedit.serving.storage import check_storage, open_storage
@@ -81,6 +81,8 @@ def check_settings(settings: Settings) -> None:
             except ModelLoadError as error:
                 raise StartupError(f"IMGEDIT_MODELS: {other.served_name}: {error}") from None
             _check_loras(other)
+            if other.presets is not None:
+                load_presets(other.presets)
         load = load_options(settings)
         check_placement(load, device)
         if settings.device_map != "none" and (settings.workers or 1) > 1:
@@ -244,7 +246,9 @@ def _serve(
     )
     turn = model_turn(settings.served_name, model, loras, residency)
     prepare_now(engine, turn)  # on the device, for the warm-ups
-    presets = _presets(settings, family, layout)  # before the LoRA commands: it switches the step cache here
+    presets = serving_presets(
+        settings, family, layout.ranks, layout.context
+    )  # before the LoRA commands: it switches the step cache here
     lora_admin = _lora_admin(settings, loras, engine, index)
     try:
         for plan in family.warmup_plans():
@@ -256,12 +260,7 @@ def _serve(
         raise StartupError(
             f"IMGEDIT_FAMILY: {settings.family!r} cannot run {type(loaded.pipeline).__name__}: {one_line(error)}"
         ) from None
-    for level, levers in tier_levers(presets, family).items() if presets is not None else ():
-        try:  # a step cache this pipeline cannot run, say, fails here rather than on every edit of the tier
-            for plan in family.warmup_plans(levers=levers):
-                engine.run_now(plan.calls)
-        except Exception as error:
-            raise StartupError(f"IMGEDIT_PRESETS: {level}: this model cannot run the tier: {one_line(error)}") from None
+    warm_up_tiers(engine.run_now, family, presets)
     # From here on, what the edits do (not the warm-up).
     events.denoiser_call.observe(metrics.denoiser_calls.inc)
     events.encoding_lookup.observe(
@@ -326,30 +325,6 @@ def _check_loras(settings: Settings) -> None:
         )
     if settings.lora_dir and not Path(settings.lora_dir).expanduser().is_dir():
         raise StartupError(f"IMGEDIT_LORA_DIR: {settings.lora_dir!r} is not a directory")
-
-
-def _presets(settings: Settings, family: Family[Any], layout: RankLayout) -> Presets | None:
-    """``IMGEDIT_PRESETS``, read and tried on the loaded model (None when unset).
-
-    Raises:
-        StartupError: naming the variable, the level and the key.
-    """
-    if settings.presets is None:
-        return None
-    named_loras = [name for name, _ in parse_named_loras(settings.lora_adapters or "")]
-    try:
-        presets = load_presets(settings.presets)
-        check_presets(
-            presets,
-            family,
-            ranks=layout.ranks,
-            context=layout.context,
-            named_loras=named_loras,
-            max_prompt_chars=settings.max_prompt_chars,
-        )
-    except PresetError as error:
-        raise StartupError(f"IMGEDIT_PRESETS: {error}") from None
-    return presets
 
 
 def _lora_admin(settings: Settings, loras: LoraRegistry, engine: Engine, index: int) -> LoraAdmin:

@@ -67,7 +67,6 @@ class Worker:
         self.lora_admin: LoraAdmin = handler.lora_admin
         self.residency = residency
         self.created = int(time.time())
-        self.card = ModelCard(id=served_name, created=self.created)
         self.served = [handler, *(other for _, other in others)]
         _export_model_metrics([(served_name, model), *((other.settings.served_name, each) for each, other in others)])
         metrics.parallel_degree.set(ranks)

@@ -71,9 +71,11 @@ CATALOG_RESIDENT = 2
 @pytest.fixture(scope="session")
 def catalog(tmp_path_factory):
     """One server of every tiny family (``IMGEDIT_MODELS``), each under its family's name, the default first; two
-    of them on the device at once (:data:`CATALOG_RESIDENT`), and the adapter ``anime`` on ``flux2-klein``."""
+    of them on the device at once (:data:`CATALOG_RESIDENT`), and on ``flux2-klein`` the LoRA ``anime`` and a
+    low tier of one step with it."""
     directory = tmp_path_factory.mktemp("catalog")
     anime = write_lora(build_tiny("tiny:flux2-klein").pipeline, directory / "anime", seed=3)
+    (directory / "klein-tiers.yaml").write_text("low:\n  num_inference_steps: 1\n  lora: anime\n")
     models = ",".join(f"{served}=tiny:{tiny}" for tiny, (served, _, _) in FAMILIES.items())
     # IMGEDIT_MODEL empty: unset (the test servers set it by default, and the two are not set together).
     running = start_server(
@@ -82,6 +84,7 @@ def catalog(tmp_path_factory):
         IMGEDIT_MODELS=models,
         IMGEDIT_RESIDENT_MODELS=str(CATALOG_RESIDENT),
         IMGEDIT_LORA_ADAPTERS=f"flux2-klein/anime={anime}",
+        IMGEDIT_PRESETS=f"flux2-klein={directory / 'klein-tiers.yaml'}",
     )
     yield running
     stop(running.process)

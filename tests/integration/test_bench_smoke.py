@@ -33,6 +33,10 @@ SMALLEST = {
     ],
     "lora": ["--sizes", "64", "--steps", "1", "--runs", "1", "--rank", "2"],
     "levers": ["--steps", "4", "--runs", "1", "--full-side", "256"],
+    "models": [
+        *("--swap-runs", "1", "--clients", "1", "--requests", "2", "--steps", "1", "--repeats", "1"),
+        *("--layouts", "one server, one at a time"),
+    ],
 }
 HEADERS = {
     "overhead": "| size | n | format | direct ms |",
@@ -45,6 +49,7 @@ HEADERS = {
     "parallel": "| size | 1 rank ms | 1 rank, 1 thread ms | CFG 2 ms |",
     "lora": "| 64x64 | per request, switching |",
     "levers": "| recipe | denoiser calls | text encoder calls | VAE encoder calls |",
+    "models": "| layout | edits/s | vs two servers |",
 }
 
 

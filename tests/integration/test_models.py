@@ -136,3 +136,22 @@ def test_a_background_job_runs_on_the_model_it_names(catalog):
         assert time.monotonic() < deadline and job["status"] in ("queued", "in_progress"), job
         time.sleep(0.05)
     assert job["model"] == "flux2-klein" and job["data"] == edit(catalog.url, "flux2-klein").json()["data"]
+
+
+def test_a_models_own_speed_tiers_run_for_it_alone(catalog):
+    """flux2-klein's presets file gives it a low tier (one step, with its LoRA); the first model has none."""
+    fields = {"prompt": "make it blue", "size": "64x64", "seed": "5"}
+
+    def images(**more: str) -> httpx.Response:
+        return httpx.post(
+            f"{catalog.url}/v1/images/edits",
+            files=[("image", gradient_png(64, 64))],
+            data=fields | more,
+            timeout=120,
+        )
+
+    low = images(model="flux2-klein", quality="low").json()
+    assert low["quality"] == "low"
+    assert low["data"] == images(model="flux2-klein", num_inference_steps="1", lora="anime").json()["data"]
+    first = images(model="qwen-image-edit-plus", quality="low", num_inference_steps="2").json()
+    assert first["data"] == images(model="qwen-image-edit-plus", num_inference_steps="2").json()["data"]

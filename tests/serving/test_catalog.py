@@ -133,3 +133,14 @@ def test_models_that_cannot_be_on_the_device_together_stop_start_up_naming_them(
         else:
             others, residency = load_others(tight, first, 0)
             assert (len(others), residency.slots, residency.resident()) == (2, 1, ["a"])
+
+
+def test_presets_go_to_the_model_named_before_their_file_else_to_the_default():
+    settings = Settings(models="qwen=tiny:qwen-image-edit-plus,klein=tiny:flux2-klein", presets="a.yaml, klein=b.yaml")
+    assert [served.presets for served in served_settings(settings)] == ["a.yaml", "b.yaml"]
+    assert [served.presets for served in served_settings(settings.model_copy(update={"presets": "k=v.yaml"}))] == [
+        "k=v.yaml",  # no model is named k: a file name with "=" in it, the first model's
+        None,
+    ]
+    with pytest.raises(StartupError, match=r"^IMGEDIT_PRESETS: 'qwen' is given two files"):
+        served_settings(settings.model_copy(update={"presets": "a.yaml,qwen=b.yaml"}))
