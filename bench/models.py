@@ -92,10 +92,10 @@ def computed_rows() -> list[tuple[str, ...]]:
     """The full-size models' bf16 weights and a swap's floor over the link: the other model out, this one in."""
     from bench.quantization import full_size_footprints
 
-    models = full_size_footprints()
+    models = full_size_footprints(("Qwen-Image-Edit-2511", "FLUX.2-klein-4B"))
     weights = {
-        name: sum(memory.device_need(models[name], torch.bfloat16, memory.Placement()).weights)
-        for name in ("Qwen-Image-Edit-2511", "FLUX.2-klein-4B")
+        name: sum(memory.device_need(footprints, torch.bfloat16, memory.Placement()).weights)
+        for name, footprints in models.items()
     }
     rows = []
     for name, size in weights.items():
@@ -184,6 +184,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
+    parser.add_argument(
+        "--computed",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the full-size models' computed swap times (building them on the meta device takes seconds)",
+    )
     parser.add_argument("--write", type=Path, help="put the results into this Markdown file")
     arguments = parser.parse_args()
 
@@ -201,7 +207,10 @@ def main() -> None:
         f"({PCIE5_X16_BYTES_PER_SECOND / 1e9:.0f} GB/s each way), the other model's weights out, then this one's in "
         "(bf16, as the memory plan counts them); the last column if the copies reach half the link, as copies "
         "from pageable host memory often do.\n\n"
-        + table(("model swapped in", "weights GiB", "swapped out", "floor s", "at half the link s"), computed_rows())
+        + table(
+            ("model swapped in", "weights GiB", "swapped out", "floor s", "at half the link s"),
+            computed_rows() if arguments.computed else [],
+        )
         + "\n\nHow to read it. The two servers run side by side with half the cores each (`OMP_NUM_THREADS`; with "
         "all of them each, their thread pools fight over the cores). They run two edits at once where one server of "
         "both runs one, and an edit this small gains little from a second core, so here they do about twice the "

@@ -25,6 +25,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,53 +144,75 @@ def measure(arguments: argparse.Namespace) -> str:
     )
 
 
-def full_size_footprints() -> dict[str, dict[str, memory.Footprint]]:
-    """Each real model's components on the meta device (FLUX.2-klein's transformers from published sizes)."""
+#: The real models of the GPU table, in its order.
+FULL_SIZE_MODELS = ("Qwen-Image-Edit-2511", "FLUX.1-Kontext-dev", "FLUX.2-klein-4B", "FLUX.2-klein-9B")
+
+
+def full_size_footprints(names: Sequence[str] = FULL_SIZE_MODELS) -> dict[str, dict[str, memory.Footprint]]:
+    """The ``names`` real models' components on the meta device (FLUX.2-klein's transformers from published sizes).
+
+    Only the models asked for are built (the large ones take seconds even on the meta device).
+    """
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, Qwen3Config, Qwen3ForCausalLM, T5Config, T5EncoderModel
 
-    qwen = memory.meta_footprints(
-        {
-            "transformer": ("diffusers", "QwenImageTransformer2DModel"),
-            "text_encoder": ("transformers", "Qwen2_5_VLForConditionalGeneration"),
-            "vae": ("diffusers", "AutoencoderKLQwenImage"),
-        },
-        lambda name: json.loads((CONFIGS / f"{name}.json").read_text()),
-    )
     qwen3 = {"num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128}
-    with torch.device("meta"):
-        kontext = {
-            "transformer": FluxTransformer2DModel(guidance_embeds=True),
-            "text_encoder_2": T5EncoderModel(
-                T5Config(d_model=4096, d_ff=10240, num_layers=24, num_heads=64, d_kv=64, feed_forward_proj="gated-gelu")
-            ),
-            "text_encoder": CLIPTextModel(
-                CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, projection_dim=768)
-            ),
-            "vae": AutoencoderKL(
-                latent_channels=16,
-                block_out_channels=(128, 256, 512, 512),
-                down_block_types=["DownEncoderBlock2D"] * 4,
-                up_block_types=["UpDecoderBlock2D"] * 4,
-                layers_per_block=2,
-            ),
-        }
-        encoders = {
-            "4B": Qwen3ForCausalLM(
-                Qwen3Config(hidden_size=2560, intermediate_size=9728, tie_word_embeddings=True, **qwen3)
-            ),
-            "9B": Qwen3ForCausalLM(
-                Qwen3Config(hidden_size=4096, intermediate_size=12288, tie_word_embeddings=False, **qwen3)
-            ),
-        }
-    models = {"Qwen-Image-Edit-2511": qwen, "FLUX.1-Kontext-dev": {k: memory.footprint(v) for k, v in kontext.items()}}
-    for size, params in (("4B", 4.0e9), ("9B", 9.0e9)):
-        models[f"FLUX.2-klein-{size}"] = {
+    encoders = {
+        "4B": {"hidden_size": 2560, "intermediate_size": 9728, "tie_word_embeddings": True},
+        "9B": {"hidden_size": 4096, "intermediate_size": 12288, "tie_word_embeddings": False},
+    }
+
+    def flux_vae() -> memory.Footprint:
+        with torch.device("meta"):
+            return memory.footprint(
+                AutoencoderKL(
+                    latent_channels=16,
+                    block_out_channels=(128, 256, 512, 512),
+                    down_block_types=["DownEncoderBlock2D"] * 4,
+                    up_block_types=["UpDecoderBlock2D"] * 4,
+                    layers_per_block=2,
+                )
+            )
+
+    def qwen() -> dict[str, memory.Footprint]:
+        return memory.meta_footprints(
+            {
+                "transformer": ("diffusers", "QwenImageTransformer2DModel"),
+                "text_encoder": ("transformers", "Qwen2_5_VLForConditionalGeneration"),
+                "vae": ("diffusers", "AutoencoderKLQwenImage"),
+            },
+            lambda name: json.loads((CONFIGS / f"{name}.json").read_text()),
+        )
+
+    def kontext() -> dict[str, memory.Footprint]:
+        with torch.device("meta"):
+            t5 = T5Config(
+                d_model=4096, d_ff=10240, num_layers=24, num_heads=64, d_kv=64, feed_forward_proj="gated-gelu"
+            )
+            clip = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, projection_dim=768)
+            built = {
+                "transformer": FluxTransformer2DModel(guidance_embeds=True),
+                "text_encoder_2": T5EncoderModel(t5),
+                "text_encoder": CLIPTextModel(clip),
+            }
+        return {**{name: memory.footprint(module) for name, module in built.items()}, "vae": flux_vae()}
+
+    def klein(size: str, params: float) -> dict[str, memory.Footprint]:
+        with torch.device("meta"):
+            encoder = Qwen3ForCausalLM(Qwen3Config(**encoders[size], **qwen3))
+        return {
             "transformer": memory.Footprint(linear_elements=int(params)),
-            "text_encoder": memory.footprint(encoders[size]),
-            "vae": models["FLUX.1-Kontext-dev"]["vae"],
+            "text_encoder": memory.footprint(encoder),
+            "vae": flux_vae(),
         }
-    return models
+
+    builders = {
+        "Qwen-Image-Edit-2511": qwen,
+        "FLUX.1-Kontext-dev": kontext,
+        "FLUX.2-klein-4B": lambda: klein("4B", 4.0e9),
+        "FLUX.2-klein-9B": lambda: klein("9B", 9.0e9),
+    }
+    return {name: builders[name]() for name in names}
 
 
 def gpu_table() -> str:

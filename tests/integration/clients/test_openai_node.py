@@ -18,13 +18,18 @@ pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent / "node"
 
 
-@pytest.fixture(scope="module")
-def node_results(server, tmp_path_factory):
+def node_binary() -> str:
     node = shutil.which("node")
     if node is None or not (HERE / "node_modules" / "openai").is_dir():
         if os.environ.get("REQUIRE_NODE"):
             pytest.fail("Node.js or the node client's packages are missing (`make install` runs `npm ci` there)")
         pytest.skip("Node.js or the node client's packages are missing")
+    return node
+
+
+@pytest.fixture(scope="module")
+def node_results(server, tmp_path_factory):
+    node = node_binary()
     files = tmp_path_factory.mktemp("node")
     (files / "image.png").write_bytes(gradient_png(64, 64))
     (files / "mask.png").write_bytes(left_half_mask(64, 64))
@@ -71,3 +76,19 @@ def test_errors_are_the_sdks_own_with_the_servers_message(node_results):
 
 def test_the_model_list(node_results):
     assert node_results["models"]["models"] == ["qwen-image-edit-plus"]
+
+
+def test_the_sdk_picks_each_of_several_models(catalog, tmp_path):
+    """A server of several models: the listed models say which are on the device, and ``model`` picks one, a LoRA's
+    name its model."""
+    (tmp_path / "image.png").write_bytes(gradient_png(64, 64))
+    env = {**os.environ, "IMGEDIT_URL": catalog.url, "IMAGE": str(tmp_path / "image.png")}
+    env["MODELS"] = "flux2-klein,anime"
+    done = subprocess.run([node_binary(), "models.mjs"], cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    models = [entry for entry in results["listed"] if entry["onDevice"] is not None]
+    assert "flux2-klein" in [entry["id"] for entry in models] and any(entry["onDevice"] for entry in models)
+    assert [edit["model"] for edit in results["edits"]] == ["flux2-klein", "anime"]
+    assert all(edit["bytes"] > 0 for edit in results["edits"])
+    assert catalog.wait_for_log("lora=anime:1")
