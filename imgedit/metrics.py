@@ -66,7 +66,8 @@ model_parameter_bytes = Gauge(
 )
 model_swaps = Counter(
     "imgedit_model_swaps",
-    "Served models moved onto the device between runs (IMGEDIT_RESIDENT_MODELS), by the model brought in.",
+    "Served models moved onto the device (IMGEDIT_RESIDENT_MODELS), by the model brought in: between runs, and at "
+    "start-up for the warm-ups.",
     ["model"],
 )
 model_swap_time = Histogram(

@@ -50,14 +50,21 @@ class LoraAdmin:
         engine: this worker's engine, which applies every change between runs.
         lora_dir: ``IMGEDIT_LORA_DIR``; paths are only read under it.
         sync: the command log shared with the other workers; None applies commands at once, in this process.
+        no_paths: why this model loads no LoRA from a path (None: it does, from ``lora_dir``).
     """
 
     def __init__(
-        self, registry: LoraRegistry, engine: BetweenRuns, lora_dir: str | None, sync: LoraSync | None = None
+        self,
+        registry: LoraRegistry,
+        engine: BetweenRuns,
+        lora_dir: str | None,
+        sync: LoraSync | None = None,
+        no_paths: str | None = None,
     ) -> None:
         self.registry = registry
         self.engine = engine
         self.lora_dir = lora_dir
+        self.no_paths = no_paths
         self.sync = sync if sync is not None else LoraSync(self.apply)
 
     def apply(self, command: Command) -> None:
@@ -86,9 +93,15 @@ class LoraAdmin:
             raise invalid("lora_path", "'lora_path' must name a file or directory under IMGEDIT_LORA_DIR.")
         if isinstance(scale, bool) or not isinstance(scale, int | float):
             raise invalid("scale", "'scale' must be a number.")
+        if self.no_paths is not None:
+            raise invalid("lora_path", f"{self.no_paths}.")
         await self.sync.caught_up()  # so that what this worker holds is what every worker will hold
         if self.registry.has(name):
             raise invalid("lora_name", f"An adapter named {name!r} is already loaded.", code="lora_exists")
+        if name in self.registry.reserved:
+            raise invalid(
+                "lora_name", f"The name {name!r} is taken by a served model or another model's adapter.", "lora_exists"
+            )
         if self.registry.refusal:
             raise invalid("lora_name", f"This model takes no LoRA adapters: {self.registry.refusal}.")
         if len(self.registry.names()) >= self.registry.max_loras:

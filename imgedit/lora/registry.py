@@ -60,6 +60,8 @@ class LoraRegistry:
         self.max_loras = max_loras
         self.always_on = always_on
         self.refusal = refusal if refusal is not None else _refusal(pipeline)
+        #: Names taken elsewhere on the server (served models, other models' LoRAs): a request's model may name it.
+        self.reserved: frozenset[str] = frozenset()
         self._lock = threading.Condition()
         self._entries: dict[str, Registered] = {}
         self._leaving: set[str] = set()
@@ -137,6 +139,8 @@ class LoraRegistry:
         with self._lock:
             if name in self._entries or any(name == on for on, _ in self.always_on):
                 raise LoraError(f"an adapter named {name!r} is already loaded")
+            if name in self.reserved:
+                raise LoraError(f"the name {name!r} is taken by a served model or another model's adapter")
             if len(self._entries) >= self.max_loras:
                 raise LoraError(f"{self.max_loras} adapters are loaded, the most IMGEDIT_MAX_LORAS allows")
         load_lora(self.pipeline, name, spec)

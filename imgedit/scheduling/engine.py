@@ -50,7 +50,7 @@ from imgedit.scheduling.jobs import (
     QueueFull,
     Runner,
 )
-from imgedit.scheduling.order import take_next
+from imgedit.scheduling.order import take_fusable, take_next
 from imgedit.scheduling.steps import Previewer, run_failure, step_hook
 
 log = get_logger(__name__)
@@ -282,7 +282,7 @@ class Engine:
                     urgent = self._urgent.popleft()
                 elif self._waiting:
                     batch = [take_next(self._waiting)]
-                    batch += self._take_fusable(batch[0])
+                    batch += take_fusable(self._waiting, batch[0], self.max_batch - 1)
                     metrics.queue_depth.set(len(self._waiting))
                 else:
                     return
@@ -307,15 +307,6 @@ class Engine:
             outcome.set_result(task())
         except BaseException as error:
             outcome.set_exception(error)
-
-    def _take_fusable(self, first: Job) -> list[Job]:
-        """Queued jobs that can join ``first`` in one batched call (the lock is held)."""
-        if first.fusion_key is None:
-            return []
-        taken = [job for job in self._waiting if job.fusion_key == first.fusion_key][: self.max_batch - 1]
-        for job in taken:
-            self._waiting.remove(job)
-        return taken
 
     def _dropped(self, job: Job) -> bool:
         """Account for a cancelled job that never ran; returns True."""

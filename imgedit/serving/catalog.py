@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from imgedit import metrics
 from imgedit.config import Settings
@@ -18,6 +19,7 @@ from imgedit.edit import Loras
 from imgedit.errors import StartupError
 from imgedit.logs import get_logger
 from imgedit.lora.registry import LoraRegistry
+from imgedit.model.encodings import DEFAULT_MEGABYTES
 from imgedit.scheduling.jobs import ModelTurn
 from imgedit.serving.recipe import ModelRecipe, PreparedModel, prepare_model
 from imgedit.weights.memory import MemoryPlanError, available_bytes, gib
@@ -111,6 +113,11 @@ def _presets_by_model(written: str | None, entries: list[ModelEntry]) -> dict[st
     names = {entry.name for entry in entries}
     for item in (part.strip() for part in (written or "").split(",") if part.strip()):
         model, equals, path = item.partition("=")
+        if equals and model.strip() not in names and not Path(item).expanduser().exists():
+            raise StartupError(
+                f"IMGEDIT_PRESETS: {item!r}: {model.strip()!r} is no served model; write MODEL=FILE with one of "
+                f"{', '.join(sorted(names))}, or FILE for the first"
+            )
         model, path = (model.strip(), path.strip()) if equals and model.strip() in names else (entries[0].name, item)
         if model in presets:
             raise StartupError(f"IMGEDIT_PRESETS: {model!r} is given two files; give each model one (MODEL=FILE)")
@@ -124,7 +131,11 @@ def _loras_by_model(written: str | None, entries: list[ModelEntry]) -> dict[str,
     loras: dict[str, list[str]] = {entry.name: [] for entry in entries}
     seen: set[str] = set(loras)
     for item in (part.strip() for part in (written or "").split(",") if part.strip()):
-        left = item.partition("=")[0].strip()
+        left, equals, _ = item.partition("=")
+        if not equals:  # not NAME=SOURCE at all: the first model's, whose parser says what is wrong
+            loras[entries[0].name].append(item)
+            continue
+        left = left.strip()
         model, slash, name = left.rpartition("/")
         model = model if slash else entries[0].name
         if model not in loras:
@@ -151,7 +162,7 @@ def check_several(settings: Settings, models: int) -> None:
     """
     resident = settings.resident_models
     if resident is not None and resident > models:
-        served = "one model is served (IMGEDIT_MODEL)" if models == 1 else f"only {models} models are served"
+        served = "one model is served" if models == 1 else f"only {models} models are served"
         raise StartupError(f"IMGEDIT_RESIDENT_MODELS={resident}: {served}")
     if models == 1:
         return
@@ -192,12 +203,18 @@ def load_others(served: list[Settings], first: PreparedModel, slot: int) -> tupl
             model, name = models[-1], settings.served_name
             sizes[name] = sum(model.loaded.parameter_bytes.values())
             residency.add(name, model.loaded.pipeline)
-            residency.park(name, sizes[name])
+            residency.park(name, sizes[name], check=settings.memory_check)
         device, settings = first.loaded.device, served[0]
         budget = settings.memory_budget_gib
         available = available_bytes(device, budget) if device.type != "cpu" or budget is not None else None
+        megabytes = settings.encoding_cache_mb
+        if megabytes is None:
+            megabytes = DEFAULT_MEGABYTES.get(device.type, DEFAULT_MEGABYTES["cpu"])
+        kept = len(sizes) * megabytes * 2**20
         try:
-            plan = plan_residency(sizes, wanted=settings.resident_models, available=available, where=str(device))
+            plan = plan_residency(
+                sizes, wanted=settings.resident_models, available=available, where=str(device), kept=kept
+            )
         except MemoryPlanError as error:
             if settings.memory_check:
                 raise

@@ -98,7 +98,9 @@ def other_handler(
     presets = serving_presets(settings, family)
     warm_up_tiers(engine.run_now, family, presets)
     log.info("also serving %s as %r (family %s)", loaded.model_id, settings.served_name, family.name)
-    handler = EditHandler(settings, family, engine, fetcher, LoraAdmin(loras, engine, None), presets, storage)
+    no_paths = "LoRA paths load on the first model of IMGEDIT_MODELS only; this one takes its IMGEDIT_LORA_ADAPTERS"
+    lora_admin = LoraAdmin(loras, engine, None, no_paths=no_paths)
+    handler = EditHandler(settings, family, engine, fetcher, lora_admin, presets, storage)
     handler.turn = turn
     return handler
 

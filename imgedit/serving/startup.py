@@ -288,6 +288,8 @@ def _serve(
     names = tuple(name for _, each in served for name in each.limits.model_names)
     for _, each in served:  # a model's parser lists every served model when a request names none of them
         each.limits = dataclasses.replace(each.limits, model_names=names)
+    # A LoRA loaded while serving (on the first model) may not take a name a request's model already means.
+    loras.reserved = frozenset(names) | {name for _, each in served[1:] for name in each.loras.names()}
     background = Background(ModelRouter([each for _, each in served]), storage)
     background.start()
     return Worker(

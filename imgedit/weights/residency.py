@@ -56,7 +56,9 @@ class ResidencyPlan:
     device_need: int
 
 
-def plan_residency(sizes: Mapping[str, int], *, wanted: int | None, available: int | None, where: str) -> ResidencyPlan:
+def plan_residency(
+    sizes: Mapping[str, int], *, wanted: int | None, available: int | None, where: str, kept: int = 0
+) -> ResidencyPlan:
     """Decide how many of the models may be on the device at once, or refuse a set that cannot fit.
 
     Host memory is not counted here: at start-up every model waits there at once (:meth:`Residency.park` checks
@@ -68,6 +70,8 @@ def plan_residency(sizes: Mapping[str, int], *, wanted: int | None, available: i
         available: bytes the models may use on the device; None on the CPU, where the device is host memory
             and the loader checked each model as it loaded.
         where: the device, for the message.
+        kept: bytes on the device whichever models are there: every model's encoding cache at its limit
+            (kept encodings stay on the device while their model waits in host memory).
 
     Raises:
         MemoryPlanError: one line naming the models that would be on the device together, and the most that fit.
@@ -76,7 +80,7 @@ def plan_residency(sizes: Mapping[str, int], *, wanted: int | None, available: i
 
     def need(slots: int) -> int:
         on_device = [size for _, size in largest_first[:slots]]
-        return sum(on_device) + working_memory(max(on_device, default=0))
+        return sum(on_device) + working_memory(max(on_device, default=0)) + kept
 
     if wanted is not None and wanted > len(sizes):
         raise MemoryPlanError(f"IMGEDIT_RESIDENT_MODELS={wanted}: only {len(sizes)} models are served")
@@ -92,7 +96,8 @@ def plan_residency(sizes: Mapping[str, int], *, wanted: int | None, available: i
     )
     setting = f"IMGEDIT_RESIDENT_MODELS={slots}" if wanted is not None else "IMGEDIT_MODELS"
     raise MemoryPlanError(
-        f"{setting}: {together} may be on {where} together and need about {gib(need(slots))} with working memory, "
+        f"{setting}: {together} may be on {where} together and need about {gib(need(slots))} with working memory "
+        "and kept encodings, "
         f"and {gib(available or 0)} is available; {advice}. IMGEDIT_MEMORY_CHECK=false starts anyway"
     )
 
@@ -132,20 +137,25 @@ class Residency:
         with self._lock:
             return list(self._resident)
 
-    def park(self, name: str, size: int) -> None:
+    def park(self, name: str, size: int, check: bool = True) -> None:
         """Move model ``name``, of ``size`` bytes, to host memory (at start-up, after it loaded and was checked on
         the device).
+
+        Args:
+            check: refuse when host memory cannot hold it (``IMGEDIT_MEMORY_CHECK``); else only log it.
 
         Raises:
             MemoryPlanError: host memory cannot hold it.
         """
-        if self.device != HOST:
-            free = host_available_bytes()
-            if size > free:
-                raise MemoryPlanError(
-                    f"{name} ({gib(size)}) would wait in host memory beside the others, and {gib(free)} is free; "
-                    "serve fewer or smaller models"
-                )
+        free = host_available_bytes() if self.device != HOST else size
+        if size > free:
+            message = (
+                f"{name} ({gib(size)}) would wait in host memory beside the others, and {gib(free)} is free; "
+                "serve fewer or smaller models. IMGEDIT_MEMORY_CHECK=false starts anyway"
+            )
+            if check:
+                raise MemoryPlanError(message)
+            log.warning("memory check off (IMGEDIT_MEMORY_CHECK=false): %s", message)
         self._move(name, HOST)
         with self._lock:
             self._resident.remove(name)
@@ -170,7 +180,11 @@ class Residency:
             self._move(other, HOST)
             with self._lock:
                 self._resident.remove(other)
-        self._move(name, self.device)
+        try:
+            self._move(name, self.device)
+        except BaseException:  # out of memory, say: back to host memory, so no half of it stays unaccounted
+            self._move(name, HOST)
+            raise
         with self._lock:
             self._resident.append(name)
         seconds = time.perf_counter() - started
@@ -179,6 +193,8 @@ class Residency:
             self.on_swap(name, seconds)
 
     def _move(self, name: str, device: torch.device) -> None:
+        if self.device == HOST:
+            return  # already there: a pipeline's `to` walks every module even then (8 ms for a tiny model here)
         self.modules[name].to(device)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -58,3 +58,20 @@ def test_no_job_waits_behind_more_than_the_bound_of_later_jobs_whatever_the_mix(
     arrival = sorted(started, key=lambda each: each.number)
     in_order_swaps = sum(1 for before, after in itertools.pairwise(arrival) if before.model != after.model)
     assert swaps < in_order_swaps
+
+
+def fusable(key: str, number: int) -> SimpleNamespace:
+    return SimpleNamespace(number=number, fusion_key=key, overtaken=0, turn=None)
+
+
+def test_jobs_fused_into_a_batch_count_as_going_ahead_and_never_past_the_bound():
+    from imgedit.scheduling.order import take_fusable
+
+    first = fusable("x", 0)
+    waiting = deque([fusable("y", 1), fusable("x", 2), fusable("z", 3), fusable("x", 4), fusable("x", 5)])
+    taken = take_fusable(waiting, first, 2)  # type: ignore[arg-type]
+    assert [job.number for job in taken] == [2, 4]
+    assert [(job.number, job.overtaken) for job in waiting] == [(1, 2), (3, 1), (5, 0)]
+    waiting[0].overtaken = OVERTAKE_BOUND  # job 1 may be passed no more: nothing behind it joins
+    assert take_fusable(waiting, first, 2) == []  # type: ignore[arg-type]
+    assert [job.number for job in waiting] == [1, 3, 5]

@@ -118,7 +118,8 @@ def test_models_that_cannot_be_on_the_device_together_stop_start_up_naming_them(
     from imgedit.weights.memory import GiB
     from imgedit.weights.residency import working_memory
 
-    served = served_settings(Settings(models="a=tiny:flux2-klein,b=tiny:flux2-klein,c=tiny:flux2-klein", device="cpu"))
+    models = "a=tiny:flux2-klein,b=tiny:flux2-klein,c=tiny:flux2-klein"
+    served = served_settings(Settings(models=models, device="cpu", encoding_cache_mb=0))
     first = prepare_model(ModelRecipe.from_settings(served[0]), 0)
     size = sum(first.loaded.parameter_bytes.values())
     budget = (size * 1.5 + working_memory(size)) / GiB
@@ -135,12 +136,16 @@ def test_models_that_cannot_be_on_the_device_together_stop_start_up_naming_them(
             assert (len(others), residency.slots, residency.resident()) == (2, 1, ["a"])
 
 
-def test_presets_go_to_the_model_named_before_their_file_else_to_the_default():
+def test_presets_go_to_the_model_named_before_their_file_else_to_the_default(tmp_path):
     settings = Settings(models="qwen=tiny:qwen-image-edit-plus,klein=tiny:flux2-klein", presets="a.yaml, klein=b.yaml")
     assert [served.presets for served in served_settings(settings)] == ["a.yaml", "b.yaml"]
-    assert [served.presets for served in served_settings(settings.model_copy(update={"presets": "k=v.yaml"}))] == [
-        "k=v.yaml",  # no model is named k: a file name with "=" in it, the first model's
+    odd = tmp_path / "k=v.yaml"  # a file whose name has "=" in it: the first model's
+    odd.write_text("low: {}\n")
+    assert [served.presets for served in served_settings(settings.model_copy(update={"presets": str(odd)}))] == [
+        str(odd),
         None,
     ]
+    with pytest.raises(StartupError, match=r"^IMGEDIT_PRESETS: 'kelin=b.yaml': 'kelin' is no served model"):
+        served_settings(settings.model_copy(update={"presets": "kelin=b.yaml"}))
     with pytest.raises(StartupError, match=r"^IMGEDIT_PRESETS: 'qwen' is given two files"):
         served_settings(settings.model_copy(update={"presets": "a.yaml,qwen=b.yaml"}))

@@ -12,6 +12,7 @@ import torch
 from devtools.lora_files import write_lora
 from imgedit.api.errors import ApiError
 from imgedit.config import Settings
+from imgedit.errors import RequestError
 from imgedit.lora.admin import LoraAdmin
 from imgedit.lora.registry import LoraRegistry
 from imgedit.lora.sources import spec_in_directory
@@ -188,3 +189,21 @@ async def test_unloading_waits_for_the_requests_admitted_with_the_lora(served, m
     status, body = await running
     assert status == 200 and picture(body) == picture(expected)
     assert (await unloading)["status"] == "unloaded"
+
+
+async def test_a_name_another_model_means_is_refused_and_a_model_without_paths_says_why(worker, served):
+    """Several models (IMGEDIT_MODELS): a LoRA loaded while serving may not take a served model's name or another
+    model's LoRA's; a model whose LoRAs are fixed refuses paths, saying so."""
+    served.loras.reserved = frozenset({"klein", "anime"})
+    try:
+        for name in ("klein", "anime"):
+            with pytest.raises(ApiError) as taken:
+                await worker.load_lora(name, "extra")
+            assert (taken.value.status, taken.value.code) == (400, "lora_exists")
+            assert "taken by a served model or another model's adapter" in taken.value.message
+    finally:
+        served.loras.reserved = frozenset()
+    fixed = LoraAdmin(served.loras, served.engine, None, no_paths="LoRA paths load on the first model only")
+    with pytest.raises(RequestError, match="LoRA paths load on the first model only") as refused:
+        await fixed.load("extra", "extra")
+    assert refused.value.param == "lora_path"

@@ -61,3 +61,41 @@ def test_a_model_host_memory_cannot_hold_is_refused_naming_it():
     residency.add("huge", Model("huge", []))
     with pytest.raises(MemoryPlanError, match=r"^huge \(.*\) would wait in host memory"):
         residency.park("huge", 2**62)
+
+
+def test_on_the_cpu_a_swap_moves_nothing_but_counts():
+    moves: list[tuple[str, str]] = []
+    swaps: list[str] = []
+    residency = Residency(torch.device("cpu"), on_swap=lambda name, seconds: swaps.append(name))
+    for name in ("a", "b"):
+        residency.add(name, Model(name, moves))
+        residency.park(name, 1)
+    residency.keep(1, ["a", "b"])
+    residency.bring("b")
+    assert (moves, swaps, residency.resident()) == ([], ["a", "b"], ["b"])
+
+
+class Failing(Model):
+    """A model that runs out of device memory on its way in."""
+
+    def to(self, device: torch.device) -> None:
+        super().to(device)
+        if device.type != "cpu":
+            raise torch.OutOfMemoryError("no room")
+
+
+def test_a_model_that_fails_to_arrive_goes_back_to_host_memory_and_the_others_stay_counted():
+    moves: list[tuple[str, str]] = []
+    residency = Residency(torch.device("meta"))
+    residency.add("a", Model("a", moves))
+    residency.add("big", Failing("big", moves))
+    for name in ("a", "big"):
+        residency.park(name, 1)
+    residency.keep(1, ["a", "big"])
+    moves.clear()
+    with pytest.raises(torch.OutOfMemoryError):
+        residency.bring("big")
+    assert moves == [("a", "cpu"), ("big", "meta"), ("big", "cpu")]
+    assert residency.resident() == []  # a left before big failed: nothing is on the device
+    residency.bring("a")
+    assert residency.resident() == ["a"]
