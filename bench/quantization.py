@@ -20,6 +20,7 @@ Qwen3-4B/8B text encoders built from their configs.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import statistics
@@ -162,6 +163,7 @@ def full_size_footprints(names: Sequence[str] = FULL_SIZE_MODELS) -> dict[str, d
         "9B": {"hidden_size": 4096, "intermediate_size": 12288, "tie_word_embeddings": False},
     }
 
+    @functools.cache  # one VAE serves FLUX.1 Kontext and both FLUX.2-klein sizes
     def flux_vae() -> memory.Footprint:
         with torch.device("meta"):
             return memory.footprint(

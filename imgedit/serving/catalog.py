@@ -9,6 +9,7 @@ and the entry.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,9 @@ from imgedit.config import Settings
 from imgedit.edit import Loras
 from imgedit.errors import StartupError
 from imgedit.logs import get_logger
+from imgedit.lora.admin import BetweenRuns
 from imgedit.lora.registry import LoraRegistry
+from imgedit.lora.sources import LoraError, parse_named_loras
 from imgedit.model.encodings import DEFAULT_MEGABYTES
 from imgedit.scheduling.jobs import ModelTurn
 from imgedit.serving.recipe import ModelRecipe, PreparedModel, prepare_model
@@ -237,19 +240,36 @@ def load_others(served: list[Settings], first: PreparedModel, slot: int) -> tupl
 def model_turn(name: str, model: PreparedModel, loras: LoraRegistry, residency: Residency | None) -> ModelTurn:
     """What the engine needs of served model ``name``: before each run it is brought onto the device (with
     several models), then its LoRAs are switched."""
-    if residency is None:
-        family = model.family
-        return ModelTurn(name=name, prepare=loras.activate, previewer=family.preview, fusable=family.fusable)
 
-    def prepare(chosen: Loras) -> None:
+    def bring_then_switch(chosen: Loras) -> None:
+        assert residency is not None
         residency.bring(name)
         loras.activate(chosen)
 
-    def ready() -> bool:
-        return residency.on_device(name)
+    return ModelTurn(
+        name=name,
+        prepare=loras.activate if residency is None else bring_then_switch,
+        previewer=model.family.preview,
+        fusable=model.family.fusable,
+        ready=None if residency is None else functools.partial(residency.on_device, name),
+    )
 
-    family = model.family
-    return ModelTurn(name=name, prepare=prepare, previewer=family.preview, fusable=family.fusable, ready=ready)
+
+def load_named_loras(settings: Settings, loras: LoraRegistry, engine: BetweenRuns, named: str = "") -> None:
+    """Load the model's ``IMGEDIT_LORA_ADAPTERS`` on the engine thread, like every change to the model.
+
+    Args:
+        named: the model, for the message (another model of ``IMGEDIT_MODELS`` than the first).
+
+    Raises:
+        StartupError: a LoRA does not load.
+    """
+    where = f"{named}: " if named else ""
+    for name, spec in parse_named_loras(settings.lora_adapters or ""):
+        try:
+            engine.between_runs(functools.partial(loras.load, name, spec)).result()
+        except LoraError as error:
+            raise StartupError(f"IMGEDIT_LORA_ADAPTERS: {where}{error}") from None
 
 
 def _prepare_other(settings: Settings, slot: int) -> PreparedModel:

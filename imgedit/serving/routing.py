@@ -17,15 +17,13 @@ from typing import Any
 
 from imgedit.api.multipart import Form
 from imgedit.config import Settings
-from imgedit.errors import StartupError
 from imgedit.logs import get_logger
 from imgedit.lora.admin import LoraAdmin
 from imgedit.lora.registry import LoraRegistry
-from imgedit.lora.sources import LoraError, parse_named_loras
 from imgedit.media.fetch import Fetcher
 from imgedit.scheduling.engine import Engine
 from imgedit.scheduling.jobs import ModelTurn
-from imgedit.serving.catalog import model_turn
+from imgedit.serving.catalog import load_named_loras, model_turn
 from imgedit.serving.handler import EditHandler
 from imgedit.serving.presets import serving_presets, warm_up_tiers
 from imgedit.serving.recipe import PreparedModel
@@ -90,11 +88,7 @@ def other_handler(
     prepare_now(engine, turn)
     for plan in family.warmup_plans():
         engine.run_now(plan.calls)
-    for name, spec in parse_named_loras(settings.lora_adapters or ""):
-        try:
-            engine.between_runs(functools.partial(loras.load, name, spec)).result()
-        except LoraError as error:
-            raise StartupError(f"IMGEDIT_LORA_ADAPTERS: {settings.served_name}/{error}") from None
+    load_named_loras(settings, loras, engine, named=settings.served_name)
     presets = serving_presets(settings, family)
     warm_up_tiers(engine.run_now, family, presets)
     log.info("also serving %s as %r (family %s)", loaded.model_id, settings.served_name, family.name)

@@ -35,7 +35,7 @@ from imgedit.scheduling.capacity import replica_concurrency
 from imgedit.scheduling.engine import Engine
 from imgedit.serving.background import Background
 from imgedit.serving.bentoml_seam import arrange_exit_status, stop_server
-from imgedit.serving.catalog import check_several, load_others, model_turn, served_settings
+from imgedit.serving.catalog import check_several, load_named_loras, load_others, model_turn, served_settings
 from imgedit.serving.handler import EditHandler
 from imgedit.serving.options import acceleration_options, fetch_policy, load_options, rank_layout
 from imgedit.serving.presets import PresetError, load_presets, serving_presets, warm_up_tiers
@@ -239,11 +239,10 @@ def _serve(
         max_queue=settings.max_queue,
         max_batch=settings.max_batch,
         progress_interval=settings.progress_log_seconds,
-        previewer=family.preview,
         fusable=family.fusable or bool(others),  # with several models, each job's model says
-        prepare=loras.activate,
         runner=ranks,
     )
+    # Every edit carries its model's turn (its LoRA switch and previewer): the engine needs no hooks of its own.
     turn = model_turn(settings.served_name, model, loras, residency)
     prepare_now(engine, turn)  # on the device, for the warm-ups
     presets = serving_presets(
@@ -336,11 +335,7 @@ def _lora_admin(settings: Settings, loras: LoraRegistry, engine: Engine, index: 
     Raises:
         StartupError: a LoRA does not load.
     """
-    for name, spec in parse_named_loras(settings.lora_adapters or ""):
-        try:
-            engine.between_runs(functools.partial(loras.load, name, spec)).result()
-        except LoraError as error:
-            raise StartupError(f"IMGEDIT_LORA_ADAPTERS: {error}") from None
+    load_named_loras(settings, loras, engine)
     lora_admin = LoraAdmin(loras, engine, settings.lora_dir)
     lora_admin.sync = LoraSync.from_environment(lora_admin.apply, index)
     lora_admin.sync.start()

@@ -115,7 +115,7 @@ class Residency:
     def __init__(self, device: torch.device, on_swap: Callable[[str, float], None] | None = None) -> None:
         self.device = device
         self.modules: dict[str, Movable] = {}
-        self.slots = 0
+        self.slots = 0  # set by keep(), once every model was added and parked
         self.on_swap = on_swap
         self._lock = threading.Lock()
         self._resident: list[str] = []  # used longest ago first
@@ -125,7 +125,6 @@ class Residency:
         self.modules[name] = module
         with self._lock:
             self._resident.append(name)
-        self.slots = len(self._resident)
 
     def on_device(self, name: str) -> bool:
         """Whether model ``name`` is on the device now (a run for it starts without a swap)."""
