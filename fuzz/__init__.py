@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 #: Every target, in the order the runner runs them; each is a module of :mod:`fuzz.targets`.
-TARGETS = ("multipart", "json_body", "fields", "lora", "urls", "images", "size", "admin", "presets", "links")
+TARGETS = ("multipart", "json_body", "fields", "lora", "urls", "images", "size", "admin", "presets", "links", "models")
 HERE = Path(__file__).resolve().parent
 #: The committed seed inputs, one folder per target.
 CORPUS = HERE / "corpus"

@@ -66,6 +66,10 @@ TOKENS: dict[str, list[str | bytes]] = {
         *("first_block", "taylorseer", "none", ".inf", ".nan", "~", "null", "yes", "0x1F", "1_000", "0o17", "1e400"),
         *_NUMBERS,
     ],
+    "models": [
+        *("\x00", ",", "=", "/", ":", " ", "tiny:", "bentoml:", "first", "klein", "anime", "Qwen/Qwen-Image-Edit-2511"),
+        *("tiny:qwen-image-edit-plus", "tiny:flux2-klein", ".safetensors", ":0.5", ".yaml", "~/", "../"),
+    ],
 }
 
 

@@ -218,6 +218,18 @@ def presets() -> Seeds:
     }
 
 
+def models() -> Seeds:
+    """A request's model and the three settings: several models with LoRAs and tiers, and the refusals' shapes."""
+    return {
+        "several": b"\x00".join(
+            [b"klein", b"tiny:qwen-image-edit-plus,klein=tiny:flux2-klein", b"a=/l/a,klein/b=/l/b:0.5", b"k.yaml"]
+        ),
+        "tiers": b"\x00".join([b"anime", b"q=Qwen/Qwen-Image-Edit-2511,k=tiny:flux2", b"", b"q.yaml,k=k.yaml"]),
+        "taken": b"\x00".join([b"\xff", b"a=tiny:flux2,a=tiny:flux2-klein", b"nobody/x=/l/x", b"nobody=x.yaml"]),
+        "one": b"\x00".join([b"tiny:flux2-klein", b"", b"x=/l/x", b""]),
+    }
+
+
 SEEDS: dict[str, Callable[[], Seeds]] = {
     "multipart": multipart,
     "json_body": json_body,
@@ -229,6 +241,7 @@ SEEDS: dict[str, Callable[[], Seeds]] = {
     "admin": admin,
     "presets": presets,
     "links": links,
+    "models": models,
 }
 
 

@@ -37,6 +37,7 @@ PARSERS = (
     "imgedit.api.headers.idempotency_key",
     "imgedit.durable.images.DirectoryStore.open",
     "imgedit.durable.jobs.JobTable.get",
+    "imgedit.serving.routing.ModelRouter.pick",
 )
 
 

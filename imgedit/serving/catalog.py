@@ -116,7 +116,7 @@ def _presets_by_model(written: str | None, entries: list[ModelEntry]) -> dict[st
     names = {entry.name for entry in entries}
     for item in (part.strip() for part in (written or "").split(",") if part.strip()):
         model, equals, path = item.partition("=")
-        if equals and model.strip() not in names and not Path(item).expanduser().exists():
+        if equals and model.strip() not in names and not _is_file(item):
             raise StartupError(
                 f"IMGEDIT_PRESETS: {item!r}: {model.strip()!r} is no served model; write MODEL=FILE with one of "
                 f"{', '.join(sorted(names))}, or FILE for the first"
@@ -235,6 +235,15 @@ def load_others(served: list[Settings], first: PreparedModel, slot: int) -> tupl
         gib(plan.device_need),
     )
     return models[1:], residency
+
+
+def _is_file(path: str) -> bool:
+    """Whether ``path`` names a file, as ``IMGEDIT_PRESETS`` reads it (no ``~``): False for a path no file system
+    takes (too long, a NUL byte)."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def model_turn(name: str, model: PreparedModel, loras: LoraRegistry, residency: Residency | None) -> ModelTurn:

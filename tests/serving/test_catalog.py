@@ -149,3 +149,11 @@ def test_presets_go_to_the_model_named_before_their_file_else_to_the_default(tmp
         served_settings(settings.model_copy(update={"presets": "kelin=b.yaml"}))
     with pytest.raises(StartupError, match=r"^IMGEDIT_PRESETS: 'qwen' is given two files"):
         served_settings(settings.model_copy(update={"presets": "a.yaml,qwen=b.yaml"}))
+
+
+@pytest.mark.parametrize("written", ["~nobody-here/x=a.yaml", "k" * 5000 + "=a.yaml", "k\x00=a.yaml"])
+def test_a_presets_entry_no_file_system_takes_is_refused_in_one_line(written):
+    """Found by the ``models`` fuzz target: ``~user`` with no such user raised RuntimeError from pathlib."""
+    settings = Settings(models="qwen=tiny:qwen-image-edit-plus,klein=tiny:flux2-klein", presets=written)
+    with pytest.raises(StartupError, match=r"^IMGEDIT_PRESETS: .* is no served model"):
+        served_settings(settings)
